@@ -1,0 +1,1 @@
+"""The `ssrr` command line (installed as `ssrr.cli`): a thin Typer face over the library."""

@@ -1,0 +1,47 @@
+"""`ssrr`: the root command. Each command group lives in its own module and is mounted here."""
+
+from __future__ import annotations
+
+import typer
+
+from ssrr import __version__
+from ssrr.cli.common import SsrrGroup, new_app
+
+app = new_app(
+    "Self-Supervised Relational Reasoning: shard a dataset, pretrain, evaluate, report.\n\n"
+    "Flow: [bold]ssrr shard[/] -> [bold]ssrr pretrain[/] -> runs/NAME -> [bold]ssrr eval[/] -> "
+    "[bold]ssrr report[/].",
+    group=SsrrGroup,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ssrr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Self-Supervised Relational Reasoning (Patacchiola & Storkey, NeurIPS 2020)."""
+
+
+def _mount() -> None:
+    # Imported here so `ssrr --version` stays fast; each module registers its commands on `app`.
+    for name in ("demo", "shard", "pretrain", "evaluate", "report", "reproduce", "bench"):
+        try:
+            module = __import__(f"ssrr.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as exc:
+            if exc.name != f"ssrr.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+def main() -> None:
+    _mount()
+    app()

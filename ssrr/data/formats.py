@@ -1,0 +1,149 @@
+"""The on-disk contract between `ssrr shard` (writer) and everything that reads shards.
+
+A dataset lives in one folder::
+
+    <out>/<name>/manifest.json
+    <out>/<name>/<split>-000000.tar      WebDataset shards
+    <out>/<name>/<split>-000000.idx      DALI index of that shard (fn.readers.webdataset(index_paths=...))
+
+Each sample in a shard has three members sharing the key ``<split>-<index:09d>``:
+
+- ``.rgb``: raw uint8 pixels, HWC, RGB, ``manifest.image_size`` (H, W); no decoder needed, so reading is
+  a memcpy. Raw pixels also keep lossless sources lossless.
+- ``.lbl``: three little-endian int32: fine label, coarse label, sample index within the split
+  (-1 where a label does not exist, e.g. the unlabeled STL-10 split, or coarse labels of CIFAR-10).
+- ``.cls``: the fine label as ASCII digits, the WebDataset convention, so ``webdataset`` decodes it to int.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssrr.errors import SsrrError
+
+FORMAT_VERSION = 1
+ENCODING = "raw-uint8-hwc"
+PIXELS_EXT = "rgb"
+LABELS_EXT = "lbl"
+CLASS_EXT = "cls"
+MANIFEST = "manifest.json"
+NO_LABEL = -1
+
+
+def sample_key(split: str, index: int) -> str:
+    return f"{split}-{index:09d}"
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:06d}.tar"
+
+
+def encode_labels(fine: int, coarse: int, index: int) -> bytes:
+    return np.array([fine, coarse, index], dtype="<i4").tobytes()
+
+
+def decode_labels(raw: bytes) -> tuple[int, int, int]:
+    fine, coarse, index = np.frombuffer(raw, dtype="<i4")
+    return int(fine), int(coarse), int(index)
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    samples: int
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class SplitInfo:
+    samples: int
+    labeled: bool
+    shards: list[ShardInfo] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """Everything a reader needs to know about a sharded dataset (``manifest.json``)."""
+
+    name: str
+    image_size: tuple[int, int]
+    classes: list[str]
+    coarse_classes: list[str]
+    mean: tuple[float, float, float]  # per channel, train split, pixel values scaled to [0, 1]
+    std: tuple[float, float, float]
+    splits: dict[str, SplitInfo]
+    source: dict[str, str]  # {"path" or "url": ..., "sha256": ...}
+    seed: int
+    shard_size: int
+    ssrr_version: str
+    command: str
+    encoding: str = ENCODING
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        splits = {
+            name: SplitInfo(
+                samples=s["samples"],
+                labeled=s["labeled"],
+                shards=[ShardInfo(**shard) for shard in s["shards"]],
+            )
+            for name, s in data["splits"].items()
+        }
+        fields = {**data, "splits": splits}
+        fields["image_size"] = tuple(data["image_size"])
+        fields["mean"] = tuple(data["mean"])
+        fields["std"] = tuple(data["std"])
+        return cls(**fields)
+
+    def shard_paths(self, root: Path, split: str) -> list[Path]:
+        if split not in self.splits:
+            raise SsrrError(f"{root}: no split '{split}' (has: {', '.join(self.splits)})")
+        return [root / s.file for s in self.splits[split].shards]
+
+
+def index_path(shard: Path) -> Path:
+    return shard.with_suffix(".idx")
+
+
+def load_manifest(root: Path | str) -> Manifest:
+    """Read ``<root>/manifest.json``; a missing or malformed one is a one-line SsrrError."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise SsrrError(f"{root}: not an ssrr shard folder (no {MANIFEST}); make one with `ssrr shard`")
+    try:
+        data = json.loads(path.read_text())
+        manifest = Manifest.from_dict(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SsrrError(f"{path}: malformed manifest ({exc})") from exc
+    if manifest.format_version != FORMAT_VERSION or manifest.encoding != ENCODING:
+        raise SsrrError(
+            f"{path}: format {manifest.format_version}/{manifest.encoding} is not readable by this ssrr "
+            f"(expects {FORMAT_VERSION}/{ENCODING})"
+        )
+    return manifest
+
+
+def resolve_dataset(name_or_dir: str | Path, shards_root: str | Path = "shards") -> Path:
+    """A shard folder given as a path, or as a dataset name under ``shards_root`` (default ``shards/``)."""
+    candidate = Path(name_or_dir)
+    if (candidate / MANIFEST).is_file():
+        return candidate
+    named = Path(shards_root) / str(name_or_dir)
+    if (named / MANIFEST).is_file():
+        return named
+    hint = f"ssrr shard {name_or_dir}" if candidate.name == str(name_or_dir) else "ssrr shard DATASET"
+    raise SsrrError(f"no shards at {candidate if candidate.exists() else named}: make them with `{hint}`")
