@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
+from ssrr.cli.common import SsrrGroup, new_app
 
 from ssrr import __version__
-from ssrr.cli.common import SsrrGroup, new_app
 
 app = new_app(
     "Self-Supervised Relational Reasoning: shard a dataset, pretrain, evaluate, report.\n\n"

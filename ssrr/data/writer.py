@@ -37,7 +37,9 @@ class SplitArrays:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.ndim != 4 or self.images.shape[3] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
+            )
         if len(self.fine) != n or len(self.coarse) != n:
             raise ValueError("labels and images differ in length")
 
@@ -115,7 +117,9 @@ def write_shard(
                 entry.append(f"{ext} {header_at + tarfile.BLOCKSIZE} {len(payload)} {name}")
             index_lines.append(" ".join(entry))
     formats.index_path(path).write_text(f"v1.2 {len(index_lines)}\n" + "\n".join(index_lines) + "\n")
-    return formats.ShardInfo(file=path.name, samples=len(order), sha256=sha256_file(path), bytes=path.stat().st_size)
+    return formats.ShardInfo(
+        file=path.name, samples=len(order), sha256=sha256_file(path), bytes=path.stat().st_size
+    )
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:

@@ -1,0 +1,87 @@
+"""`ssrr pretrain`: the paper's relational pretraining (and the baselines) from shards to runs/NAME."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import click
+import typer
+from click.core import ParameterSource
+
+from ssrr.train.config import RunConfig
+
+
+def pretrain(
+    ctx: typer.Context,
+    method: str = typer.Option("relational", help="relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised."),
+    dataset: str = typer.Option("cifar100", help="Dataset name under --shards-root, or a shard folder."),
+    backbone: str = typer.Option("resnet32", help="conv4, resnet8, resnet32, resnet56, resnet34."),
+    k: int = typer.Option(32, "--k", help="Augmentations (views) per image."),
+    batch: int = typer.Option(64, help="Images per step per process (M)."),
+    epochs: int = typer.Option(200, help="Epochs (the paper: 200; 300 for STL-10)."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate (backbone and head)."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    loss: str = typer.Option("focal", help="focal (gamma 2, alpha 0.5) or bce."),
+    aggregation: str = typer.Option("cat", help="cat, sum, mean or max."),
+    head: str = typer.Option("relation", help="relation, dot or encoder-dot (the seed's head ablation)."),
+    labels: str = typer.Option("fine", help="supervised only: fine or coarse labels."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision: bf16 where supported, else fp16."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC memory format."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone."),
+    grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
+    sync_bn: bool = typer.Option(False, "--sync-bn/--no-sync-bn", help="Synchronise BatchNorm across processes."),
+    seed: int = typer.Option(1, help="Seed for weights, data order and augmentations."),
+    out: str = typer.Option("runs", help="Folder of runs."),
+    name: str = typer.Option("", help="Run name (default: METHOD-BACKBONE-DATASET-sSEED)."),
+    shards_root: str = typer.Option("shards", help="Where dataset names are looked up."),
+    keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
+    checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
+    max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
+    knn_every: int = typer.Option(0, help="k-NN probe on the test split every N epochs (0: never)."),
+    log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
+    quiet: bool = typer.Option(False, "--quiet", help="No live display or summary."),
+) -> None:
+    """Pretrain a backbone; writes runs/NAME (config, environment, metrics.jsonl, checkpoints).
+
+    Examples:
+
+      ssrr pretrain --k 32 --amp                      # the paper: resnet32, M=64, 200 epochs, shards/cifar100
+
+      ssrr pretrain --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 2 --name quick
+
+      ssrr pretrain --name quick --epochs 4 --resume  # continue (and extend) a run
+
+      accelerate launch --multi_gpu --num_processes 2 -m ssrr pretrain --dataset cifar10 --backbone conv4
+    """
+    from ssrr.train.loop import pretrain as run
+
+    values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
+    values["log_with"] = list(values.get("log_with") or [])
+    config = RunConfig(**values)
+    if resume:
+        config = _merge_with_saved(ctx, config)
+    run(config, resume=resume, show=not quiet)
+
+
+def _merge_with_saved(ctx: click.Context, config: RunConfig) -> RunConfig:
+    """On --resume, the saved config wins except for options given explicitly on this command line."""
+    resolved = config.resolved()
+    try:
+        saved = RunConfig.load(resolved.run_dir)
+    except Exception:  # no saved run yet: --resume starts it
+        return config
+    explicit = {
+        name: value
+        for name, value in ctx.params.items()
+        if name in {f.name for f in fields(RunConfig)} and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
+    merged["log_with"] = list(merged.get("log_with") or [])
+    return RunConfig(**merged)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pretrain")(pretrain)

@@ -1,0 +1,100 @@
+"""The method interface and its registry. A method is a short class that overrides only what differs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ssrr.errors import SsrrError
+from ssrr.train.config import RunConfig
+
+if TYPE_CHECKING:
+    from ssrr.pipelines.loader import Batch
+    from ssrr.pipelines.recipes import Recipe
+
+
+@dataclass
+class StepOutput:
+    """What one training step reports: the loss to minimise and scalar metrics to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class EpochContext:
+    """What a method may need at the start of an epoch (DeepCluster re-clusters the training set)."""
+
+    epoch: int
+    make_loader: Callable[..., Any]  # make_loader(recipe, split=..., training=...) -> ViewLoader
+    device: torch.device
+    num_classes: int
+
+
+class Method(nn.Module):
+    """A self-supervised (or supervised) pretraining method around a backbone.
+
+    Subclasses set `name`, build their heads in `__init__`, give the pipeline recipe and compute the loss in
+    `forward(batch)`. The trainer owns the loop, precision, devices, checkpoints and logging.
+    """
+
+    name: ClassVar[str]
+    uses_labels: ClassVar[bool] = False
+
+    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.num_classes = num_classes
+
+    @classmethod
+    def recipe(cls, config: RunConfig) -> Recipe:
+        """The pipeline recipe that produces this method's views."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
+        raise NotImplementedError
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """Adam on every parameter (the paper's setting for relational reasoning and most baselines)."""
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """No schedule by default."""
+        return None
+
+    def on_epoch_start(self, context: EpochContext) -> None:
+        """Hook for methods that need a pass over the data before each epoch."""
+
+    @staticmethod
+    def views_per_image(config: RunConfig) -> int:
+        return 1
+
+    def pairs_per_step(self, batch_size: int) -> int:
+        """Relation pairs scored per step (0 for methods without pairs)."""
+        return 0
+
+
+MethodType = TypeVar("MethodType", bound=type[Method])
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: MethodType) -> MethodType:
+    """Class decorator: make a method available to `ssrr pretrain --method NAME`."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def method_class(name: str) -> type[Method]:
+    # Importing the package registers every built-in method.
+    import ssrr.methods  # noqa: F401
+
+    if name not in METHODS:
+        raise SsrrError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    return METHODS[name]

@@ -1,0 +1,65 @@
+"""Relational reasoning (the paper's method): K views, pairs of views scored by a relation head."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ssrr.errors import SsrrError
+from ssrr.losses import LOSS_FUNCTIONS
+from ssrr.methods.base import Method, StepOutput, register
+from ssrr.models.heads import HEADS
+from ssrr.pipelines import recipes
+from ssrr.relational import PairSchedule, pair_accuracy, pair_schedule, relation_logits
+from ssrr.train.config import RunConfig
+
+if TYPE_CHECKING:
+    from ssrr.pipelines.loader import Batch
+
+
+@register
+class Relational(Method):
+    """Algorithm 1: aggregate every pair of the K views, positives (same image) against negatives
+    (a collision-free shuffle), score them with the relation head, focal/BCE loss."""
+
+    name = "relational"
+
+    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__(config, backbone, num_classes)
+        if config.head not in HEADS:
+            raise SsrrError(f"unknown head {config.head!r} (known: {', '.join(HEADS)})")
+        if config.loss not in LOSS_FUNCTIONS:
+            raise SsrrError(f"unknown loss {config.loss!r} (known: {', '.join(LOSS_FUNCTIONS)})")
+        self.head = HEADS[config.head](backbone.feature_dim, aggregation=config.aggregation)
+        self.loss_fn = LOSS_FUNCTIONS[config.loss]
+        self._schedules: dict[tuple[int, int, str], PairSchedule] = {}
+
+    @classmethod
+    def recipe(cls, config: RunConfig) -> recipes.Recipe:
+        return recipes.relational(config.k)
+
+    @staticmethod
+    def views_per_image(config: RunConfig) -> int:
+        return config.k
+
+    def pairs_per_step(self, batch_size: int) -> int:
+        k = self.config.k
+        return batch_size * k * (k - 1)
+
+    def schedule(self, k: int, m: int, device: torch.device) -> PairSchedule:
+        key = (k, m, str(device))
+        if key not in self._schedules:
+            self._schedules[key] = pair_schedule(k, m, device)
+        return self._schedules[key]
+
+    def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
+        m = batch.index.shape[0]
+        k = batch.views.shape[0] // m
+        z = self.backbone(batch.views)
+        schedule = self.schedule(k, m, z.device)
+        logits = relation_logits(z, self.head, schedule).float()
+        loss = self.loss_fn(logits, schedule.targets)
+        acc_pos, acc_neg = pair_accuracy(logits.detach(), schedule.targets)
+        return StepOutput(loss, {"acc_pos": acc_pos, "acc_neg": acc_neg})

@@ -1,0 +1,227 @@
+"""Checkpoints: safetensors weights plus optimizer/RNG/progress state, written atomically, last N kept.
+
+Layout of a run folder::
+
+    runs/NAME/config.json                 the resolved RunConfig
+    runs/NAME/checkpoints/epoch-0003/     model.safetensors (method: backbone + heads)
+                                          state.pt (optimizer, scheduler, RNG, epoch, step)
+    runs/NAME/backbone.safetensors        the latest backbone alone, loadable by plain torch code:
+                                          build_backbone(meta["backbone"]).load_state_dict(load_file(path))
+
+`load_backbone` accepts a run folder, a checkpoint folder, a `backbone.safetensors` file, or
+`random:<backbone>` (an untrained backbone: the lower bound).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ssrr.errors import SsrrError
+from ssrr.models.backbones import build_backbone
+from ssrr.train.config import RunConfig
+
+CHECKPOINTS = "checkpoints"
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+BACKBONE_FILE = "backbone.safetensors"
+_EPOCH_DIR = re.compile(r"epoch-(\d{4,})$")
+
+
+def _state_dict_for_save(module: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage: store plain contiguous copies.
+    return {key: value.detach().contiguous().cpu() for key, value in module.state_dict().items()}
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    method: nn.Module,
+    backbone_name: str,
+    training_state: dict[str, Any],
+    epoch: int,
+    keep: int,
+) -> Path:
+    """Write checkpoints/epoch-NNNN atomically (temp folder, then rename) and prune to the last `keep`."""
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch-{epoch:04d}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    try:
+        metadata = {"backbone": backbone_name, "epoch": str(epoch)}
+        save_file(_state_dict_for_save(method), str(staging / MODEL_FILE), metadata=metadata)
+        torch.save(training_state, staging / STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backbone = getattr(method, "backbone", method)
+    _atomic_save(_state_dict_for_save(backbone), run_dir / BACKBONE_FILE, metadata)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _EPOCH_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_EPOCH_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def load_method_weights(method: nn.Module, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `method`; a checkpoint of another model is a clear SsrrError."""
+    tensors = _read_safetensors(checkpoint / MODEL_FILE)
+    missing, unexpected = _compare_keys(method.state_dict(), tensors)
+    if missing or unexpected:
+        raise SsrrError(f"{checkpoint}: checkpoint of another model ({_describe(missing, unexpected)})")
+    method.load_state_dict(tensors)
+
+
+def load_training_state(checkpoint: Path) -> dict[str, Any]:
+    path = checkpoint / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise SsrrError(f"{path}: unreadable training state ({exc})") from exc
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SsrrError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SsrrError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _compare_keys(
+    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    missing = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
+    unexpected = [k for k in got if k not in expected]
+    return missing, unexpected
+
+
+def _describe(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensors missing or of another shape, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts)
+
+
+@dataclass
+class LoadedBackbone:
+    module: nn.Module
+    name: str  # registry name, e.g. "conv4"
+    source: str  # where it came from ("random:conv4" for an untrained one)
+    trained_on: str | None  # the pretraining dataset, when known
+    image_size: tuple[int, int] | None  # the pretraining image size, when known
+
+
+def load_backbone(spec: str | Path, backbone: str | None = None) -> LoadedBackbone:
+    """A backbone from a run folder, a checkpoint folder, a .safetensors file, or `random:<name>`.
+
+    `backbone`, when given, must match the stored one: loading weights of another model is refused.
+    """
+    text = str(spec)
+    if text.startswith("random:"):
+        name = text.split(":", 1)[1]
+        if backbone and backbone != name:
+            raise SsrrError(f"{text}: asked for backbone {backbone}")
+        return LoadedBackbone(build_backbone(name), name, text, None, None)
+    path = Path(text)
+    if not path.exists():
+        raise SsrrError(f"{path}: no such run, checkpoint or weights file (or use random:<backbone>)")
+    trained_on: str | None = None
+    image_size: tuple[int, int] | None = None
+    if path.is_dir() and (path / BACKBONE_FILE).is_file():  # a run folder
+        config = RunConfig.load(path)
+        trained_on = config.dataset
+        image_size = _image_size_of(path)
+        weights = path / BACKBONE_FILE
+    elif path.is_dir() and (path / MODEL_FILE).is_file():  # a checkpoint folder
+        weights = path / MODEL_FILE
+        run_dir = path.parent.parent
+        if (run_dir / "config.json").is_file():
+            trained_on = RunConfig.load(run_dir).dataset
+            image_size = _image_size_of(run_dir)
+    elif path.is_file():
+        weights = path
+    else:
+        raise SsrrError(f"{path}: holds no {BACKBONE_FILE} or {MODEL_FILE}")
+    tensors = _read_safetensors(weights)
+    stored = _metadata(weights).get("backbone")
+    if stored is None:
+        raise SsrrError(f"{weights}: no backbone name in its metadata; not an ssrr checkpoint")
+    if backbone and backbone != stored:
+        raise SsrrError(f"{weights}: a {stored} checkpoint, not {backbone}")
+    if weights.name == MODEL_FILE:  # full method weights: keep the backbone's
+        tensors = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    module = build_backbone(stored)
+    missing, unexpected = _compare_keys(module.state_dict(), tensors)
+    if missing or unexpected:
+        raise SsrrError(
+            f"{weights}: weights do not fit a {stored} backbone ({_describe(missing, unexpected)})"
+        )
+    module.load_state_dict(tensors)
+    return LoadedBackbone(module, stored, str(path), trained_on, image_size)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _image_size_of(run_dir: Path) -> tuple[int, int] | None:
+    env = run_dir / "environment.json"
+    if env.is_file():
+        size = json.loads(env.read_text()).get("image_size")
+        if size:
+            return (int(size[0]), int(size[1]))
+    return None

@@ -1,0 +1,105 @@
+"""One typed config object per run, saved beside its outputs as `config.json`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ssrr.errors import SsrrError
+
+CONFIG_FILE = "config.json"
+
+# Settings that define the model: a checkpoint can only be resumed or loaded with the same values.
+MODEL_DEFINING = ("method", "backbone", "head", "aggregation")
+
+
+@dataclass
+class RunConfig:
+    """Everything a pretraining run depends on. Defaults are the paper's (ResNet-32, K=32, M=64, 200 epochs)."""
+
+    method: str = "relational"
+    dataset: str = "cifar100"  # a name under shards/ or a shard folder
+    backbone: str = "resnet32"
+    k: int = 32  # augmentations (views) per image, relational only
+    batch: int = 64  # M images per step per process
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "focal"  # relational: focal (gamma 2, alpha 0.5, as the public code) or bce
+    aggregation: str = "cat"
+    head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
+    labels: str = "fine"  # supervised: fine or coarse labels
+    amp: bool = False  # bf16 autocast where supported, fp16 with loss scaling elsewhere
+    channels_last: bool = True
+    compile: bool = False
+    grad_accum: int = 1
+    sync_bn: bool = False  # multi-process: synchronise BatchNorm statistics across ranks
+    seed: int = 1
+    out: str = "runs"
+    name: str = ""  # resolved by `resolved()` when empty
+    shards_root: str = "shards"
+    keep_checkpoints: int = 2
+    checkpoint_every: int = 1  # epochs
+    max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
+    knn_every: int = 0  # run a k-NN probe on the test split every N epochs (0: never)
+    log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)
+
+    def validate(self) -> RunConfig:
+        if self.method == "relational" and self.k < 2:
+            raise SsrrError(f"--k must be at least 2 (pairs of views), got {self.k}")
+        if self.batch < 2:
+            raise SsrrError(
+                f"--batch must be at least 2 (no collision-free shuffle of one image), got {self.batch}"
+            )
+        for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise SsrrError(f"--lr must be positive, got {self.lr}")
+        if self.labels not in ("fine", "coarse"):
+            raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        return self
+
+    def resolved(self) -> RunConfig:
+        """A copy with a run name filled in."""
+        data = asdict(self)
+        if not data["name"]:
+            dataset = Path(self.dataset).name
+            data["name"] = f"{self.method}-{self.backbone}-{dataset}-s{self.seed}"
+        return RunConfig(**data)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+    def save(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(run_dir / CONFIG_FILE)
+
+    @classmethod
+    def load(cls, run_dir: Path | str) -> RunConfig:
+        path = Path(run_dir) / CONFIG_FILE
+        if not path.is_file():
+            raise SsrrError(f"{run_dir}: not a run folder (no {CONFIG_FILE})")
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except ValueError as exc:
+            raise SsrrError(f"{path}: malformed config ({exc})") from exc
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def model_mismatch(self, other: RunConfig) -> list[str]:
+        """The model-defining settings on which two configs disagree, as `name: a != b`."""
+        return [
+            f"{key}: {getattr(self, key)} != {getattr(other, key)}"
+            for key in MODEL_DEFINING
+            if getattr(self, key) != getattr(other, key)
+        ]
