@@ -3,7 +3,7 @@
 Layout of a run folder::
 
     runs/NAME/config.json                 the resolved RunConfig
-    runs/NAME/checkpoints/epoch-0003/     model.safetensors (method: backbone + heads)
+    runs/NAME/checkpoints/step-00000390/ model.safetensors (method: backbone + heads)
                                           state.pt (optimizer, scheduler, RNG, epoch, step)
     runs/NAME/backbone.safetensors        the latest backbone alone, loadable by plain torch code:
                                           build_backbone(meta["backbone"]).load_state_dict(load_file(path))
@@ -38,7 +38,7 @@ CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 BACKBONE_FILE = "backbone.safetensors"
-_EPOCH_DIR = re.compile(r"epoch-(\d{4,})$")
+_CHECKPOINT_DIR = re.compile(r"step-(\d{8,})$")
 
 
 def _state_dict_for_save(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -70,16 +70,16 @@ def save_checkpoint(
     method: nn.Module,
     backbone_name: str,
     training_state: dict[str, Any],
-    epoch: int,
+    step: int,
     keep: int,
 ) -> Path:
-    """Write checkpoints/epoch-NNNN atomically (temp folder, then rename) and prune to the last `keep`."""
+    """Write checkpoints/step-NNNNNNNN atomically (temp folder, then rename) and prune to the last `keep`."""
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"epoch-{epoch:04d}"
+    final = root / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
     try:
-        metadata = {"backbone": backbone_name, "epoch": str(epoch)}
+        metadata = {"backbone": backbone_name, "step": str(step)}
         save_file(_state_dict_for_save(method), str(staging / MODEL_FILE), metadata=metadata)
         torch.save(training_state, staging / STATE_FILE)
         if final.exists():
@@ -106,8 +106,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _EPOCH_DIR.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_EPOCH_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+    found = [p for p in root.iterdir() if _CHECKPOINT_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_CHECKPOINT_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def load_method_weights(method: nn.Module, checkpoint: Path) -> None:

@@ -110,8 +110,6 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     shard_dir = resolve_dataset(config.dataset, config.shards_root)
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
-    if cls.uses_labels and not manifest.splits.get("train", None):
-        raise SsrrError(f"{shard_dir}: no train split")
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")

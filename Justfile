@@ -1,0 +1,32 @@
+# ssrr tasks. `pip install -e ".[dev]"` brings `just` itself (the rust-just package).
+
+# The main job end to end on the embedded synthetic data: shard, pretrain, linear evaluation vs random weights.
+demo:
+    ssrr demo
+
+# The default test suite (what CI runs); `just test-slow` adds the checks on the real CIFAR-10 data.
+test:
+    pytest
+
+test-slow:
+    pytest -m "slow"
+
+lint:
+    ruff check .
+    ruff format --check .
+
+typecheck:
+    mypy
+
+# Shard the real CIFAR-10 (JPEG) data in ../shared/data for the benchmarks.
+shard-cifar10:
+    ssrr shard imagefolder ../shared/data/cifar10-jpeg.tar.gz --name cifar10-jpeg
+
+# Every benchmark in turn (never two at once on a 2-core machine); each writes docs/benchmarks.md.
+bench: shard-cifar10
+    ssrr bench shard --source ../shared/data/cifar10-jpeg.tar.gz --json
+    ssrr bench pipeline --dataset shards/cifar10-jpeg --k 32 --batch 64 --device cpu --json
+    ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+    ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json
+    ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    ssrr bench linear --dataset shards/cifar10-jpeg --json

@@ -1,0 +1,144 @@
+"""`ssrr bench ...`: benchmarks measured side by side with their baseline; results go to docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ssrr.bench.record import record
+from ssrr.cli.common import console, new_app
+
+bench_app = new_app("Benchmarks: ours against the baseline, side by side in one run, medians of repeats.")
+
+RECORD_HELP = "Write the result into docs/benchmarks.md."
+
+
+def _emit(name: str, result: dict, as_json: bool, write: bool) -> None:
+    if write:
+        record(name, result)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        console.print_json(json.dumps(result))
+
+
+@bench_app.command("pipeline")
+def pipeline(
+    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
+    k: int = typer.Option(32, "--k", help="Views per image."),
+    batch: int = typer.Option(64, help="Images per step (M)."),
+    device: str = typer.Option("cpu", help="cpu or gpu."),
+    repeats: int = typer.Option(5, help="Repeats (medians reported)."),
+    steps: int = typer.Option(20, help="Steps timed per repeat."),
+    workers: int = typer.Option(2, help="DataLoader workers of the torchvision baseline."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """Views/s of the DALI pipeline vs the torchvision reference (K transforms per image in workers).
+
+    Example: ssrr bench pipeline --k 32 --batch 64 --device cpu --json
+    """
+    from ssrr.bench.pipeline import bench_pipeline
+    from ssrr.data.formats import resolve_dataset
+
+    shard_dir = resolve_dataset(dataset)
+    result = bench_pipeline(shard_dir, k=k, batch=batch, device=device, repeats=repeats, steps=steps, workers=workers)
+    _emit(f"pipeline-{device}-k{k}-m{batch}", result, as_json, write)
+
+
+@bench_app.command("step")
+def step(
+    backbone: str = typer.Option("conv4", help="Backbone."),
+    k: int = typer.Option(32, "--k", help="Views per image."),
+    batch: int = typer.Option(64, help="Images per step (M)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC (ours)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
+    repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
+    baseline_repeats: int = typer.Option(3, help="Timed steps of the public-code-style baseline (0: skip)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """One training step, model only, and the relation stage alone, each against the literal baseline.
+
+    Example: ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+    """
+    from ssrr.bench.step import bench_model_step, bench_relation_stage
+
+    relation = bench_relation_stage(k=k, m=batch)
+    model = bench_model_step(
+        backbone=backbone, k=k, m=batch, amp=amp, channels_last=channels_last, compile=compile,
+        repeats=repeats, baseline_repeats=baseline_repeats,
+    )
+    _emit(f"step-{backbone}-k{k}-m{batch}", {**model, **relation}, as_json, write)
+
+
+@bench_app.command("e2e")
+def e2e(
+    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
+    backbone: str = typer.Option("conv4", help="Backbone."),
+    k: int = typer.Option(32, "--k", help="Views per image."),
+    batch: int = typer.Option(64, help="Images per step (M)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    steps: int = typer.Option(20, help="Timed steps per repeat (after warm-up)."),
+    repeats: int = typer.Option(3, help="Repeats (median)."),
+    baseline_steps: int = typer.Option(5, help="Timed steps of the public-code-style baseline (0: skip)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """End-to-end pretraining views/s (DALI pipeline + model step) and the share of time waiting for data.
+
+    Example: ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    """
+    from ssrr.bench.e2e import bench_e2e
+    from ssrr.data.formats import resolve_dataset
+
+    result = bench_e2e(
+        resolve_dataset(dataset), backbone=backbone, k=k, m=batch, amp=amp, steps=steps, repeats=repeats,
+        baseline_steps=baseline_steps, device=device,
+    )
+    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result.get('device', device)}", result, as_json, write)
+
+
+@bench_app.command("shard")
+def shard(
+    source: Path = typer.Option(Path("../shared/data/cifar10-jpeg.tar.gz"), help="ImageFolder archive to shard."),
+    out: Path = typer.Option(Path("/tmp/ssrr-bench-shards"), help="Scratch output folder."),
+    repeats: int = typer.Option(1, help="Repeats (median)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """Time to shard an ImageFolder archive, and the read speed of the raw encoding vs PNG and JPEG.
+
+    Example: ssrr bench shard --source ../shared/data/cifar10-jpeg.tar.gz --json
+    """
+    from ssrr.bench.shard import bench_shard
+
+    _emit("shard", bench_shard(source, out, repeats=repeats), as_json, write)
+
+
+@bench_app.command("linear")
+def linear(
+    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name."),
+    backbone: str = typer.Option("random:conv4", help="Run folder, checkpoint, or random:<backbone>."),
+    epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
+    baseline_epochs: int = typer.Option(2, help="Epochs of the recompute-every-epoch baseline, extrapolated."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """Linear evaluation on cached features vs recomputing features every epoch (the public code's way).
+
+    Example: ssrr bench linear --dataset shards/cifar10-jpeg --backbone random:resnet32 --json
+    """
+    from ssrr.bench.linear import bench_linear
+    from ssrr.data.formats import resolve_dataset
+
+    result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, baseline_epochs=baseline_epochs)
+    _emit(f"linear-{backbone.replace(':', '-').replace('/', '_')}", result, as_json, write)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,34 @@
+"""Shared fixtures: small shard folders written with the real writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssrr.data.writer import DatasetArrays, SplitArrays, write_dataset
+
+
+def make_shards(out: Path, name: str = "tiny", train: int = 256, test: int = 64, classes: int = 4, size: int = 32,
+                seed: int = 0, shard_size: int = 100) -> Path:
+    """A dataset whose class is the dominant colour channel pattern (learnable, cheap), written as shards."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int) -> SplitArrays:
+        labels = rng.integers(0, classes, n)
+        images = rng.integers(0, 96, (n, size, size, 3), dtype=np.uint8)
+        for c in range(classes):
+            images[labels == c, :, :, c % 3] += np.uint8(120 + 30 * (c // 3))
+        return SplitArrays(images, labels, np.full(n, -1))
+
+    dataset = DatasetArrays(name, {"train": split(train), "test": split(test)}, [f"c{i}" for i in range(classes)], [],
+                            {"generator": "tests"})
+    write_dataset(dataset, out, seed=seed, shard_size=shard_size)
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """256 train / 64 test images of 32x32 in 4 classes, 3 train shards."""
+    return make_shards(tmp_path_factory.mktemp("shards"))

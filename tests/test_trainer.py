@@ -1,0 +1,103 @@
+"""The pretraining loop: run folder contents, exact stop/resume, errors, loading the backbone back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ssrr.errors import SsrrError
+from ssrr.train.checkpoint import list_checkpoints, load_backbone
+from ssrr.train.config import RunConfig
+from ssrr.train.loop import pretrain
+
+
+def config(shards: Path, out: Path, **changes) -> RunConfig:
+    base = RunConfig(dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=2, out=str(out), name="run",
+                     seed=3, num_threads=1)
+    return replace(base, **changes)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
+
+
+def test_run_folder_holds_config_environment_metrics_and_checkpoints(tiny_shards: Path, tmp_path: Path) -> None:
+    result = pretrain(config(tiny_shards, tmp_path, keep_checkpoints=1), show=False)
+    run = result.run_dir
+    assert RunConfig.load(run).k == 3
+    assert json.loads((run / "environment.json").read_text())["num_processes"] == 1
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for key in ("loss", "acc_pos", "acc_neg", "views_per_s", "images_per_s", "pairs_per_s", "data_wait"):
+        assert key in lines[-1]
+    assert 0.0 <= lines[-1]["data_wait"] <= 1.0
+    throughput = json.loads((run / "throughput.json").read_text())
+    assert throughput["views_per_s"] == pytest.approx(3 * throughput["images_per_s"])
+    assert len(list_checkpoints(run)) == 1  # keep_checkpoints=1 pruned the first
+    assert result.steps == 2 * (256 // 32)
+
+
+def test_stop_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_shards: Path, tmp_path: Path) -> None:
+    straight = pretrain(config(tiny_shards, tmp_path / "a"), show=False)
+    pretrain(config(tiny_shards, tmp_path / "b", epochs=1), show=False)  # stopped after epoch 1
+    resumed = pretrain(config(tiny_shards, tmp_path / "b"), resume=True, show=False)
+    a, b = weights(straight.run_dir), weights(resumed.run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = (resumed.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(log) == 2  # the log was appended, not recreated
+
+
+def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
+    straight = pretrain(config(tiny_shards, tmp_path / "a", epochs=1), show=False)
+    pretrain(config(tiny_shards, tmp_path / "b", epochs=1, max_steps=3), show=False)
+    resumed = pretrain(config(tiny_shards, tmp_path / "b", epochs=1, max_steps=0), resume=True, show=False)
+    a, b = weights(straight.run_dir), weights(resumed.run_dir)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_an_existing_run_is_never_overwritten(tiny_shards: Path, tmp_path: Path) -> None:
+    pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
+    with pytest.raises(SsrrError, match="already exists"):
+        pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
+
+
+def test_resuming_with_another_model_is_refused(tiny_shards: Path, tmp_path: Path) -> None:
+    pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
+    with pytest.raises(SsrrError, match="another model"):
+        pretrain(config(tiny_shards, tmp_path, backbone="resnet8"), resume=True, show=False)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"k": 1}, "--k must be at least 2"),
+        ({"batch": 1}, "--batch must be at least 2"),
+        ({"backbone": "vgg"}, "unknown backbone"),
+        ({"aggregation": "median"}, "aggregation"),
+        ({"dataset": "no-such-dataset"}, "ssrr shard no-such-dataset"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_line(tiny_shards: Path, tmp_path: Path, changes, message) -> None:
+    with pytest.raises(SsrrError, match=message) as caught:
+        pretrain(config(tiny_shards, tmp_path, **changes), show=False)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_backbone_loads_back_for_evaluation_and_refuses_another(tiny_shards: Path, tmp_path: Path) -> None:
+    result = pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
+    loaded = load_backbone(result.run_dir)
+    assert loaded.name == "conv4"
+    saved = load_file(str(result.run_dir / "backbone.safetensors"))
+    for key, value in loaded.module.state_dict().items():
+        assert torch.equal(value, saved[key])
+    with pytest.raises(SsrrError, match="conv4 checkpoint, not resnet32"):
+        load_backbone(result.run_dir, backbone="resnet32")
