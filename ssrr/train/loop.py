@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssrr import __version__
-from ssrr.data.formats import load_manifest, resolve_dataset
+from ssrr.data.formats import Manifest, load_manifest, resolve_dataset
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, method_class
 from ssrr.models.backbones import build_backbone
@@ -110,6 +110,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     shard_dir = resolve_dataset(config.dataset, config.shards_root)
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
+    num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
@@ -126,7 +127,6 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
 
     set_seed(config.seed)
     backbone = build_backbone(config.backbone)
-    num_classes = manifest.num_classes
     method: Method = cls(config, backbone, num_classes)
     if config.sync_bn and accelerator.num_processes > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
@@ -320,6 +320,17 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             f"interrupted: progress saved in {run_dir}; continue with the same command and --resume"
         )
     return RunResult(run_dir, epoch, global_step, throughput)
+
+
+def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
+    """Classes of the labels a method trains on (supervised), or of the dataset (DeepCluster's k)."""
+    if uses_labels and not manifest.splits["train"].labeled:
+        raise SsrrError(f"{shard_dir}: the train split has no labels; --method {config.method} needs them")
+    if config.labels == "coarse":
+        if not manifest.coarse_classes:
+            raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
+        return len(manifest.coarse_classes)
+    return max(manifest.num_classes, 1)
 
 
 def _rates(

@@ -1,0 +1,40 @@
+"""SimCLR (Chen et al. 2020): two views, a projection head, NT-Xent with temperature 0.5."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ssrr.losses import nt_xent
+from ssrr.methods.base import Method, StepOutput, register
+from ssrr.methods.heads import mlp_head
+from ssrr.pipelines import recipes
+from ssrr.train.config import RunConfig
+
+if TYPE_CHECKING:
+    from ssrr.pipelines.loader import Batch
+
+TEMPERATURE = 0.5
+
+
+@register
+class SimCLR(Method):
+    name = "simclr"
+
+    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__(config, backbone, num_classes)
+        self.projector = mlp_head(backbone.feature_dim, 64)
+
+    @classmethod
+    def recipe(cls, config: RunConfig) -> recipes.Recipe:
+        return recipes.simclr()
+
+    @staticmethod
+    def views_per_image(config: RunConfig) -> int:
+        return 2
+
+    def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
+        m = batch.index.shape[0]
+        p = self.projector(self.backbone(batch.views)).float()
+        return StepOutput(nt_xent(p[:m], p[m:], temperature=TEMPERATURE))
