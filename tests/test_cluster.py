@@ -1,0 +1,47 @@
+"""PCA whitening, k-means (incl. empty clusters) and inverse-frequency weights."""
+
+from __future__ import annotations
+
+import torch
+
+from ssrr.cluster import inverse_frequency_weights, kmeans, pca_whiten
+
+
+def test_pca_whitening_gives_unit_uncorrelated_components() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    w = pca_whiten(x, 3)
+    covariance = w.T @ w / (len(w) - 1)
+    assert w.shape == (2000, 3)
+    assert torch.allclose(covariance, torch.eye(3, dtype=torch.float64), atol=1e-3)
+
+
+def test_kmeans_recovers_well_separated_clusters() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    truth = torch.arange(3).repeat_interleave(50)
+    x = centres[truth] + 0.1 * torch.randn(150, 2, generator=g)
+    _, found = kmeans(x, 3, generator=g)
+    # the same partition up to renumbering: each true cluster maps to exactly one found cluster
+    pairs = {(int(t), int(f)) for t, f in zip(truth, found, strict=True)}
+    assert len(pairs) == 3 and len({f for _, f in pairs}) == 3
+
+
+def test_kmeans_keeps_every_cluster_in_use() -> None:
+    # more clusters than natural groups, and initial centroids drawn from duplicated points: plain Lloyd
+    # iterations leave clusters empty; re-seeding from the largest cluster keeps all k in use
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.zeros(40, 2), torch.ones(40, 2)]) + 1e-3 * torch.randn(80, 2, generator=g)
+    x[:20] = 0.0  # exact duplicates
+    for seed in range(5):
+        _, assignments = kmeans(x, 6, generator=torch.Generator().manual_seed(seed))
+        assert (torch.bincount(assignments, minlength=6) > 0).all()
+
+
+def test_inverse_frequency_weights_balance_clusters() -> None:
+    assignments = torch.tensor([0, 0, 0, 1, 2, 2])
+    w = inverse_frequency_weights(assignments, 4)
+    per_cluster_total = torch.zeros(4).index_add_(0, assignments, w[assignments])
+    assert torch.allclose(per_cluster_total[:3], per_cluster_total[0].expand(3))  # every cluster weighs the same
+    assert w[3] == 0  # empty cluster
+    assert torch.isclose(w[assignments].mean(), torch.tensor(1.0))
