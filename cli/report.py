@@ -1,0 +1,59 @@
+"""`ssrr report RUN...`: the evaluation results of runs as one table, in the layout of the paper's first table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from ssrr.cli.common import console
+
+
+def report(
+    runs: list[str] = typer.Argument(
+        ...,
+        metavar="RUN...",
+        help="Run folders, eval folders, result JSON files, or folders of runs (searched recursively).",
+    ),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Also write the table as markdown to FILE."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as one JSON object on stdout."),
+) -> None:
+    """Compare runs: rows = methods (x backbone), columns = protocols, cells = mean±std over seeds.
+
+    Examples:
+
+      ssrr report runs/                                   # every run and runs/random-*/eval
+
+      ssrr report runs/relational-resnet32-cifar100-s* runs/random-resnet32 --markdown docs/results.md
+    """
+    from ssrr.cli.evaluate import fail
+
+    from ssrr.errors import SsrrError
+
+    try:
+        _report(runs, markdown, as_json)
+    except SsrrError as exc:
+        raise fail(exc) from None
+
+
+def _report(runs: list[str], markdown: Path | None, as_json: bool) -> None:
+    import json
+
+    from ssrr.errors import SsrrError
+    from ssrr.eval.report import build_table, find_results, to_markdown, to_rich
+
+    results = find_results(runs)
+    if not results:
+        raise SsrrError(f"no evaluation results under {', '.join(runs)}: run `ssrr eval ...` first")
+    table = build_table(results)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(table))
+        console.print(f"wrote {markdown}")
+    if as_json:
+        typer.echo(json.dumps(table.as_dict()))
+    else:
+        console.print(to_rich(table))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

@@ -1,0 +1,202 @@
+"""Representations of a whole split through the DALI evaluation pipeline (normalise only, no augmentation).
+
+The backbone runs in eval mode (BatchNorm uses its running statistics) without gradients; the pipeline
+reads every sample exactly once (`training=False`: no shuffle, the last batch padded and its padding rows
+marked invalid and dropped here), and the rows come back sorted by sample index, so two extractions of
+the same split line up row for row.
+
+Domain-transfer image-size policy: when the evaluation dataset's images differ in size from the images the
+backbone was pretrained on (`LoadedBackbone.image_size`, read from the run), they are resized to the
+pretraining size, so the backbone sees objects at the scale it learnt them (CIFAR 32x32 into a backbone
+pretrained on STL-10 96x96 is upsampled to 96x96). `--image-size native` keeps the dataset's own size;
+`--image-size HxW` (or one number) forces a size. A backbone of unknown pretraining size (random weights,
+a bare weights file) sees the dataset's own size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ssrr.data.formats import Manifest, load_manifest
+from ssrr.errors import SsrrError
+from ssrr.train.checkpoint import LoadedBackbone
+
+
+@dataclass
+class Features:
+    """One split's representations and labels, row i = sample index[i], sorted by index."""
+
+    z: torch.Tensor  # (N, D) float32
+    fine: torch.Tensor  # (N,) int64, -1 where unlabeled
+    coarse: torch.Tensor  # (N,) int64, -1 where absent
+    index: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def labels(self, which: str = "fine") -> torch.Tensor:
+        """The fine or coarse labels; a split without them is a clear SsrrError."""
+        labels = self.fine if which == "fine" else self.coarse
+        if len(labels) and bool((labels < 0).any()):
+            raise SsrrError(f"this split has no {which} labels for every sample (use --labels fine?)")
+        return labels
+
+    def to(self, device: torch.device | str) -> Features:
+        return Features(self.z.to(device), self.fine.to(device), self.coarse.to(device), self.index.to(device))
+
+    def subset(self, rows: torch.Tensor) -> Features:
+        rows = rows.to(self.z.device)
+        return Features(self.z[rows], self.fine[rows], self.coarse[rows], self.index[rows])
+
+
+def parse_image_size(text: str | None) -> str | tuple[int, int]:
+    """`auto` (the policy above), `native`, `32` or `96x96`."""
+    if text is None or text in ("auto", "native"):
+        return text or "auto"
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise SsrrError(f"--image-size must be auto, native, N or HxW, got {text!r}")
+    return (parts[0], parts[1])
+
+
+def eval_image_size(
+    loaded: LoadedBackbone, manifest: Manifest, policy: str | tuple[int, int] = "auto"
+) -> tuple[int, int] | None:
+    """The size to resize evaluation images to, or None for the dataset's own size (see module docstring)."""
+    if isinstance(policy, tuple):
+        return None if tuple(manifest.image_size) == policy else policy
+    if policy == "native" or loaded.image_size is None:
+        return None
+    pretrain = (int(loaded.image_size[0]), int(loaded.image_size[1]))
+    return None if tuple(manifest.image_size) == pretrain else pretrain
+
+
+def num_classes(manifest: Manifest, labels: str) -> int:
+    """Classes of the fine or coarse labelling; a dataset without coarse classes is a clear SsrrError."""
+    names = class_names(manifest, labels)
+    if not names:
+        raise SsrrError(f"{manifest.name}: has no {labels} classes (coarse labels exist for CIFAR-100 only)")
+    return len(names)
+
+
+def class_names(manifest: Manifest, labels: str) -> list[str]:
+    return list(manifest.classes if labels == "fine" else manifest.coarse_classes)
+
+
+def evaluation_loader(
+    shard_dir: Path | str,
+    split: str,
+    *,
+    device: torch.device,
+    batch: int = 256,
+    image_size: tuple[int, int] | None = None,
+    num_threads: int | None = None,
+):  # type: ignore[no-untyped-def]
+    """A ViewLoader that reads `split` once, in order, normalised only (the evaluation recipe)."""
+    from ssrr.pipelines import recipes
+    from ssrr.pipelines.loader import ViewLoader
+
+    manifest = load_manifest(shard_dir)
+    if split not in manifest.splits:
+        raise SsrrError(f"{shard_dir}: no split '{split}' (has: {', '.join(manifest.splits)})")
+    return ViewLoader(
+        shard_dir,
+        recipes.evaluation(),
+        split=split,
+        batch_size=batch,
+        device="cuda" if device.type == "cuda" else "cpu",
+        training=False,
+        image_size=image_size,
+        num_threads=num_threads,
+    )
+
+
+def valid_batches(loader, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # type: ignore[no-untyped-def]
+    """(images, fine, coarse, index) of every real sample: padding rows (valid=False) dropped.
+
+    With one view per image (the evaluation recipe) `views` has M rows; with V views only the first is kept.
+    """
+    for batch in loader.epoch(epoch):
+        m = len(batch.valid)
+        views = batch.views[:m] if len(batch.views) != m else batch.views
+        keep = batch.valid.to(views.device)
+        if bool(keep.all()):
+            yield views, batch.fine, batch.coarse, batch.index
+        else:
+            keep_cpu = keep.to(batch.fine.device)
+            yield views[keep], batch.fine[keep_cpu], batch.coarse[keep_cpu], batch.index[keep_cpu]
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Representations of a batch, float32 (autocast, if any, is left to the caller)."""
+    return backbone(images).float().flatten(1)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    shard_dir: Path | str,
+    split: str,
+    *,
+    device: torch.device | str,
+    batch: int = 256,
+    image_size: tuple[int, int] | None = None,
+    num_threads: int | None = None,
+) -> Features:
+    """The representations of every sample of `split`, on `device`, sorted by sample index.
+
+    The backbone is put in eval mode for the extraction and given back in the mode it came in (the trainer's
+    k-NN probe calls this mid-training).
+    """
+    device = torch.device(device)
+    loader = evaluation_loader(
+        shard_dir, split, device=device, batch=batch, image_size=image_size, num_threads=num_threads
+    )
+    was_training = backbone.training
+    backbone.eval()
+    zs, fines, coarses, indices = [], [], [], []
+    try:
+        for images, fine, coarse, index in valid_batches(loader):
+            if len(index) == 0:
+                continue
+            zs.append(embed(backbone, images.to(device, non_blocking=True)))
+            fines.append(fine.to(device))
+            coarses.append(coarse.to(device))
+            indices.append(index.to(device))
+    finally:
+        backbone.train(was_training)
+    if not zs:
+        raise SsrrError(f"{shard_dir}: split '{split}' is empty")
+    index = torch.cat(indices).long()
+    order = torch.argsort(index)
+    return Features(
+        torch.cat(zs)[order].contiguous(),
+        torch.cat(fines).long()[order],
+        torch.cat(coarses).long()[order],
+        index[order],
+    )
+
+
+def features_from_tensors(
+    backbone: nn.Module, images: torch.Tensor, fine: torch.Tensor, *, batch: int = 256
+) -> Features:
+    """The same as `extract_features` for images already in memory (tests, tiny problems)."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        z = torch.cat([embed(backbone, images[s : s + batch]) for s in range(0, len(images), batch)])
+    finally:
+        backbone.train(was_training)
+    n = len(images)
+    return Features(z, fine.long(), torch.full((n,), -1, dtype=torch.long), torch.arange(n))

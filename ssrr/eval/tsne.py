@@ -1,0 +1,209 @@
+"""A 2-D t-SNE map of test representations coloured by class (the poster's figure), exact t-SNE in torch.
+
+Exact t-SNE (van der Maaten & Hinton, 2008), O(N^2) memory and time, fine for a few thousand points (a
+seeded subsample, 2,000 by default):
+
+1. P: for each point, a Gaussian over the others whose bandwidth is found by binary search so that its
+   entropy is log(perplexity); symmetrised, P = (P + P^T) / 2N.
+2. Q: a Student-t (one degree of freedom) kernel over the 2-D points, normalised over all pairs.
+3. Gradient descent on KL(P || Q): dY_i = 4 sum_j (p_ij - q_ij)(y_i - y_j) / (1 + |y_i - y_j|^2), with
+   momentum (0.5, then 0.8), per-coordinate adaptive gains, and early exaggeration (P x 12 for the first 250
+   iterations). Representations wider than 50 dimensions are first reduced to 50 by PCA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssrr.data.formats import load_manifest
+from ssrr.eval.common import (
+    base_result,
+    check_labels,
+    new_figure,
+    output_dir,
+    resolve_device,
+    result_stem,
+    save_figure,
+    write_result,
+)
+from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.train.checkpoint import LoadedBackbone
+
+POINTS = 2000
+PERPLEXITY = 30.0
+ITERATIONS = 1000
+EXAGGERATION = 12.0
+EXAGGERATION_ITERS = 250
+PCA_DIMS = 50
+FIGURE_SIZE_IN = (8.0, 8.0)  # 800 x 800 pixels
+
+
+def affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Tensor:
+    """Symmetric joint probabilities P (N, N) with each row's Gaussian calibrated to `perplexity`."""
+    n = len(x)
+    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    d2 = torch.cdist(x, x).square()
+    # Shift each row by its nearest neighbour's distance: the kernel is then <= 1 with one entry equal to 1,
+    # which neither overflows nor underflows whatever the scale of the representations.
+    d2 = d2 - d2.masked_fill(~off, math.inf).min(1, keepdim=True).values
+    d2 = d2.masked_fill(~off, 0.0)
+    target = math.log(perplexity)
+    lo = torch.full((n, 1), -30.0, dtype=x.dtype, device=x.device)  # log precision (beta) bracket
+    hi = torch.full((n, 1), 30.0, dtype=x.dtype, device=x.device)
+    for _ in range(steps):
+        beta = ((lo + hi) / 2).exp()
+        kernel = torch.exp(-d2 * beta) * off
+        total = kernel.sum(1, keepdim=True)
+        entropy = total.log() + beta * (kernel * d2).sum(1, keepdim=True) / total
+        too_wide = entropy > target  # too flat: raise the precision
+        lo = torch.where(too_wide, (lo + hi) / 2, lo)
+        hi = torch.where(too_wide, hi, (lo + hi) / 2)
+    beta = ((lo + hi) / 2).exp()
+    conditional = torch.exp(-d2 * beta) * off
+    conditional = conditional / conditional.sum(1, keepdim=True)
+    return ((conditional + conditional.T) / (2 * n)).clamp(min=1e-12)
+
+
+def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """The first `dims` principal components of x (centred)."""
+    x = x - x.mean(0)
+    if x.shape[1] <= dims:
+        return x
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return x @ v[:dims].T
+
+
+def tsne(
+    x: torch.Tensor,
+    *,
+    perplexity: float = PERPLEXITY,
+    iterations: int = ITERATIONS,
+    seed: int = 1,
+    learning_rate: float | None = None,
+) -> torch.Tensor:
+    """Exact t-SNE of x (N, D) to (N, 2), float32, seeded. `learning_rate` None: max(N / 12, 50)."""
+    n = len(x)
+    if n < 3:
+        return torch.zeros(n, 2)
+    x = pca(x.double(), PCA_DIMS)
+    perplexity = min(perplexity, (n - 1) / 3)
+    p = affinities(x, perplexity).float()
+    lr = learning_rate or max(n / EXAGGERATION, 50.0)
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(n, 2, generator=g) * 1e-4).to(x.device)
+    velocity = torch.zeros_like(y)
+    gains = torch.ones_like(y)
+    for it in range(iterations):
+        early = it < EXAGGERATION_ITERS
+        num = 1.0 / (1.0 + torch.cdist(y, y).square())
+        num.fill_diagonal_(0.0)
+        q = (num / num.sum()).clamp(min=1e-12)
+        w = ((EXAGGERATION if early else 1.0) * p - q) * num
+        grad = 4.0 * (w.sum(1, keepdim=True) * y - w @ y)
+        same_sign = (grad > 0) == (velocity > 0)
+        gains = torch.where(same_sign, gains * 0.8, gains + 0.2).clamp(min=0.01)
+        velocity = (0.5 if early else 0.8) * velocity - lr * gains * grad
+        y = y + velocity
+        y = y - y.mean(0)
+    return y.float().cpu()
+
+
+def kl_divergence(x: torch.Tensor, y: torch.Tensor, perplexity: float = PERPLEXITY) -> float:
+    """KL(P || Q) of an embedding y of x: the quantity t-SNE minimises (lower is better)."""
+    n = len(x)
+    p = affinities(pca(x.double(), PCA_DIMS), min(perplexity, (n - 1) / 3))
+    num = 1.0 / (1.0 + torch.cdist(y.double(), y.double()).square())
+    num.fill_diagonal_(0.0)
+    q = (num / num.sum()).clamp(min=1e-12)
+    return float((p * (p / q).log()).sum())
+
+
+def subsample(n: int, points: int, seed: int) -> torch.Tensor:
+    """Sorted seeded subset of `points` rows out of n (all when points <= 0 or >= n)."""
+    if points <= 0 or points >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:points].sort().values
+
+
+def tsne_png(y: torch.Tensor, labels: torch.Tensor, names: list[str], path: Path, title: str) -> Path:
+    """Scatter of the 2-D map coloured by class (a legend for up to 20 classes), 800 x 800 pixels."""
+    import matplotlib
+
+    fig = new_figure(*FIGURE_SIZE_IN)
+    ax = fig.add_subplot()
+    classes = len(names)
+    cmap = matplotlib.colormaps["tab10" if classes <= 10 else "tab20" if classes <= 20 else "turbo"]
+    labels = labels.cpu()
+    pts = y.numpy()
+    for c in range(classes):
+        mask = (labels == c).numpy()
+        if mask.any():
+            colour = cmap(c if classes <= 20 else c / max(classes - 1, 1))
+            ax.scatter(pts[mask, 0], pts[mask, 1], s=6, color=colour, label=names[c], linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    if classes <= 20:
+        ax.legend(loc="best", fontsize=7, markerscale=2, frameon=True)
+    return save_figure(fig, path)
+
+
+def tsne_eval(
+    loaded: LoadedBackbone,
+    shard_dir: Path | str,
+    *,
+    labels: str = "fine",
+    split: str = "test",
+    points: int = POINTS,
+    perplexity: float = PERPLEXITY,
+    iterations: int = ITERATIONS,
+    seed: int = 1,
+    device: str | torch.device = "auto",
+    out: str | Path | None = None,
+    image_size: str | tuple[int, int] = "auto",
+    feature_batch: int = 256,
+) -> dict[str, Any]:
+    """`ssrr eval tsne`: a t-SNE PNG of `points` seeded test representations coloured by class."""
+    started = time.perf_counter()
+    check_labels(labels)
+    device = resolve_device(device)
+    manifest = load_manifest(shard_dir)
+    names = class_names(manifest, labels)
+    size = eval_image_size(
+        loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
+    )
+    features = extract_features(
+        loaded.module.to(device), shard_dir, split, device=device, batch=feature_batch, image_size=size
+    )
+    y_labels = features.labels(labels)
+    rows = subsample(len(features), points, seed)
+    x = features.z[rows.to(features.z.device)]
+    embed_started = time.perf_counter()
+    y = tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
+    embed_s = time.perf_counter() - embed_started
+    result = base_result("tsne", loaded, manifest.name, labels, seed, device)
+    result.update(
+        split=split,
+        points=len(rows),
+        perplexity=perplexity,
+        iterations=iterations,
+        kl=kl_divergence(x.cpu(), y, perplexity),
+        embed_s=round(embed_s, 3),
+    )
+    out_dir = output_dir(loaded, out)
+    stem = result_stem("tsne", manifest.name, labels, seed)
+    png = tsne_png(
+        y,
+        y_labels.cpu()[rows],
+        names,
+        out_dir / f"{stem}.png",
+        f"t-SNE of {len(rows)} {manifest.name} {split} representations [{loaded.source}]",
+    )
+    result["files"] = [str(png)]
+    result["wall_s"] = round(time.perf_counter() - started, 3)
+    return write_result(out_dir, stem, result)
