@@ -43,8 +43,8 @@ PCA_DIMS = 50
 FIGURE_SIZE_IN = (8.0, 8.0)  # 800 x 800 pixels
 
 
-def affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Tensor:
-    """Symmetric joint probabilities P (N, N) with each row's Gaussian calibrated to `perplexity`."""
+def conditional_affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Tensor:
+    """P(j | i) (N, N), each row a Gaussian over the other points whose entropy is log(perplexity)."""
     n = len(x)
     off = ~torch.eye(n, dtype=torch.bool, device=x.device)
     d2 = torch.cdist(x, x).square()
@@ -53,20 +53,25 @@ def affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Ten
     d2 = d2 - d2.masked_fill(~off, math.inf).min(1, keepdim=True).values
     d2 = d2.masked_fill(~off, 0.0)
     target = math.log(perplexity)
-    lo = torch.full((n, 1), -30.0, dtype=x.dtype, device=x.device)  # log precision (beta) bracket
+    lo = torch.full((n, 1), -30.0, dtype=x.dtype, device=x.device)  # bisection on log(precision)
     hi = torch.full((n, 1), 30.0, dtype=x.dtype, device=x.device)
     for _ in range(steps):
-        beta = ((lo + hi) / 2).exp()
+        mid = (lo + hi) / 2
+        beta = mid.exp()
         kernel = torch.exp(-d2 * beta) * off
         total = kernel.sum(1, keepdim=True)
         entropy = total.log() + beta * (kernel * d2).sum(1, keepdim=True) / total
-        too_wide = entropy > target  # too flat: raise the precision
-        lo = torch.where(too_wide, (lo + hi) / 2, lo)
-        hi = torch.where(too_wide, hi, (lo + hi) / 2)
-    beta = ((lo + hi) / 2).exp()
-    conditional = torch.exp(-d2 * beta) * off
-    conditional = conditional / conditional.sum(1, keepdim=True)
-    return ((conditional + conditional.T) / (2 * n)).clamp(min=1e-12)
+        too_flat = entropy > target  # raise the precision
+        lo = torch.where(too_flat, mid, lo)
+        hi = torch.where(too_flat, hi, mid)
+    kernel = torch.exp(-d2 * ((lo + hi) / 2).exp()) * off
+    return kernel / kernel.sum(1, keepdim=True)
+
+
+def affinities(x: torch.Tensor, perplexity: float) -> torch.Tensor:
+    """Symmetric joint probabilities P = (P(j|i) + P(i|j)) / 2N, floored at 1e-12."""
+    conditional = conditional_affinities(x, perplexity)
+    return ((conditional + conditional.T) / (2 * len(x))).clamp(min=1e-12)
 
 
 def pca(x: torch.Tensor, dims: int) -> torch.Tensor:

@@ -1,0 +1,51 @@
+"""Exact t-SNE: calibrated perplexity, well-separated clusters stay separate, the PNG is drawn."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ssrr.eval.tsne import affinities, conditional_affinities, kl_divergence, subsample, tsne, tsne_png
+
+
+def test_each_row_is_calibrated_to_the_perplexity() -> None:
+    x = torch.randn(200, 10, generator=torch.Generator().manual_seed(0)).double() * 50  # any scale works
+    conditional = conditional_affinities(x, 20.0)
+    entropy = -(conditional * conditional.clamp(min=1e-300).log()).sum(1)
+    assert torch.allclose(entropy.exp(), torch.full((200,), 20.0, dtype=torch.float64), rtol=1e-4)
+    assert conditional.diagonal().abs().max() == 0
+    p = affinities(x, 20.0)
+    assert torch.allclose(p.sum(), torch.tensor(1.0, dtype=p.dtype)) and torch.allclose(p, p.T)
+
+
+def test_separated_clusters_stay_separated_and_kl_drops() -> None:
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 20, generator=g) * 10
+    labels = torch.arange(3).repeat_interleave(60)
+    x = centres[labels] + torch.randn(180, 20, generator=g)
+    y = tsne(x, perplexity=15, iterations=300, seed=1)
+    assert y.shape == (180, 2) and torch.isfinite(y).all()
+    centroids = torch.stack([y[labels == c].mean(0) for c in range(3)])
+    within = max(float((y[labels == c] - centroids[c]).norm(dim=1).mean()) for c in range(3))
+    between = min(float((centroids[a] - centroids[b]).norm()) for a in range(3) for b in range(a + 1, 3))
+    assert between > 3 * within
+    random_map = torch.randn(180, 2, generator=g)
+    assert kl_divergence(x, y, 15) < kl_divergence(x, random_map, 15)
+    assert torch.equal(y, tsne(x, perplexity=15, iterations=300, seed=1))  # seeded
+    assert math.isfinite(kl_divergence(x, y, 15))
+
+
+def test_subsample_and_png(tmp_path: Path) -> None:
+    rows = subsample(5000, 2000, seed=3)
+    assert len(rows) == 2000 and len(rows.unique()) == 2000 and torch.equal(rows, subsample(5000, 2000, seed=3))
+    assert torch.equal(subsample(10, 2000, seed=3), torch.arange(10))
+    y = torch.randn(300, 2)
+    labels = torch.randint(0, 10, (300,))
+    png = tsne_png(y, labels, [f"class{i}" for i in range(10)], tmp_path / "t.png", "test")
+    image = np.asarray(Image.open(png).convert("RGB"))
+    assert image.shape == (800, 800, 3)
+    assert image.std() > 0 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10
