@@ -1,0 +1,238 @@
+"""Shared pieces of the dataset sources: progress callbacks, image decoding in a process pool, resize policy.
+
+Resize policy (for the sources made of image files: ``imagefolder`` and ``tiny-imagenet``): every image
+becomes SIZE x SIZE RGB, where SIZE is ``--size`` if given, else the most common ``min(height, width)``
+over the train split. An image of another size is resized so that its shorter side is SIZE (bilinear,
+antialiased when shrinking) and then centre-cropped to SIZE x SIZE. Images of exactly SIZE x SIZE are only
+decoded (and converted to RGB: grayscale, palette, RGBA and CMYK images all become 3-channel RGB).
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import struct
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ssrr.errors import SsrrError
+
+Tick = Callable[[int], None]  # advance a progress task by n units
+ProgressFactory = Callable[[str, "int | None"], Tick]  # (description, total or None) -> tick
+
+
+def _noop(_: int) -> None:
+    pass
+
+
+def no_progress(description: str, total: int | None = None) -> Tick:
+    """A `ProgressFactory` that shows nothing."""
+    return _noop
+
+
+DEFAULT_WORKERS = 2
+CHUNK = 512  # images per pool task
+MIN_PARALLEL = 4096  # fewer images than this are decoded in-process (a pool costs ~0.3 s to start)
+
+
+def image_extensions() -> frozenset[str]:
+    """File extensions (lower case, with the dot) of every image format this Pillow can read."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def probe_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding; None for other or odd files."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:2] == b"\xff\xd8":
+        pos = 2
+        end = len(data)
+        while pos + 4 <= end:
+            if data[pos] != 0xFF:
+                return None
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                pos += 2
+                continue
+            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if pos + 9 > end:
+                    return None
+                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+                return int(width), int(height)
+            pos += 2 + length
+    return None
+
+
+def image_size(data: bytes, origin: str) -> tuple[int, int]:
+    """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow."""
+    size = probe_size(data)
+    if size is not None and size[0] > 0 and size[1] > 0:
+        return size
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception as exc:
+        raise SsrrError(f"{origin}: not an image Pillow can read ({exc})") from None
+
+
+def common_side(sizes: Sequence[tuple[int, int]], origin: str) -> int:
+    """The most common min(width, height); ties go to the larger side."""
+    if not sizes:
+        raise SsrrError(f"{origin}: no train images to take the image size from")
+    counts = Counter(min(w, h) for w, h in sizes)
+    return max(counts.items(), key=lambda item: (item[1], item[0]))[0]
+
+
+def to_square(image: Image.Image, size: int) -> np.ndarray:
+    """RGB, shorter side resized to `size` (bilinear, antialiased), centre-cropped: (size, size, 3) uint8."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    if (width, height) != (size, size):
+        scale = size / min(width, height)
+        new_w = max(size, round(width * scale))
+        new_h = max(size, round(height * scale))
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        left = (new_w - size) // 2
+        top = (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, int, str]:
+    """Pool task: decode a chunk into (images, index of the first failure or -1, its error)."""
+    blobs, size = args
+    out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+    for i, data in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                out[i] = to_square(image, size)
+        except Exception as exc:
+            return out, i, f"{type(exc).__name__}: {exc}"
+    return out, -1, ""
+
+
+class ImageDecoder:
+    """Decode images in worker processes while the source is still being read.
+
+    Call `add` for every encoded image as it comes out of the archive, then `result` with the names of
+    each split. Decoding starts at once with a guessed SIZE (``--size``, else the shorter side of the
+    first image); if the policy's SIZE (most common ``min(h, w)`` over train) turns out different, the
+    images are decoded again at the right size, so the result never depends on the guess. Fewer than
+    `min_parallel` images are decoded in this process, without a pool. Use as a context manager.
+    """
+
+    def __init__(
+        self,
+        *,
+        size: int | None,
+        origin: str,
+        workers: int = DEFAULT_WORKERS,
+        progress: ProgressFactory = no_progress,
+        min_parallel: int = MIN_PARALLEL,
+    ) -> None:
+        if size is not None and size < 1:
+            raise SsrrError(f"--size must be at least 1, got {size}")
+        self.size = size
+        self.origin = origin
+        self.workers = workers
+        self.progress = progress
+        self.min_parallel = min_parallel
+        self.names: list[str] = []
+        self.seen: set[str] = set()
+        self.blobs: list[bytes] = []
+        self.sizes: list[tuple[int, int] | None] = []  # from headers; None where the header was unclear
+        self.guess: int | None = size
+        self.pool: Any = None
+        self.pending: list[tuple[int, int, Any]] = []  # (first position, SIZE, AsyncResult)
+        self.submitted = 0
+
+    def __enter__(self) -> ImageDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def add(self, name: str, data: bytes) -> None:
+        """One encoded image, named for error messages and for `result`."""
+        if name in self.seen:
+            raise SsrrError(f"{self.origin}: two members named {name}")
+        self.seen.add(name)
+        self.names.append(name)
+        self.blobs.append(data)
+        header = probe_size(data)
+        self.sizes.append(header)
+        if self.guess is None and header is not None and min(header) > 0:
+            self.guess = min(header)
+        if self.workers > 1 and self.guess is not None and len(self.blobs) >= self.min_parallel:
+            if self.pool is None:
+                # spawn, not fork: the parent may run threads (progress display, DALI) fork would copy mid-state
+                self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            while len(self.blobs) - self.submitted >= CHUNK:
+                self._submit(self.submitted, self.submitted + CHUNK, self.guess)
+
+    def _submit(self, start: int, stop: int, size: int) -> None:
+        task = (self.blobs[start:stop], size)
+        self.pending.append((start, size, self.pool.apply_async(_decode_chunk, (task,))))
+        self.submitted = stop
+
+    def _size_of(self, position: int) -> tuple[int, int]:
+        known = self.sizes[position]
+        if known is not None and min(known) > 0:
+            return known
+        return image_size(self.blobs[position], f"{self.origin}: {self.names[position]}")
+
+    def result(self, groups: dict[str, list[str]]) -> tuple[dict[str, np.ndarray], int]:
+        """Decoded (N, SIZE, SIZE, 3) uint8 arrays for each group of names (in the order given), and SIZE."""
+        position = {name: i for i, name in enumerate(self.names)}
+        size = self.size
+        if size is None:
+            train = [position[name] for name in groups.get("train", [])]
+            size = common_side([self._size_of(i) for i in train], self.origin)
+        total = len(self.names)
+        tick = self.progress("decoding images", total)
+        decoded = np.empty((total, size, size, 3), dtype=np.uint8)
+
+        def store(start: int, images: np.ndarray, bad: int, error: str) -> None:
+            if bad >= 0:
+                raise SsrrError(f"{self.origin}: {self.names[start + bad]}: cannot decode image ({error})")
+            decoded[start : start + len(images)] = images
+            tick(len(images))
+
+        if self.pool is not None:
+            if self.submitted < total:
+                self._submit(self.submitted, total, self.guess or size)
+            redo = []
+            for start, chunk_size, pending in self.pending:
+                images, bad, error = pending.get()
+                if chunk_size == size:
+                    store(start, images, bad, error)
+                else:  # the guess was wrong: decode this chunk again at the right size
+                    stop = start + len(images)
+                    redo.append((start, self.pool.apply_async(_decode_chunk, ((self.blobs[start:stop], size),))))
+            for start, pending in redo:
+                store(start, *pending.get())
+        else:
+            for start in range(0, total, CHUNK):
+                store(start, *_decode_chunk((self.blobs[start : start + CHUNK], size)))
+        arrays = {}
+        for split, names in groups.items():
+            order = np.fromiter((position[name] for name in names), dtype=np.int64, count=len(names))
+            in_place = len(order) == total and bool((order == np.arange(total)).all())
+            arrays[split] = decoded if in_place else decoded[order]
+        return arrays, size

@@ -1,0 +1,182 @@
+"""Check a shard folder against its manifest: hashes, sample counts, members, labels, indices, DALI indexes.
+
+`verify_dataset` returns a list of problems (`verify_report` the same per split, with counts), each one
+line naming the shard file (and sample key where there is one); an empty list means the folder is intact.
+`ssrr shard verify` prints them.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssrr.data import formats
+from ssrr.data.writer import sha256_file
+from ssrr.errors import SsrrError
+
+MEMBERS = (formats.PIXELS_EXT, formats.LABELS_EXT, formats.CLASS_EXT)
+
+
+@dataclass
+class SplitReport:
+    """What verification found for one split."""
+
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _check_sample(
+    where: str,
+    key: str,
+    parts: dict[str, bytes],
+    split: str,
+    pixels: int,
+    manifest: formats.Manifest,
+    labeled: bool,
+) -> tuple[list[str], int | None]:
+    """Problems with one sample's members, and the index it carries (None if unreadable)."""
+    problems = []
+    for ext in MEMBERS:
+        if ext not in parts:
+            problems.append(f"{where}: {key}: no .{ext} member")
+    for ext in sorted(set(parts) - set(MEMBERS)):
+        problems.append(f"{where}: {key}: unexpected member .{ext}")
+    if formats.PIXELS_EXT in parts and len(parts[formats.PIXELS_EXT]) != pixels:
+        problems.append(
+            f"{where}: {key}: .{formats.PIXELS_EXT} has {len(parts[formats.PIXELS_EXT])} bytes, expected {pixels}"
+        )
+    raw = parts.get(formats.LABELS_EXT)
+    if raw is None:
+        return problems, None
+    if len(raw) != 12:
+        problems.append(f"{where}: {key}: .{formats.LABELS_EXT} has {len(raw)} bytes, expected 12")
+        return problems, None
+    fine, coarse, index = formats.decode_labels(raw)
+    if labeled and not 0 <= fine < manifest.num_classes:
+        problems.append(f"{where}: {key}: fine label {fine} outside 0..{manifest.num_classes - 1}")
+    if not labeled and fine != formats.NO_LABEL and not 0 <= fine < manifest.num_classes:
+        problems.append(f"{where}: {key}: fine label {fine} is neither -1 nor a class")
+    if manifest.coarse_classes and labeled and not 0 <= coarse < len(manifest.coarse_classes):
+        problems.append(f"{where}: {key}: coarse label {coarse} outside 0..{len(manifest.coarse_classes) - 1}")
+    if not manifest.coarse_classes and coarse != formats.NO_LABEL:
+        problems.append(f"{where}: {key}: coarse label {coarse} but the dataset has no coarse classes")
+    if key != formats.sample_key(split, index):
+        problems.append(
+            f"{where}: {key}: carries index {index}, which belongs to key {formats.sample_key(split, index)}"
+        )
+    cls = parts.get(formats.CLASS_EXT)
+    if cls is not None and cls != str(fine).encode():
+        problems.append(f"{where}: {key}: .{formats.CLASS_EXT} {cls[:20]!r} differs from fine label {fine}")
+    return problems, index
+
+
+def _check_index(shard: Path, offsets: list[tuple[str, int, int]], samples: int) -> list[str]:
+    """The DALI .idx beside a shard must list every member at its data offset and size."""
+    idx = formats.index_path(shard)
+    if not idx.is_file():
+        return [f"{idx.name}: missing (DALI needs it)"]
+    lines = idx.read_text(errors="replace").splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or head[0] != "v1.2" or not head[1].isdigit() or int(head[1]) != samples:
+        return [f"{idx.name}: header {lines[0] if lines else ''!r} is not 'v1.2 {samples}'"]
+    listed = []
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) % 4:
+            return [f"{idx.name}: malformed line {line[:80]!r}"]
+        for i in range(0, len(fields), 4):
+            _ext, offset, size, name = fields[i : i + 4]
+            if not (offset.isdigit() and size.isdigit()):
+                return [f"{idx.name}: malformed line {line[:80]!r}"]
+            listed.append((name, int(offset), int(size)))
+    if sorted(listed) != sorted(offsets):
+        return [f"{idx.name}: does not match the members of {shard.name}"]
+    return []
+
+
+def verify_report(
+    root: Path | str, progress: Callable[[int], None] | None = None
+) -> tuple[formats.Manifest, dict[str, SplitReport]]:
+    """Verify every shard of the folder `root`; returns the manifest and a report per split.
+
+    `progress` is called with each shard's sample count as it is checked.
+    """
+    root = Path(root)
+    manifest = formats.load_manifest(root)
+    height, width = manifest.image_size
+    pixels = height * width * 3
+    reports: dict[str, SplitReport] = {}
+    key_pattern = re.compile(r"(.+)-(\d{9})")
+    for split, info in manifest.splits.items():
+        report = reports[split] = SplitReport()
+        seen: dict[int, str] = {}
+        for shard_info in info.shards:
+            shard = root / shard_info.file
+            where = shard_info.file
+            report.shards += 1
+            if not shard.is_file():
+                report.problems.append(f"{where}: missing")
+                continue
+            report.bytes += shard.stat().st_size
+            actual = sha256_file(shard)
+            if actual != shard_info.sha256:
+                report.problems.append(f"{where}: sha256 {actual} differs from the manifest's {shard_info.sha256}")
+            samples: dict[str, dict[str, bytes]] = {}
+            offsets: list[tuple[str, int, int]] = []
+            try:
+                with tarfile.open(shard, mode="r:") as tar:
+                    for member in tar:
+                        if not member.isreg():
+                            report.problems.append(f"{where}: {member.name}: not a regular file")
+                            continue
+                        key, _, ext = member.name.partition(".")
+                        handle = tar.extractfile(member)
+                        assert handle is not None
+                        samples.setdefault(key, {})[ext] = handle.read()
+                        offsets.append((member.name, member.offset_data, member.size))
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                report.problems.append(f"{where}: unreadable tar ({exc})")
+            if len(samples) != shard_info.samples:
+                report.problems.append(f"{where}: {len(samples)} samples, manifest says {shard_info.samples}")
+            report.problems += _check_index(shard, offsets, len(samples))
+            for key, parts in samples.items():
+                match = key_pattern.fullmatch(key)
+                if match is None or match.group(1) != split:
+                    report.problems.append(f"{where}: {key}: key is not '{split}-<9 digits>'")
+                problems, index = _check_sample(where, key, parts, split, pixels, manifest, info.labeled)
+                report.problems += problems
+                if index is None:
+                    continue
+                if index in seen:
+                    report.problems.append(f"{where}: {key}: index {index} already used in {seen[index]}")
+                else:
+                    seen[index] = f"{where}: {key}"
+            report.samples += len(samples)
+            if progress:
+                progress(shard_info.samples)
+        if report.samples != info.samples:
+            report.problems.append(f"{split}: {report.samples} samples in shards, manifest says {info.samples}")
+        missing = np.setdiff1d(np.arange(info.samples), np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        if len(missing):
+            shown = ", ".join(str(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            report.problems.append(f"{split}: {len(missing)} indices of 0..{info.samples - 1} missing ({shown})")
+        out_of_range = sorted(i for i in seen if not 0 <= i < info.samples)
+        for i in out_of_range[:5]:
+            report.problems.append(f"{seen[i]}: index {i} outside 0..{info.samples - 1}")
+    return manifest, reports
+
+
+def verify_dataset(root: Path | str) -> list[str]:
+    """All problems found in the shard folder `root` (empty when it verifies)."""
+    try:
+        _, reports = verify_report(root)
+    except SsrrError as exc:
+        return [str(exc)]
+    return [problem for report in reports.values() for problem in report.problems]
