@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import typer
@@ -74,6 +76,8 @@ def _progress_bars() -> Iterator[ProgressFactory]:
     )
 
     def factory(description: str, total: int | None = None) -> Tick:
+        if not progress.live.is_started:  # started by the first task: no empty display before an early error
+            progress.start()
         for earlier in progress.tasks:  # steps run one after another: a new one ends the ones before
             if not earlier.finished:
                 progress.update(earlier.id, total=earlier.completed)
@@ -86,8 +90,11 @@ def _progress_bars() -> Iterator[ProgressFactory]:
 
         return tick
 
-    with progress:
+    try:
         yield factory
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def _human_bytes(count: float) -> str:
@@ -295,8 +302,27 @@ def _names(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
+def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Print a user-facing `SsrrError` as one `Error: ...` line on stderr and exit 1.
+
+    The root group (`ssrr.cli.common.SsrrGroup`) means to do the same, but it raises the plain `click`
+    exception class, which typer >= 0.29 (vendoring its own click) does not recognise; handling it here
+    keeps `ssrr shard` right either way.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except SsrrError as exc:
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
 for _command in (make, verify, info):
-    shard_app.command(_command.__name__, help=_help(_command.__doc__))(_command)
+    shard_app.command(_command.__name__, help=_help(_command.__doc__))(_one_line_errors(_command))
 
 
 def register(app: typer.Typer) -> None:

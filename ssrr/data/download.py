@@ -12,11 +12,21 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ssrr.data.sources.base import ProgressFactory, no_progress
 from ssrr.errors import SsrrError
+
+if TYPE_CHECKING:  # (not at run time: ssrr.data.sources imports this module)
+    from ssrr.data.sources.base import ProgressFactory
+
+
+def no_progress(description: str, total: int | None = None) -> Callable[[int], None]:
+    """Show nothing (the same as `ssrr.data.sources.base.no_progress`)."""
+    return lambda _n: None
+
 
 
 @dataclass(frozen=True)
