@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
-from click.core import ParameterSource
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -105,7 +103,7 @@ def _human_bytes(count: float) -> str:
     return f"{count:.1f} GB"  # pragma: no cover
 
 
-def _command_line(ctx: click.Context) -> str:
+def _command_line(ctx: typer.Context) -> str:
     """The command as typed, with the options the user gave (so the manifest records how it was made)."""
     words = ["ssrr", "shard", str(ctx.params["dataset"])]
     if ctx.params.get("source_arg") is not None:
@@ -113,7 +111,8 @@ def _command_line(ctx: click.Context) -> str:
     for param in ctx.command.params:
         if param.name in ("dataset", "source_arg") or param.name is None:
             continue
-        if ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:
+        source = ctx.get_parameter_source(param.name)
+        if source is not None and source.name == "COMMANDLINE":  # (typer vendors its own click: compare names)
             words += [param.opts[0], str(ctx.params[param.name])]
     return " ".join(words)
 
