@@ -28,12 +28,12 @@ from ssrr.train.checkpoint import LoadedBackbone, load_backbone
 
 
 class ChannelMeans(nn.Module):
-    """An 'identity-ish' backbone: the mean of each normalised colour channel (D = 3)."""
+    """An 'identity-ish' backbone: the mean of each normalised colour channel, scaled up (D = 3)."""
 
     feature_dim = 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
+        return 10 * x.mean(dim=(2, 3))
 
 
 def random_conv4(seed: int = 0) -> LoadedBackbone:
@@ -70,7 +70,7 @@ def test_features_cover_the_split_once_in_index_order_as_plain_torch_computes_th
 
 def test_linear_through_shards_reaches_100_percent_and_writes_its_files(colours: Path, tmp_path: Path) -> None:
     loaded = LoadedBackbone(ChannelMeans(), "means", "random:means", None, None)
-    result = linear_eval(loaded, colours, epochs=60, seed=1, device="cpu", out=tmp_path / "eval")
+    result = linear_eval(loaded, colours, epochs=300, seed=1, device="cpu", out=tmp_path / "eval")
     assert result["top1"] == pytest.approx(100.0) and result["top5"] == pytest.approx(100.0)
     assert result["train_samples"] == 300 and result["test_samples"] == 90
     stem = tmp_path / "eval" / "linear-colours-s1"

@@ -55,7 +55,7 @@ def recompute_baseline(
         recipes.evaluation(),
         split="train",
         batch_size=batch,
-        device="cuda" if device.type == "cuda" else "cpu",
+        device=str(device),
         seed=seed,
         training=True,
         image_size=image_size,

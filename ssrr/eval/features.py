@@ -114,7 +114,7 @@ def evaluation_loader(
         recipes.evaluation(),
         split=split,
         batch_size=batch,
-        device="cuda" if device.type == "cuda" else "cpu",
+        device=str(device),
         training=False,
         image_size=image_size,
         num_threads=num_threads,

@@ -152,7 +152,7 @@ def finetune(
         recipes.crop_flip(),
         split=train_split,
         batch_size=batch,
-        device="cuda" if device.type == "cuda" else "cpu",
+        device=str(device),
         seed=seed,
         training=True,
         image_size=size,
