@@ -211,3 +211,20 @@ def test_help_has_examples() -> None:
     for command in ([], ["make"], ["verify"], ["info"]):
         result = run_ssrr("shard", *command, "--help")
         assert result.exit_code == 0 and "ssrr shard" in result.output and "Example" in result.output
+
+
+REAL_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_ARCHIVE.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_real_cifar10_jpeg(tmp_path: Path) -> None:
+    result = run_ssrr("shard", "imagefolder", REAL_ARCHIVE, "--name", "cifar10-jpeg", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    manifest = formats.load_manifest(tmp_path / "cifar10-jpeg")
+    assert manifest.image_size == (32, 32)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert manifest.classes == classes
+    assert {s: i.samples for s, i in manifest.splits.items()} == {"train": 50_000, "test": 10_000}
+    assert all(abs(m - r) < 0.01 for m, r in zip(manifest.mean, (0.491, 0.482, 0.447), strict=True))
+    assert verify_dataset(tmp_path / "cifar10-jpeg") == []

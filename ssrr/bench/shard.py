@@ -101,7 +101,7 @@ def dali_raw_rate(root: Path, split: str = "train", batch: int = 256, threads: i
     shards = manifest.shard_paths(root, split)
     height, width = manifest.image_size
 
-    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2)
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2)  # type: ignore[call-overload]
     def pipeline():  # type: ignore[no-untyped-def]
         rgb, lbl = fn.readers.webdataset(
             paths=[str(p) for p in shards],

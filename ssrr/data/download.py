@@ -28,7 +28,6 @@ def no_progress(description: str, total: int | None = None) -> Callable[[int], N
     return lambda _n: None
 
 
-
 @dataclass(frozen=True)
 class Archive:
     """An official dataset archive: where it is published, its MD5, and its file name."""

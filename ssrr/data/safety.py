@@ -18,6 +18,7 @@ Two rules hold for every source that `ssrr shard` reads:
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import lzma
@@ -30,7 +31,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -46,7 +47,7 @@ def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's array-unpickling helper, restricted to plain ndarrays."""
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refused array subtype {subtype!r}")
-    return _numpy_reconstruct(subtype, shape, dtype)
+    return cast(np.ndarray, _numpy_reconstruct(subtype, shape, dtype))
 
 
 def _dtype(*args: Any) -> np.dtype:
@@ -270,11 +271,18 @@ def _zip_members(path: Path, archive: zipfile.ZipFile) -> Iterator[Member]:
     for info, name in zip(infos, names, strict=True):
         if name is None or _hidden(name):
             continue
-        yield Member(name, info.file_size, lambda info=info: archive.open(info))
+        yield Member(name, info.file_size, functools.partial(archive.open, info))
+
+
+def _file_opener(path: Path) -> Callable[[], IO[bytes]]:
+    def opener() -> IO[bytes]:
+        return open(path, "rb")  # Member.read closes it
+
+    return opener
 
 
 def _folder_members(root: Path) -> Iterator[Member]:
-    for directory, subdirs, files in os.walk(root, followlinks=True):
+    for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         for file in sorted(files):
             if file.startswith("."):
@@ -283,4 +291,4 @@ def _folder_members(root: Path) -> Iterator[Member]:
             if not full.is_file():
                 continue
             name = full.relative_to(root).as_posix()
-            yield Member(name, full.stat().st_size, lambda full=full: open(full, "rb"))  # noqa: SIM115
+            yield Member(name, full.stat().st_size, _file_opener(full))

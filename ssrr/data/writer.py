@@ -122,7 +122,7 @@ def write_shard(
     path: Path,
     split: str,
     arrays: SplitArrays,
-    order: Sequence[int],
+    order: Sequence[int] | np.ndarray,
     first_index: int,
 ) -> formats.ShardInfo:
     """One tar of the samples `order` (positions in `arrays`), and its DALI index beside it."""

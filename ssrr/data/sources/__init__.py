@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from ssrr.data import download
 from ssrr.data.safety import archive_stem
@@ -45,7 +46,7 @@ def check_name(name: str) -> str:
 def folder_digest(root: Path, progress: ProgressFactory = no_progress) -> str:
     """sha256 over a folder tree: each file's relative path and its content's sha256, in sorted order."""
     files = []
-    for directory, subdirs, names in os.walk(root, followlinks=True):
+    for directory, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
         files += [Path(directory) / n for n in names if not n.startswith(".")]
     files = sorted(f for f in files if f.is_file())
@@ -116,9 +117,8 @@ def load_dataset(
         if min(train_per_class, test_per_class) < 1:
             raise SsrrError("--train-per-class and --test-per-class must be at least 1")
         splits, classes, coarse = synthetic.generate(seed, train_per_class, test_per_class)
-        return DatasetArrays(
-            name or "synthetic", splits, classes, coarse, {"generator": synthetic.GENERATOR, "seed": seed}
-        )  # type: ignore[dict-item]
+        generated: dict[str, Any] = {"generator": synthetic.GENERATOR, "seed": seed}  # the seed stays a number
+        return DatasetArrays(check_name(name or "synthetic"), splits, classes, coarse, generated)
     if dataset == "imagefolder" and source is None:
         raise SsrrError("imagefolder needs --source (a <split>/<class>/<image> folder or an archive of one)")
     path, source_entry = resolve_source(dataset, source, cache, progress)

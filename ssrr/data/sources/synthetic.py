@@ -41,7 +41,7 @@ def _sdf(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Signed distance (negative inside) of a unit-size shape at shape coordinates (u right, v down)."""
     au, av = np.abs(u), np.abs(v)
     if shape == "disc":
-        return np.hypot(u, v) - 0.95
+        return np.sqrt(u * u + v * v) - 0.95
     if shape == "ring":
         return np.abs(np.hypot(u, v) - 0.72) - 0.24
     if shape == "square":
@@ -92,16 +92,20 @@ def render(shape: str, rng: np.random.Generator, n: int) -> np.ndarray:
     fg, bg = _colours(rng, n)
     noise = rng.uniform(2.0, 12.0, n)
 
-    ys, xs = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64) + 0.5
-    dx = xs[None] - centre[:, 0, None, None]
-    dy = ys[None] - centre[:, 1, None, None]
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    u = (cos * dx + sin * dy) / radius[:, None, None]
-    v = (-sin * dx + cos * dy) / radius[:, None, None]
-    coverage = np.clip(0.5 - _sdf(shape, u, v) * radius[:, None, None], 0.0, 1.0)[..., None]
-    image = bg[:, None, None, :] * (1.0 - coverage) + fg[:, None, None, :] * coverage
-    image += rng.standard_normal(image.shape) * noise[:, None, None, None]
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    f32 = np.float32
+    ys, xs = np.mgrid[0:SIDE, 0:SIDE].astype(f32) + f32(0.5)
+    dx = xs[None] - centre[:, 0, None, None].astype(f32)
+    dy = ys[None] - centre[:, 1, None, None].astype(f32)
+    cos, sin = np.cos(angle).astype(f32)[:, None, None], np.sin(angle).astype(f32)[:, None, None]
+    scale = radius.astype(f32)[:, None, None]
+    u = (cos * dx + sin * dy) / scale
+    v = (cos * dy - sin * dx) / scale
+    coverage = np.clip(f32(0.5) - _sdf(shape, u, v) * scale, 0, 1)[..., None]
+    fg32, bg32 = fg.astype(f32)[:, None, None, :], bg.astype(f32)[:, None, None, :]
+    image = bg32 + (fg32 - bg32) * coverage
+    image += rng.standard_normal(image.shape, dtype=f32) * noise.astype(f32)[:, None, None, None]
+    np.rint(image, out=image)
+    return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
 def generate(
