@@ -1,0 +1,268 @@
+"""Step benchmarks, model only (no data pipeline): the relation stage, and one full training step.
+
+`bench_relation_stage` times forward + backward of aggregation + relation head + focal loss on random
+representations: the vectorised stage (`ssrr.relational.relation_logits`, the fused relation head) against the
+literal transcription of Algorithm 1 (`ssrr.bench.literal`, the public code's Python pair loop), interleaved in
+one run.
+
+`bench_model_step` times one training step on a random input already in memory: backbone forward, relation
+stage, focal loss, backward, Adam step; and, in the same run, the step the public code would take (float32,
+contiguous memory format, literal pair loop, unfused head) as `baseline_step_s`.
+
+Timings: the first call of each variant (warm-up) is excluded; the result is the median over `repeats`
+(interleaved between variants, so that a noisy shared machine hits all of them alike); `*_min_s` gives the
+fastest repeat too.
+
+CPU notes (measured on the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512/bf16) this project runs on):
+- glibc returns every large freed block to the kernel, so each step page-faults its activation buffers afresh;
+  `tune_cpu_allocator()` keeps freed memory in the heap and takes ~35% off a conv4 step. It is process-wide;
+  the benchmarks apply it by default (both variants run under it).
+- bf16 autocast only pays where the CPU has native bf16 (AVX-512-BF16 / AMX); on an AVX2 CPU it is emulated
+  and several times slower than float32. `amp=None` (default) picks bf16 only where it is native.
+- channels_last is faster than contiguous for the convolutions in float32 too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ssrr.bench.literal import literal_relation_logits
+from ssrr.losses import focal_loss
+from ssrr.models.backbones import build_backbone
+from ssrr.models.heads import RelationHead
+from ssrr.relational import pair_schedule, relation_logits
+
+__all__ = ["bench_model_step", "bench_relation_stage", "native_bf16", "tune_cpu_allocator"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc malloc keep freed memory for reuse: no mmap for large blocks (M_MMAP_MAX=0) and no trimming
+    of the heap top (M_TRIM_THRESHOLD at its maximum). Large activation buffers are then recycled between
+    steps instead of being page-faulted in from the kernel every time. Process-wide and permanent (the
+    process keeps its peak memory). Returns True when applied (glibc only)."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _allocator_tuned = ok
+    return ok
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 autocast runs natively (a CUDA device with bf16, or a CPU with AVX-512-BF16 / AMX)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _interleaved(
+    variants: dict[str, Callable[[], Any]], repeats: dict[str, int], device: torch.device
+) -> dict[str, list[float]]:
+    """Warm every variant up once, then time them round-robin; each variant runs repeats[name] times."""
+    for fn in variants.values():
+        fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(max(repeats.values())):
+        for name, fn in variants.items():
+            if r >= repeats[name]:
+                continue
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def bench_relation_stage(
+    k: int = 32,
+    m: int = 64,
+    d: int = 64,
+    repeats: int = 5,
+    aggregation: str = "cat",
+    literal_repeats: int | None = None,
+    device: str = "cpu",
+    tune_allocator: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Forward + backward of aggregation + relation head + focal loss on random z (K*M, d), float32: the
+    vectorised stage against the literal Algorithm 1 loop, side by side.
+
+    Returns relation_fast_s, relation_literal_s (medians), their *_min_s, relation_speedup (literal / fast
+    medians), pairs, and the settings."""
+    if tune_allocator and device == "cpu":
+        tune_cpu_allocator()
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    z0 = torch.randn(k * m, d, generator=gen).to(dev)
+    schedule = pair_schedule(k, m, dev)
+    _ = schedule.plan  # built once, cached with the schedule (not part of a step)
+    torch.manual_seed(seed)
+    head = RelationHead(d, aggregation).to(dev)
+
+    def fast() -> None:
+        z = z0.clone().requires_grad_()
+        loss = focal_loss(relation_logits(z, head, schedule), schedule.targets)
+        loss.backward()
+
+    def literal() -> None:
+        z = z0.clone().requires_grad_()
+        logits, targets = literal_relation_logits(z, head, k, aggregation)
+        loss = focal_loss(logits, targets.to(dev))
+        loss.backward()
+
+    times = _interleaved(
+        {"fast": fast, "literal": literal}, {"fast": repeats, "literal": literal_repeats or repeats}, dev
+    )
+    fast_s = statistics.median(times["fast"])
+    literal_s = statistics.median(times["literal"])
+    return {
+        "relation_fast_s": fast_s,
+        "relation_literal_s": literal_s,
+        "relation_speedup": literal_s / fast_s,
+        "relation_fast_min_s": min(times["fast"]),
+        "relation_literal_min_s": min(times["literal"]),
+        "pairs": schedule.num_pairs,
+        "k": k,
+        "m": m,
+        "d": d,
+        "aggregation": aggregation,
+        "device": str(dev),
+    }
+
+
+def _make_step(
+    backbone: str,
+    k: int,
+    m: int,
+    image_size: int,
+    amp: bool,
+    channels_last: bool,
+    compile: bool,
+    literal: bool,
+    aggregation: str,
+    device: torch.device,
+    seed: int,
+) -> Callable[[], float]:
+    torch.manual_seed(seed)
+    net = build_backbone(backbone).to(device)
+    head = RelationHead(net.feature_dim, aggregation, fused=not literal).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(k * m, 3, image_size, image_size, generator=gen).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    params = list(net.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3)
+    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
+    schedule = pair_schedule(k, m, device)
+    _ = schedule.plan
+    targets = schedule.targets
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            z = forward(x)
+            if literal:
+                logits, _ = literal_relation_logits(z, head, k, aggregation)
+            else:
+                logits = relation_logits(z, head, schedule)
+        loss = focal_loss(logits.float(), targets)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def bench_model_step(
+    backbone: str = "conv4",
+    k: int = 32,
+    m: int = 64,
+    amp: bool | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    repeats: int = 3,
+    baseline: bool = True,
+    baseline_repeats: int = 1,
+    image_size: int = 32,
+    aggregation: str = "cat",
+    device: str = "cpu",
+    tune_allocator: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One full training step, model only, on a random (K*M, 3, S, S) input already in memory.
+
+    Ours: backbone forward (bf16 autocast when `amp`; None = only where bf16 is native), the vectorised relation
+    stage with the fused head (float32), focal loss, backward, Adam. Baseline (`baseline=True`, timed in the
+    same run, interleaved): float32, contiguous format, the literal pair loop and the plain head, as the public
+    code. Returns step_s, views_per_s, pairs_per_s, step_min_s, baseline_step_s, baseline_views_per_s,
+    step_speedup (baseline / ours) and the settings (amp resolved)."""
+    dev = torch.device(device)
+    if tune_allocator and dev.type == "cpu":
+        tune_cpu_allocator()
+    use_amp = native_bf16(dev) if amp is None else amp
+    variants = {
+        "step": _make_step(backbone, k, m, image_size, use_amp, channels_last, compile, False, aggregation, dev, seed)
+    }
+    counts = {"step": repeats}
+    if baseline:
+        variants["baseline"] = _make_step(backbone, k, m, image_size, False, False, False, True, aggregation, dev, seed)
+        counts["baseline"] = baseline_repeats
+    times = _interleaved(variants, counts, dev)
+    step_s = statistics.median(times["step"])
+    views = k * m
+    pairs = m * k * (k - 1)
+    out: dict[str, Any] = {
+        "step_s": step_s,
+        "step_min_s": min(times["step"]),
+        "views_per_s": views / step_s,
+        "pairs_per_s": pairs / step_s,
+        "backbone": backbone,
+        "k": k,
+        "m": m,
+        "image_size": image_size,
+        "amp": use_amp,
+        "channels_last": channels_last,
+        "compile": compile,
+        "aggregation": aggregation,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "allocator_tuned": _allocator_tuned,
+        "repeats": repeats,
+    }
+    if baseline:
+        base_s = statistics.median(times["baseline"])
+        out.update(
+            baseline_step_s=base_s,
+            baseline_views_per_s=views / base_s,
+            step_speedup=base_s / step_s,
+            baseline_repeats=baseline_repeats,
+        )
+    return out
