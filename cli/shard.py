@@ -126,7 +126,7 @@ def _help(doc: str | None) -> str:
 def make(
     ctx: typer.Context,
     dataset: str = typer.Argument(..., metavar="DATASET", help=f"One of: {', '.join(DATASETS)}.", show_default=False),
-    source_arg: Path | None = typer.Argument(None, metavar="[SOURCE]", help="Same as --source.", show_default=False),
+    source_arg: Path | None = typer.Argument(None, metavar="SOURCE", help="Same as --source.", show_default=False),
     source: Path | None = typer.Option(
         None, "--source", help="A local archive or extracted folder to use instead of downloading."
     ),
