@@ -1,0 +1,238 @@
+"""The DALI graph: shards in, V augmented views of each image out, as one V-frame sequence per image.
+
+One ``@pipeline_def`` serves the CPU (``device_id=None``) and the GPU (``device_id`` = CUDA index; the pixels
+move to the device with ``.gpu()`` right after reading). The shard format stores raw uint8 HWC pixels, so
+there is no image decoder: reading a sample is a copy, reshaped to (H, W, 3) with the manifest's image size
+(measured faster than any decoder for 32x32 images).
+
+Per pipeline run (B images, V views each):
+
+- ``fn.readers.webdataset`` reads ``.rgb`` (uint8) and ``.lbl`` (int32 fine, coarse, index);
+- the geometric step runs once per view (V operator calls over the batch, each with its own per-sample
+  parameters): for the resized crop one ``fn.resize`` over the crop window, whose x ends are swapped for a
+  flip (crop, resize and flip in one bilinear pass); for the pad crop ``fn.slice`` with zero padding and
+  ``fn.flip``; for rotations ``fn.transpose`` / ``fn.flip``;
+- the V views are stacked into one V-frame sequence per image (layout FHWC), and the rest runs once per
+  image with per-frame arguments (``fn.per_frame``), which removes V-1 of every V per-sample operator
+  overheads that dominate 32x32 work on the CPU;
+- colour (recipes with jitter / grayscale), fixed order brightness, contrast, saturation, hue, grayscale
+  (torchvision draws a random order of the four jitters; with the contrast centre below, brightness and
+  contrast commute and so do saturation and hue, so only the clamping between steps depends on the order):
+  ``fn.brightness_contrast`` (uint8, clamped) with brightness b, contrast c and the contrast centre = the
+  view's own mean luminance (ITU-R 601 luma, as PIL's contrast uses; DALI's default centre, mid-range, is
+  wrong for this recipe). DALI's formula b * (centre + c * (x - centre)) with the centre taken on the view
+  *before* brightness equals torchvision's brightness-then-contrast c*b*x + (1-c)*mean(b*x) up to clamping.
+  Then ``fn.hsv`` for hue and saturation with the grayscale folded in (saturation * (1 - gray)); DALI's hue
+  is a linear rotation about the gray axis (YIQ), an approximation of PIL's HSV hue shift. The hsv step
+  writes float without clamping; the loader clamps to the uint8 range (in normalised units) while it
+  copies the views out, which is cheaper on the CPU than DALI's saturating uint8 hsv;
+- ``fn.crop_mirror_normalize``: (x - 255 mean) / (255 std), FLOAT or FLOAT16, layout FHWC.
+
+On the GPU the contrast step is computed with DALI arithmetic instead (``contrast="arith"``): the view's
+luminance comes from a GPU reduction, and a GPU tensor cannot feed an operator's argument such as
+``contrast_center``. Both forms run on the CPU in the tests and agree within a uint8 level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
+from ssrr.pipelines.recipes import Recipe
+from ssrr.pipelines.sampling import LUMA, draw
+
+READER = "Reader"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """Everything the graph needs apart from the pipeline's own settings (batch size, threads, device)."""
+
+    paths: tuple[str, ...]
+    index_paths: tuple[str, ...]
+    recipe: Recipe
+    source_size: tuple[int, int]  # (H, W) of the stored images
+    out_size: tuple[int, int]  # (H, W) of the views
+    mean255: tuple[float, float, float]
+    std255: tuple[float, float, float]
+    half: bool  # FLOAT16 output instead of FLOAT
+    training: bool
+    shard_id: int
+    num_shards: int
+    initial_fill: int
+    reader_seed: int
+    gpu: bool
+    contrast: str = "centre"  # "centre" (fn.brightness_contrast) or "arith" (DALI arithmetic; the GPU form)
+
+    @property
+    def crop_views(self) -> int:
+        return 1 if self.recipe.rotate else self.recipe.views
+
+    def param_names(self) -> list[str]:
+        """The arrays the parameter source yields each run, in order."""
+        names: list[str] = []
+        if self.recipe.crop == "resized":
+            for v in range(self.crop_views):
+                names += [f"roi_start{v}", f"roi_end{v}"]
+        elif self.recipe.crop == "pad":
+            for v in range(self.crop_views):
+                names += [f"start{v}", f"flip{v}"]
+        if self.recipe.colour:
+            names += ["gain", "shift"] if self.contrast == "arith" else ["brightness", "contrast"]
+            names += ["saturation", "hue"]
+        return names
+
+
+class ParamSource:
+    """``fn.external_source`` callback: one call per pipeline run, B images' parameters in numpy."""
+
+    def __init__(self, spec: GraphSpec, batch: int, rng: np.random.Generator) -> None:
+        self.spec = spec
+        self.batch = batch
+        self.rng = rng
+        self.names = spec.param_names()
+
+    def __call__(self) -> list[np.ndarray]:
+        spec, recipe = self.spec, self.spec.recipe
+        size = spec.source_size if recipe.crop == "resized" else spec.out_size
+        p = draw(self.rng, recipe, self.batch, *size)
+        arrays: dict[str, np.ndarray] = {}
+        if recipe.crop == "resized":
+            start, end = p.roi()
+            for v in range(spec.crop_views):
+                arrays[f"roi_start{v}"] = np.ascontiguousarray(start[:, v])
+                arrays[f"roi_end{v}"] = np.ascontiguousarray(end[:, v])
+        elif recipe.crop == "pad":
+            anchor = np.stack([p.top, p.left], axis=-1) - recipe.padding
+            for v in range(spec.crop_views):
+                arrays[f"start{v}"] = np.ascontiguousarray(anchor[:, v], dtype=np.int32)
+                arrays[f"flip{v}"] = np.ascontiguousarray(p.flip[:, v], dtype=np.int32)
+        if recipe.colour:
+            if spec.contrast == "arith":
+                shape = (self.batch, recipe.views, 1, 1, 1)
+                arrays["gain"] = (p.brightness * p.contrast).reshape(shape)
+                arrays["shift"] = (p.brightness * (1 - p.contrast)).reshape(shape)
+            else:
+                arrays["brightness"] = p.brightness
+                arrays["contrast"] = p.contrast
+            arrays["saturation"] = p.saturation
+            arrays["hue"] = p.hue_degrees
+        return [np.ascontiguousarray(arrays[name], dtype=arrays[name].dtype) for name in self.names]
+
+
+def _rotations(view, count: int) -> list:
+    """view turned 0, 90, 180, 270 degrees counter-clockwise (``torch.rot90`` on (H, W)), HWC layout."""
+    out = [view]
+    if count > 1:
+        out.append(fn.flip(fn.transpose(view, perm=[1, 0, 2], transpose_layout=False), horizontal=0, vertical=1))
+    if count > 2:
+        out.append(fn.flip(view, horizontal=1, vertical=1))
+    if count > 3:
+        out.append(fn.flip(fn.transpose(view, perm=[1, 0, 2], transpose_layout=False), horizontal=1, vertical=0))
+    return out
+
+
+def _stack(views: Sequence) -> object:
+    return fn.stack(*views, axis=0, axis_name="F")
+
+
+@pipeline_def
+def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
+    """Outputs: views (B x [V, H, W, 3], FHWC, normalised float / half) and labels (B x [3] int32)."""
+    recipe = spec.recipe
+    rgb, labels = fn.readers.webdataset(
+        paths=list(spec.paths),
+        index_paths=list(spec.index_paths),
+        ext=["rgb", "lbl"],
+        dtypes=[types.UINT8, types.INT32],
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        random_shuffle=spec.training,
+        initial_fill=spec.initial_fill,
+        seed=spec.reader_seed,
+        pad_last_batch=not spec.training,
+        stick_to_shard=True,
+        missing_component_behavior="error",
+        name=READER,
+    )
+    height, width = spec.source_size
+    image = fn.reshape(rgb, shape=[height, width, 3], layout="HWC")
+    if spec.gpu:
+        image = image.gpu()
+    names = spec.param_names()
+    p = (
+        dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True), strict=True))
+        if names
+        else {}
+    )
+    out_h, out_w = spec.out_size
+    if recipe.crop == "resized":
+        views = [
+            fn.resize(
+                image,
+                roi_start=p[f"roi_start{v}"],
+                roi_end=p[f"roi_end{v}"],
+                roi_relative=False,
+                size=[out_h, out_w],
+                interp_type=types.INTERP_LINEAR,
+            )
+            for v in range(spec.crop_views)
+        ]
+    else:
+        if spec.out_size != spec.source_size:
+            image = fn.resize(image, size=[out_h, out_w], interp_type=types.INTERP_LINEAR, antialias=True)
+        if recipe.crop == "pad":
+            views = [
+                fn.flip(
+                    fn.slice(
+                        image,
+                        start=p[f"start{v}"],
+                        shape=[out_h, out_w],
+                        axis_names="HW",
+                        out_of_bounds_policy="pad",
+                        fill_values=0,
+                    ),
+                    horizontal=p[f"flip{v}"],
+                )
+                for v in range(spec.crop_views)
+            ]
+        else:
+            views = [image] * spec.crop_views
+    if recipe.rotate:
+        views = _rotations(views[0], recipe.views)
+    frames = _stack(views)
+    if recipe.colour:
+        if spec.contrast == "arith":
+            means = fn.reductions.mean(frames, axes=[1, 2], keep_dims=True)  # (V, 1, 1, 3)
+            luma = means[:, :, :, 0:1] * LUMA[0] + means[:, :, :, 1:2] * LUMA[1] + means[:, :, :, 2:3] * LUMA[2]
+            gain, shift = p["gain"], p["shift"]
+            if spec.gpu:
+                gain, shift = gain.gpu(), shift.gpu()
+            frames = dmath.clamp(frames * gain + luma * shift, 0.0, 255.0)
+            frames = fn.reshape(frames, layout="FHWC")
+        else:
+            means = fn.reductions.mean(frames, axes=[1, 2])  # (V, 3)
+            luma = means[:, 0] * LUMA[0] + means[:, 1] * LUMA[1] + means[:, 2] * LUMA[2]
+            frames = fn.brightness_contrast(
+                frames,
+                brightness=fn.per_frame(p["brightness"]),
+                contrast=fn.per_frame(p["contrast"]),
+                contrast_center=fn.per_frame(luma),
+            )
+        frames = fn.hsv(
+            frames,
+            hue=fn.per_frame(p["hue"]),
+            saturation=fn.per_frame(p["saturation"]),
+            dtype=types.FLOAT,
+        )
+    views_out = fn.crop_mirror_normalize(
+        frames,
+        mean=list(spec.mean255),
+        std=list(spec.std255),
+        output_layout="FHWC",
+        dtype=types.FLOAT16 if spec.half else types.FLOAT,
+    )
+    return views_out, labels

@@ -1,0 +1,237 @@
+"""Check shards against their manifest and DALI index before a pipeline reads them; split samples by rank.
+
+DALI reads a sample wherever the ``.idx`` file points, without looking at the tar headers, and its errors are
+long multi-line reports. So before any pipeline is built, every shard of the split is checked here, cheaply
+and vectorised (a memory map of each tar, one pass over its index):
+
+- the tar and its index exist, and the index lists the manifest's number of samples;
+- the tar has the manifest's size (a shorter one is truncated);
+- every sample has ``.rgb`` and ``.lbl`` members of the right sizes (H*W*3 and 12 bytes) that lie inside the
+  file, 512-byte aligned, each preceded by a tar header that names that member with that size;
+- the labels are sane: the sample index stored in ``.lbl`` is the one in the member's name, labels lie in
+  range.
+
+A problem is one clear line naming the shard and the sample (:class:`ssrr.errors.SsrrError`); with
+``skip_corrupt`` the bad samples are dropped instead (a filtered index is written to a temporary folder and
+DALI reads that) and counted. Pixel bytes have no per-sample checksum, so a flipped pixel goes unnoticed
+(the manifest's per-shard sha256 can find that; it is not checked here because hashing every shard at every
+start costs more than the check itself).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssrr.data import formats
+from ssrr.errors import SsrrError
+
+BLOCK = 512
+LABEL_BYTES = 12
+NEEDED = (formats.PIXELS_EXT, formats.LABELS_EXT)
+
+
+@dataclass
+class ShardPlan:
+    """What the reader is given: tar paths and index paths (filtered copies where samples were dropped)."""
+
+    paths: list[str]
+    index_paths: list[str]
+    samples: int  # samples the reader will see, all shards together
+    skipped: int = 0  # samples dropped as corrupt
+    problems: list[str] = field(default_factory=list)  # one line per dropped sample or shard
+    tempdir: tempfile.TemporaryDirectory | None = None  # holds filtered index files while the plan lives
+
+    def close(self) -> None:
+        if self.tempdir is not None:
+            self.tempdir.cleanup()
+            self.tempdir = None
+
+
+@dataclass
+class _Index:
+    count: int  # from the header line
+    keys: list[str]
+    lines: list[str]
+    offsets: dict[str, np.ndarray]  # ext -> (n,) int64, -1 where missing
+    sizes: dict[str, np.ndarray]
+
+
+def _parse_index(path: Path, shard: Path) -> _Index:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SsrrError(f"{shard}: cannot read its DALI index {path.name} ({exc.strerror})") from exc
+    rows = text.splitlines()
+    head = rows[0].split() if rows else []
+    if len(head) != 2 or not head[0].startswith("v1") or not head[1].isdigit():
+        raise SsrrError(f"{shard}: malformed DALI index {path.name} (header {rows[0] if rows else 'missing'!r})")
+    lines = [row for row in rows[1:] if row.strip()]
+    n = len(lines)
+    offsets = {ext: np.full(n, -1, np.int64) for ext in NEEDED}
+    sizes = {ext: np.full(n, -1, np.int64) for ext in NEEDED}
+    keys = []
+    for i, line in enumerate(lines):
+        tokens = line.split()
+        key = f"#{i}"
+        if len(tokens) % 4 != 0:
+            raise SsrrError(f"{shard}: malformed DALI index {path.name}, line {i + 2}: {line[:80]!r}")
+        for j in range(0, len(tokens), 4):
+            ext, offset, size, name = tokens[j : j + 4]
+            key = name.partition(".")[0]
+            if ext in offsets:
+                if not (offset.isdigit() and size.isdigit()):
+                    raise SsrrError(f"{shard}: malformed DALI index {path.name}, line {i + 2}: {line[:80]!r}")
+                offsets[ext][i] = int(offset)
+                sizes[ext][i] = int(size)
+        keys.append(key)
+    return _Index(count=int(head[1]), keys=keys, lines=lines, offsets=offsets, sizes=sizes)
+
+
+def _octal_fields(headers: np.ndarray) -> np.ndarray:
+    """The size field (bytes 124..136, octal ASCII, NUL or space terminated) of each tar header row."""
+    digits = headers[:, 124:136].astype(np.int64)
+    value = np.zeros(len(headers), np.int64)
+    live = np.ones(len(headers), bool)
+    for k in range(digits.shape[1]):
+        d = digits[:, k]
+        is_digit = (d >= 48) & (d <= 55)
+        leading_pad = (d == 32) & (value == 0) & live  # leading spaces are allowed
+        live &= is_digit | leading_pad
+        value = np.where(live & is_digit, value * 8 + (d - 48), value)
+    return value
+
+
+def _check_shard(
+    shard: Path, info: formats.ShardInfo, manifest: formats.Manifest, split: str
+) -> tuple[_Index | None, np.ndarray, list[str], str | None]:
+    """(index, ok mask, per-sample problems, shard-level problem) of one shard."""
+    if not shard.is_file():
+        return None, np.zeros(0, bool), [], f"{shard}: missing shard (listed in {formats.MANIFEST})"
+    idx_path = formats.index_path(shard)
+    if not idx_path.is_file():
+        return None, np.zeros(0, bool), [], f"{shard}: missing DALI index {idx_path.name}; re-create the shards"
+    index = _parse_index(idx_path, shard)
+    n = len(index.keys)
+    shard_problem = None
+    if index.count != n or n != info.samples:
+        shard_problem = (
+            f"{shard}: index {idx_path.name} lists {n} samples (header {index.count}), the manifest {info.samples}"
+        )
+    file_size = shard.stat().st_size
+    if file_size != info.bytes:
+        what = "truncated" if file_size < info.bytes else "altered"
+        shard_problem = f"{shard}: {what} ({file_size} bytes, the manifest says {info.bytes})"
+    height, width = manifest.image_size
+    expected = {formats.PIXELS_EXT: height * width * 3, formats.LABELS_EXT: LABEL_BYTES}
+    ok = np.ones(n, bool)
+    reasons = np.full(n, "", dtype=object)
+    data = np.memmap(shard, np.uint8, mode="r") if file_size else np.zeros(0, np.uint8)
+    labels = None
+    for ext in NEEDED:
+        off, size = index.offsets[ext], index.sizes[ext]
+        bad = off < 0
+        _flag(ok, reasons, bad, f"no .{ext} member")
+        bad = ~bad & (size != expected[ext])
+        _flag(ok, reasons, bad, f".{ext} has {{size}} bytes, expected {expected[ext]}", size)
+        inside = (off >= BLOCK) & (off + size <= file_size) & (off % BLOCK == 0)
+        _flag(ok, reasons, (off >= 0) & ~inside, f".{ext} lies past the end of the file (truncated)")
+        rows = np.flatnonzero(inside & (off >= 0))
+        if len(rows):
+            headers = data[(off[rows] - BLOCK)[:, None] + np.arange(136)]
+            names = np.array([f"{index.keys[r]}.{ext}".encode() for r in rows], dtype="S100")
+            stored = np.ascontiguousarray(headers[:, :100]).view("S100")[:, 0]
+            sizes_ok = _octal_fields(headers) == size[rows]
+            bad_rows = rows[(stored != names) | ~sizes_ok]
+            mask = np.zeros(n, bool)
+            mask[bad_rows] = True
+            _flag(ok, reasons, mask, f"the tar header at the .{ext} member does not match the index")
+            if ext == formats.LABELS_EXT:
+                good = rows[np.isin(rows, bad_rows, invert=True) & (size[rows] == LABEL_BYTES)]
+                labels = (good, data[off[good][:, None] + np.arange(LABEL_BYTES)].copy().view("<i4"))
+    if labels is not None and len(labels[0]):
+        rows, values = labels
+        fine, coarse, stored_index = values[:, 0], values[:, 1], values[:, 2]
+        prefix = f"{split}-"
+        named = np.array(
+            [
+                int(k[len(prefix) :]) if k.startswith(prefix) and k[len(prefix) :].isdigit() else -2
+                for k in (index.keys[r] for r in rows)
+            ],
+            np.int64,
+        )
+        limit_fine = manifest.num_classes if manifest.classes else np.iinfo(np.int32).max
+        limit_coarse = len(manifest.coarse_classes) if manifest.coarse_classes else np.iinfo(np.int32).max
+        split_size = manifest.splits[split].samples
+        bad = (
+            ((named >= 0) & (stored_index != named))
+            | (stored_index < 0)
+            | (stored_index >= split_size)
+            | (fine < formats.NO_LABEL)
+            | (fine >= limit_fine)
+            | (coarse < formats.NO_LABEL)
+            | (coarse >= limit_coarse)
+        )
+        mask = np.zeros(n, bool)
+        mask[rows[bad]] = True
+        _flag(ok, reasons, mask, "its .lbl holds impossible labels or a wrong sample index")
+    problems = [f"{shard}: corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
+    return index, ok, problems, shard_problem
+
+
+def _flag(ok: np.ndarray, reasons: np.ndarray, bad: np.ndarray, message: str, sizes: np.ndarray | None = None) -> None:
+    for i in np.flatnonzero(bad & ok):
+        reasons[i] = message.format(size=int(sizes[i])) if sizes is not None else message
+    ok &= ~bad
+
+
+def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corrupt: bool) -> ShardPlan:
+    """Check every shard of ``split``; return what to give the reader, or raise on the first problem."""
+    infos = manifest.splits[split].shards if split in manifest.splits else None
+    if infos is None:
+        manifest.shard_paths(root, split)  # raises the standard "no split" error
+        raise AssertionError("unreachable")
+    plan = ShardPlan(paths=[], index_paths=[], samples=0)
+    hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples with skip_corrupt=True"
+    for info in infos:
+        shard = root / info.file
+        index, ok, problems, shard_problem = _check_shard(shard, info, manifest, split)
+        if not skip_corrupt:
+            if problems:
+                first = problems[0]
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                lead = f"{shard_problem}; " if shard_problem else ""
+                raise SsrrError(f"{lead}{first}{more}{hint}")
+            if shard_problem:
+                raise SsrrError(shard_problem + hint)
+        if index is None:  # missing tar or index: the whole shard is gone
+            plan.skipped += info.samples
+            plan.problems.append(shard_problem or f"{shard}: unreadable")
+            continue
+        if shard_problem:
+            plan.problems.append(shard_problem)
+        plan.skipped += max(0, info.samples - len(index.keys))  # samples a short index does not list
+        keep = int(ok.sum())
+        plan.skipped += len(ok) - keep
+        plan.problems.extend(problems)
+        if keep == 0:
+            continue
+        index_file = formats.index_path(shard)
+        if keep < len(ok):
+            if plan.tempdir is None:
+                plan.tempdir = tempfile.TemporaryDirectory(prefix="ssrr-idx-")
+            index_file = Path(plan.tempdir.name) / f"{len(plan.paths):06d}-{index_file.name}"
+            kept = [line for line, good in zip(index.lines, ok, strict=True) if good]
+            index_file.write_text(f"v1.2 {keep}\n" + "\n".join(kept) + "\n")
+        plan.paths.append(str(shard))
+        plan.index_paths.append(str(index_file))
+        plan.samples += keep
+    return plan
+
+
+def rank_shares(samples: int, world_size: int) -> list[int]:
+    """Samples per rank as DALI's readers split them: rank r reads [r*N//W, (r+1)*N//W), contiguously."""
+    return [(r + 1) * samples // world_size - r * samples // world_size for r in range(world_size)]
