@@ -199,3 +199,35 @@ def test_domain_transfer_resizes_to_the_pretraining_size(colours: Path) -> None:
     assert eval_image_size(LoadedBackbone(build_backbone("conv4"), "conv4", "x", None, None), manifest) is None
     features = extract_features(pretrained_at_32.module, colours, "test", device="cpu", image_size=(32, 32))
     assert features.z.shape == (90, 64)
+
+
+def test_run_folder_evaluated_on_its_own_dataset_then_reported(colours: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from ssrr.cli.app import _mount, app
+
+    from ssrr.train.config import RunConfig
+
+    run = tmp_path / "runs" / "relational-conv4-colours-s1"
+    RunConfig(method="relational", dataset=str(colours), backbone="conv4", name=run.name).save(run)
+    weights = {k: v.contiguous() for k, v in build_backbone("conv4").state_dict().items()}
+    save_file(weights, str(run / "backbone.safetensors"), metadata={"backbone": "conv4"})
+    _mount()
+    for seed in ("1", "2"):  # no --dataset: the run's own
+        res = CliRunner().invoke(app, ["eval", "knn", str(run), "--seed", seed, "--device", "cpu", "--json"])
+        assert res.exit_code == 0, res.output
+    assert (run / "eval" / "knn-colours-s2.json").is_file()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout.strip().splitlines()[-1])["rows"][0]
+    assert row["method"] == "Relational Reasoning" and row["backbone"] == "conv4"
+    assert row["cells"]["k-NN colours"]["n"] == 2
+
+
+def test_bench_linear_reports_both_ways(colours: Path) -> None:
+    from ssrr.bench.linear import bench_linear
+
+    result = bench_linear(colours, "random:conv4", epochs=3, baseline_epochs=1, device="cpu")
+    assert result["baseline_extrapolated"] is True and result["baseline_epochs"] == 1
+    for key in ("wall_s", "baseline_wall_s", "speedup", "top1", "top1_cached_at_check", "top1_recomputed_at_check"):
+        assert key in result
+    assert result["baseline_wall_s"] >= result["baseline_measured_s"]

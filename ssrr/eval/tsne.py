@@ -1,11 +1,12 @@
-"""A 2-D t-SNE map of test representations coloured by class (the poster's figure), exact t-SNE in torch.
+"""A 2-D t-SNE map of test representations coloured by class (the poster's figure), t-SNE in torch.
 
-Exact t-SNE (van der Maaten & Hinton, 2008), O(N^2) memory and time, fine for a few thousand points (a
+t-SNE (van der Maaten & Hinton, 2008) with the exact O(N^2) gradient, fine for a few thousand points (a
 seeded subsample, 2,000 by default):
 
-1. P: for each point, a Gaussian over the others whose bandwidth is found by binary search so that its
-   entropy is log(perplexity); symmetrised, P = (P + P^T) / 2N.
-2. Q: a Student-t (one degree of freedom) kernel over the 2-D points, normalised over all pairs.
+1. P: for each point, a Gaussian over its 3 x perplexity nearest neighbours (beyond them the calibrated
+   Gaussian is negligible; common implementations do the same) whose bandwidth is found by bisection so that
+   its entropy is log(perplexity); symmetrised, P = (P + P^T) / 2N.
+2. Q: a Student-t (one degree of freedom) kernel over all pairs of 2-D points, normalised.
 3. Gradient descent on KL(P || Q): dY_i = 4 sum_j (p_ij - q_ij)(y_i - y_j) / (1 + |y_i - y_j|^2), with
    momentum (0.5, then 0.8), per-coordinate adaptive gains, and early exaggeration (P x 12 for the first 250
    iterations). Representations wider than 50 dimensions are first reduced to 50 by PCA.
@@ -44,34 +45,37 @@ FIGURE_SIZE_IN = (8.0, 8.0)  # 800 x 800 pixels
 
 
 def conditional_affinities(x: torch.Tensor, perplexity: float, steps: int = 64) -> torch.Tensor:
-    """P(j | i) (N, N), each row a Gaussian over the other points whose entropy is log(perplexity)."""
+    """P(j | i) (N, N): each row a Gaussian over the point's 3 x perplexity nearest neighbours, its entropy
+    log(perplexity)."""
     n = len(x)
-    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    k = max(1, min(n - 1, int(3 * perplexity) + 1))
     d2 = torch.cdist(x, x).square()
+    d2.fill_diagonal_(math.inf)
+    near, index = d2.topk(k, dim=1, largest=False)
     # Shift each row by its nearest neighbour's distance: the kernel is then <= 1 with one entry equal to 1,
     # which neither overflows nor underflows whatever the scale of the representations.
-    d2 = d2 - d2.masked_fill(~off, math.inf).min(1, keepdim=True).values
-    d2 = d2.masked_fill(~off, 0.0)
+    near = (near - near[:, :1]).double()
     target = math.log(perplexity)
-    lo = torch.full((n, 1), -30.0, dtype=x.dtype, device=x.device)  # bisection on log(precision)
-    hi = torch.full((n, 1), 30.0, dtype=x.dtype, device=x.device)
+    lo = torch.full((n, 1), -30.0, dtype=near.dtype, device=x.device)  # bisection on log(precision)
+    hi = torch.full((n, 1), 30.0, dtype=near.dtype, device=x.device)
     for _ in range(steps):
         mid = (lo + hi) / 2
         beta = mid.exp()
-        kernel = torch.exp(-d2 * beta) * off
+        kernel = torch.exp(-near * beta)
         total = kernel.sum(1, keepdim=True)
-        entropy = total.log() + beta * (kernel * d2).sum(1, keepdim=True) / total
+        entropy = total.log() + beta * (kernel * near).sum(1, keepdim=True) / total
         too_flat = entropy > target  # raise the precision
         lo = torch.where(too_flat, mid, lo)
         hi = torch.where(too_flat, hi, mid)
-    kernel = torch.exp(-d2 * ((lo + hi) / 2).exp()) * off
-    return kernel / kernel.sum(1, keepdim=True)
+    kernel = torch.exp(-near * ((lo + hi) / 2).exp())
+    conditional = torch.zeros(n, n, dtype=x.dtype, device=x.device)
+    return conditional.scatter_(1, index, (kernel / kernel.sum(1, keepdim=True)).to(x.dtype))
 
 
 def affinities(x: torch.Tensor, perplexity: float) -> torch.Tensor:
-    """Symmetric joint probabilities P = (P(j|i) + P(i|j)) / 2N, floored at 1e-12."""
+    """Symmetric joint probabilities P = (P(j|i) + P(i|j)) / 2N."""
     conditional = conditional_affinities(x, perplexity)
-    return ((conditional + conditional.T) / (2 * len(x))).clamp(min=1e-12)
+    return (conditional + conditional.T) / (2 * len(x))
 
 
 def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
@@ -83,6 +87,58 @@ def pca(x: torch.Tensor, dims: int) -> torch.Tensor:
     return x @ v[:dims].T
 
 
+def _student_t(y: torch.Tensor) -> torch.Tensor:
+    """1 / (1 + |y_i - y_j|^2), zero on the diagonal, in a few in-place passes."""
+    sq = (y * y).sum(1)
+    num = torch.addmm(sq[None, :], y, y.T, alpha=-2.0).add_(sq[:, None]).clamp_(min=0.0)
+    num = num.add_(1.0).reciprocal_()
+    return num.fill_diagonal_(0.0)
+
+
+def run_tsne(
+    x: torch.Tensor,
+    *,
+    perplexity: float = PERPLEXITY,
+    iterations: int = ITERATIONS,
+    seed: int = 1,
+    learning_rate: float | None = None,
+) -> tuple[torch.Tensor, float]:
+    """t-SNE of x (N, D) to (N, 2) float32 (seeded), and the final KL(P || Q). `learning_rate` None: max(N/12, 50)."""
+    n = len(x)
+    if n < 3:
+        return torch.zeros(n, 2), 0.0
+    x = pca(x.double(), PCA_DIMS).float()
+    perplexity = min(perplexity, (n - 1) / 3)
+    p = affinities(x, perplexity)
+    lr = learning_rate or max(n / EXAGGERATION, 50.0)
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn(n, 2, generator=g) * 1e-4).to(x.device)
+    velocity = torch.zeros_like(y)
+    gains = torch.ones_like(y)
+    exaggerated = p * EXAGGERATION
+    ones = torch.ones(n, 1, device=y.device)
+    for it in range(iterations):
+        early = it < EXAGGERATION_ITERS
+        num = _student_t(y)
+        w = (exaggerated if early else p) * num
+        w.addcmul_(num, num, value=-1.0 / float(num.sum()))  # (p_ij - q_ij) * num_ij, q = num / sum(num)
+        both = w @ torch.cat([y, ones], 1)  # [w @ y, row sums of w] in one pass over w
+        grad = 4.0 * (both[:, 2:] * y - both[:, :2])
+        same_sign = (grad > 0) == (velocity > 0)
+        gains = torch.where(same_sign, gains * 0.8, gains + 0.2).clamp_(min=0.01)
+        velocity = (0.5 if early else 0.8) * velocity - lr * gains * grad
+        y = y + velocity
+        y = y - y.mean(0)
+    return y.cpu(), _kl(p, y)
+
+
+def _kl(p: torch.Tensor, y: torch.Tensor) -> float:
+    num = _student_t(y.double())
+    q = (num / num.sum()).clamp_(min=1e-12)
+    p = p.double()
+    return float(torch.where(p > 0, p * (p / q).log(), torch.zeros_like(p)).sum())
+
+
 def tsne(
     x: torch.Tensor,
     *,
@@ -91,41 +147,14 @@ def tsne(
     seed: int = 1,
     learning_rate: float | None = None,
 ) -> torch.Tensor:
-    """Exact t-SNE of x (N, D) to (N, 2), float32, seeded. `learning_rate` None: max(N / 12, 50)."""
-    n = len(x)
-    if n < 3:
-        return torch.zeros(n, 2)
-    x = pca(x.double(), PCA_DIMS)
-    perplexity = min(perplexity, (n - 1) / 3)
-    p = affinities(x, perplexity).float()
-    lr = learning_rate or max(n / EXAGGERATION, 50.0)
-    g = torch.Generator().manual_seed(seed)
-    y = (torch.randn(n, 2, generator=g) * 1e-4).to(x.device)
-    velocity = torch.zeros_like(y)
-    gains = torch.ones_like(y)
-    for it in range(iterations):
-        early = it < EXAGGERATION_ITERS
-        num = 1.0 / (1.0 + torch.cdist(y, y).square())
-        num.fill_diagonal_(0.0)
-        q = (num / num.sum()).clamp(min=1e-12)
-        w = ((EXAGGERATION if early else 1.0) * p - q) * num
-        grad = 4.0 * (w.sum(1, keepdim=True) * y - w @ y)
-        same_sign = (grad > 0) == (velocity > 0)
-        gains = torch.where(same_sign, gains * 0.8, gains + 0.2).clamp(min=0.01)
-        velocity = (0.5 if early else 0.8) * velocity - lr * gains * grad
-        y = y + velocity
-        y = y - y.mean(0)
-    return y.float().cpu()
+    """t-SNE of x (N, D) to (N, 2), float32, seeded (see `run_tsne`)."""
+    return run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed, learning_rate=learning_rate)[0]
 
 
 def kl_divergence(x: torch.Tensor, y: torch.Tensor, perplexity: float = PERPLEXITY) -> float:
     """KL(P || Q) of an embedding y of x: the quantity t-SNE minimises (lower is better)."""
     n = len(x)
-    p = affinities(pca(x.double(), PCA_DIMS), min(perplexity, (n - 1) / 3))
-    num = 1.0 / (1.0 + torch.cdist(y.double(), y.double()).square())
-    num.fill_diagonal_(0.0)
-    q = (num / num.sum()).clamp(min=1e-12)
-    return float((p * (p / q).log()).sum())
+    return _kl(affinities(pca(x.double(), PCA_DIMS), min(perplexity, (n - 1) / 3)), y)
 
 
 def subsample(n: int, points: int, seed: int) -> torch.Tensor:
@@ -189,7 +218,7 @@ def tsne_eval(
     rows = subsample(len(features), points, seed)
     x = features.z[rows.to(features.z.device)]
     embed_started = time.perf_counter()
-    y = tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
+    y, kl = run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
     embed_s = time.perf_counter() - embed_started
     result = base_result("tsne", loaded, manifest.name, labels, seed, device)
     result.update(
@@ -197,7 +226,7 @@ def tsne_eval(
         points=len(rows),
         perplexity=perplexity,
         iterations=iterations,
-        kl=kl_divergence(x.cpu(), y, perplexity),
+        kl=kl,
         embed_s=round(embed_s, 3),
     )
     out_dir = output_dir(loaded, out)
