@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import click
 import typer
 from ssrr.cli.common import console, new_app
 from typer.core import TyperGroup
@@ -31,7 +30,7 @@ class OneLineErrors(TyperGroup):
     (typer >= 0.20 vendors click, so the root group's `click.ClickException` is not the class typer catches.)
     """
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SsrrError as exc:
@@ -119,7 +118,7 @@ class _EpochProgress:
             console=console,
             transient=True,
         )
-        self.task = None
+        self.task: Any = None
 
     def __enter__(self) -> _EpochProgress:
         self.progress.__enter__()

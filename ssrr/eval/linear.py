@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -260,6 +261,11 @@ def confusion_png(confusion: list[list[int]] | torch.Tensor, names: list[str], p
     if len(names) <= 20:
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
         ax.set_yticks(range(len(names)), names, fontsize=7)
+    if len(names) <= 12:  # small matrices: print each cell's percentage
+        for (row, col), value in np.ndenumerate(percent):
+            ax.text(
+                col, row, f"{value:.0f}", ha="center", va="center", fontsize=7, color="black" if value > 60 else "white"
+            )
     return save_figure(fig, path)
 
 
@@ -314,9 +320,12 @@ def extract_pair(
     size = eval_image_size(loaded, manifest, policy)
     backbone = loaded.module.to(device)
     started = time.perf_counter()
-    common = {"device": device, "batch": feature_batch, "image_size": size, "num_threads": num_threads}
-    train = extract_features(backbone, shard_dir, train_split, **common)
-    test = extract_features(backbone, shard_dir, test_split, **common)
+    train, test = (
+        extract_features(
+            backbone, shard_dir, split, device=device, batch=feature_batch, image_size=size, num_threads=num_threads
+        )
+        for split in (train_split, test_split)
+    )
     return train, test, size, time.perf_counter() - started
 
 

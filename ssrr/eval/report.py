@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def columns_of(result: dict[str, Any], trained_on: str | None) -> list[tuple[str
         if coarse:
             grain = f"Grain {name}-20" if dataset == "cifar100" else f"Grain {name} (coarse)"
             return [(grain if not pre or pre == dataset else f"{grain} from {friendly(pre)}", top1)]
-        if pre and pre != dataset:
+        if pre and dataset and pre != dataset:
             return [(DOMAIN_NAMES.get((pre, dataset), f"Domain {friendly(pre)}->{name}"), top1)]
         cells = [(f"Linear {name}", top1)]
         if random:
@@ -172,7 +173,7 @@ def method_label(method: str, head: str | None = None) -> str:
     return label
 
 
-def find_results(paths: list[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
+def find_results(paths: Sequence[str | Path]) -> list[tuple[Path, dict[str, Any]]]:
     """Every evaluation result JSON in the given files or folders (searched recursively), each once."""
     found: dict[Path, dict[str, Any]] = {}
     for given in paths:

@@ -22,7 +22,7 @@ from ssrr.data.formats import load_manifest
 from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_device, result_stem, write_result
-from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
 from ssrr.train.checkpoint import LoadedBackbone
 
 KS = (1, 5, 10)
@@ -188,10 +188,13 @@ def retrieval_eval(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
     )
     backbone = loaded.module.to(device)
-    common = {"device": device, "batch": feature_batch, "image_size": size}
-    queries = extract_features(backbone, shard_dir, query_split, **common)
+
+    def extract(split: str) -> Features:
+        return extract_features(backbone, shard_dir, split, device=device, batch=feature_batch, image_size=size)
+
+    queries = extract(query_split)
     same_split = gallery_split == query_split
-    gallery = queries if same_split else extract_features(backbone, shard_dir, gallery_split, **common)
+    gallery = queries if same_split else extract(gallery_split)
     extract_s = time.perf_counter() - started
     if same_split and len(gallery) < 2:
         raise SsrrError(f"{shard_dir}: split '{query_split}' needs at least 2 samples to search itself")
