@@ -181,11 +181,15 @@ def replay(
                 view = F.crop(F.pad(view, recipe.padding, fill=0), top, left, size[0], size[1])
         if params.flip[m, v]:
             view = F.hflip(view)
-        if params.jittered[m, v]:
-            view = F.adjust_brightness(view, float(params.brightness[m, v]))
-            view = F.adjust_contrast(view, float(params.contrast[m, v]))
-            view = F.adjust_saturation(view, float(params.saturation_factor[m, v]))
-            view = F.adjust_hue(view, float(params.hue_degrees[m, v]) / 360.0)
+        if params.jittered[m, v]:  # like ColorJitter, a jitter of strength 0 is not applied at all
+            if recipe.brightness:
+                view = F.adjust_brightness(view, float(params.brightness[m, v]))
+            if recipe.contrast:
+                view = F.adjust_contrast(view, float(params.contrast[m, v]))
+            if recipe.saturation:
+                view = F.adjust_saturation(view, float(params.saturation_factor[m, v]))
+            if recipe.hue:
+                view = F.adjust_hue(view, float(params.hue_degrees[m, v]) / 360.0)
         if params.grayscale[m, v]:
             view = F.rgb_to_grayscale(view, num_output_channels=3)
         out.append(np.asarray(view))

@@ -108,7 +108,7 @@ def _octal_fields(headers: np.ndarray) -> np.ndarray:
 def _check_shard(
     shard: Path, info: formats.ShardInfo, manifest: formats.Manifest, split: str
 ) -> tuple[_Index | None, np.ndarray, list[str], str | None]:
-    """(index, ok mask, per-sample problems, shard-level problem) of one shard."""
+    """(index, ok mask, per-sample problems (without the shard's name), shard-level problem) of one shard."""
     if not shard.is_file():
         return None, np.zeros(0, bool), [], f"{shard}: missing shard (listed in {formats.MANIFEST})"
     idx_path = formats.index_path(shard)
@@ -178,7 +178,7 @@ def _check_shard(
         mask = np.zeros(n, bool)
         mask[rows[bad]] = True
         _flag(ok, reasons, mask, "its .lbl holds impossible labels or a wrong sample index")
-    problems = [f"{shard}: corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
+    problems = [f"corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
     return index, ok, problems, shard_problem
 
 
@@ -203,7 +203,7 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
             if problems:
                 first = problems[0]
                 more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-                lead = f"{shard_problem}; " if shard_problem else ""
+                lead = f"{shard_problem}; " if shard_problem else f"{shard}: "
                 raise SsrrError(f"{lead}{first}{more}{hint}")
             if shard_problem:
                 raise SsrrError(shard_problem + hint)
@@ -216,7 +216,7 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
         plan.skipped += max(0, info.samples - len(index.keys))  # samples a short index does not list
         keep = int(ok.sum())
         plan.skipped += len(ok) - keep
-        plan.problems.extend(problems)
+        plan.problems.extend(f"{shard}: {problem}" for problem in problems)
         if keep == 0:
             continue
         index_file = formats.index_path(shard)

@@ -5,8 +5,8 @@ Kinds of images:
 - ``"smooth"``: random low-frequency colour fields with some texture, roughly natural-image statistics;
 - ``"label"``: a constant colour that encodes the labels and the image, (fine * 20 + 10, coarse * 20 + 10,
   position % 256) where position is the image's place before the writer's shuffle;
-- ``"coords"``: R = 8 * x, G = 8 * y, B = 128 (with a 32-pixel side): a crop's window can be read back from
-  the view's pixels.
+- ``"coords"``: R = 8 * x, G = 8 * y (with a 32-pixel side), B a checkerboard: a crop's window can be read
+  back from the view's pixels.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def synthetic_images(
     if kind == "coords":
         y, x = np.mgrid[0:size, 0:size]
         scale = 256 // size
-        image = np.stack([x * scale, y * scale, np.full_like(x, 128)], axis=-1).astype(np.uint8)
+        image = np.stack([x * scale, y * scale, ((x + y) % 2) * 255], axis=-1).astype(np.uint8)
         return np.broadcast_to(image, (count, size, size, 3)).copy()
     raise ValueError(f"unknown synthetic kind {kind!r} (known: {', '.join(KINDS)})")
 
