@@ -16,6 +16,7 @@ def report(
     ),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write the table as markdown to FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as one JSON object on stdout."),
+    all_columns: bool = typer.Option(False, "--all-columns", help="Show the paper's columns even when empty."),
 ) -> None:
     """Compare runs: rows = methods (x backbone), columns = protocols, cells = mean±std over seeds.
 
@@ -30,12 +31,12 @@ def report(
     from ssrr.errors import SsrrError
 
     try:
-        _report(runs, markdown, as_json)
+        _report(runs, markdown, as_json, all_columns)
     except SsrrError as exc:
         raise fail(exc) from None
 
 
-def _report(runs: list[str], markdown: Path | None, as_json: bool) -> None:
+def _report(runs: list[str], markdown: Path | None, as_json: bool, all_columns: bool) -> None:
     import json
 
     from ssrr.errors import SsrrError
@@ -52,7 +53,7 @@ def _report(runs: list[str], markdown: Path | None, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(table.as_dict()))
     else:
-        console.print(to_rich(table))
+        console.print(to_rich(table, all_columns))
 
 
 def register(app: typer.Typer) -> None:

@@ -229,16 +229,25 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_rich(table: Table):  # type: ignore[no-untyped-def]
-    """The table for the terminal."""
+def filled_columns(table: Table) -> list[str]:
+    """The columns that hold at least one result."""
+    return [c for c in table.columns if any(c in table.cells[row] for row in table.rows)]
+
+
+def to_rich(table: Table, all_columns: bool = False):  # type: ignore[no-untyped-def]
+    """The table for the terminal: the columns with results (all of the paper's too with `all_columns`)."""
     from rich.table import Table as RichTable
 
+    columns = table.columns if all_columns else filled_columns(table)
     out = RichTable(title="Evaluation results (top-1 %, mean±std over seeds)", show_lines=False)
-    out.add_column("Method", style="bold")
-    out.add_column("Backbone")
-    for column in table.columns:
-        out.add_column(column, justify="right")
+    out.add_column("Method", style="bold", no_wrap=True)
+    out.add_column("Backbone", no_wrap=True)
+    for column in columns:
+        out.add_column(column, justify="right", min_width=7)
     for row in table.rows:
         style = "bold green" if row[0].startswith("Relational Reasoning") else None
-        out.add_row(row[0], row[1], *(table.text(row, c) for c in table.columns), style=style)
+        out.add_row(row[0], row[1], *(table.text(row, c) for c in columns), style=style)
+    empty = [c for c in STANDARD_COLUMNS if c not in columns]
+    if empty:
+        out.caption = "not evaluated: " + ", ".join(empty)
     return out
