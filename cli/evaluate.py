@@ -13,34 +13,10 @@ from typing import Any
 
 import typer
 from ssrr.cli.common import console, new_app
-from typer.core import TyperGroup
-
-from ssrr.errors import SsrrError
-
-
-def fail(exc: SsrrError) -> typer.Exit:
-    """Print `Error: <message>` as one line on stderr; the returned Exit(1) is to be raised."""
-    typer.echo(f"Error: {exc}", err=True)
-    return typer.Exit(1)
-
-
-class OneLineErrors(TyperGroup):
-    """A user-facing SsrrError becomes one line on stderr and exit code 1, whatever the root group does.
-
-    (typer >= 0.20 vendors click, so the root group's `click.ClickException` is not the class typer catches.)
-    """
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SsrrError as exc:
-            raise fail(exc) from None
-
 
 eval_app = new_app(
     "Evaluate a backbone: linear, finetune, semi, retrieval, tsne, knn. Results go to RUN/eval/.\n\n"
-    "Example: [bold]ssrr eval linear runs/relational-resnet32-cifar100-s1 --dataset cifar100[/]",
-    group=OneLineErrors,
+    "Example: [bold]ssrr eval linear runs/relational-resnet32-cifar100-s1 --dataset cifar100[/]"
 )
 
 SPEC_HELP = "Run folder, checkpoint folder, backbone .safetensors file, or random:<backbone> (e.g. random:conv4)."
@@ -67,6 +43,7 @@ BackboneOpt = typer.Option(None, "--backbone", help=BACKBONE_HELP)
 def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None, seed: int):  # type: ignore[no-untyped-def]
     """Seed, then load the backbone (random weights are drawn from the seed) and resolve the dataset."""
     from ssrr.data.formats import resolve_dataset
+    from ssrr.errors import SsrrError
     from ssrr.eval.common import seed_everything
     from ssrr.train.checkpoint import load_backbone
 

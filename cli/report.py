@@ -26,14 +26,7 @@ def report(
 
       ssrr report runs/relational-resnet32-cifar100-s* runs/random-resnet32 --markdown docs/results.md
     """
-    from ssrr.cli.evaluate import fail
-
-    from ssrr.errors import SsrrError
-
-    try:
-        _report(runs, markdown, as_json, all_columns)
-    except SsrrError as exc:
-        raise fail(exc) from None
+    _report(runs, markdown, as_json, all_columns)
 
 
 def _report(runs: list[str], markdown: Path | None, as_json: bool, all_columns: bool) -> None:
