@@ -30,16 +30,20 @@ def root(
     """Self-Supervised Relational Reasoning (Patacchiola & Storkey, NeurIPS 2020)."""
 
 
+_COMMAND_MODULES = ("demo", "shard", "pretrain", "evaluate", "report", "bench")
+_mounted = False
+
+
 def _mount() -> None:
-    # Imported here so `ssrr --version` stays fast; each module registers its commands on `app`.
-    for name in ("demo", "shard", "pretrain", "evaluate", "report", "reproduce", "bench"):
-        try:
-            module = __import__(f"ssrr.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ssrr.cli.{name}":
-                raise
-            continue
-        module.register(app)
+    """Register every command group on `app` (once). Imported here so `ssrr --version` stays fast."""
+    global _mounted
+    if _mounted:
+        return
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"ssrr.cli.{name}").register(app)
+    _mounted = True
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
+from ssrr.cli.common import console, new_app
 
 from ssrr.bench.record import record
-from ssrr.cli.common import console, new_app
 
 bench_app = new_app("Benchmarks: ours against the baseline, side by side in one run, medians of repeats.")
 
@@ -69,8 +69,14 @@ def step(
 
     relation = bench_relation_stage(k=k, m=batch)
     model = bench_model_step(
-        backbone=backbone, k=k, m=batch, amp=amp, channels_last=channels_last, compile=compile,
-        repeats=repeats, baseline_repeats=baseline_repeats,
+        backbone=backbone,
+        k=k,
+        m=batch,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile,
+        repeats=repeats,
+        baseline_repeats=baseline_repeats,
     )
     _emit(f"step-{backbone}-k{k}-m{batch}", {**model, **relation}, as_json, write)
 
@@ -94,11 +100,19 @@ def e2e(
     Example: ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     """
     from ssrr.bench.e2e import bench_e2e
+
     from ssrr.data.formats import resolve_dataset
 
     result = bench_e2e(
-        resolve_dataset(dataset), backbone=backbone, k=k, m=batch, amp=amp, steps=steps, repeats=repeats,
-        baseline_steps=baseline_steps, device=device,
+        resolve_dataset(dataset),
+        backbone=backbone,
+        k=k,
+        m=batch,
+        amp=amp,
+        steps=steps,
+        repeats=repeats,
+        baseline_steps=baseline_steps,
+        device=device,
     )
     _emit(f"e2e-{backbone}-k{k}-m{batch}-{result.get('device', device)}", result, as_json, write)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -15,11 +14,13 @@ console = Console(stderr=True)  # progress and tables; stdout stays clean for --
 class SsrrGroup(TyperGroup):
     """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
         try:
             return super().invoke(ctx)
         except SsrrError as exc:
-            raise click.ClickException(str(exc)) from None
+            # typer bundles its own click: exit through typer so the message is not lost in a traceback.
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(1) from None
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -30,7 +31,7 @@ class DefaultCommandGroup(TyperGroup):
 
     default_command = "make"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:  # type: ignore[override]
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)

@@ -6,7 +6,6 @@ import json
 
 import typer
 from rich.table import Table
-
 from ssrr.cli.common import console
 
 
@@ -30,17 +29,26 @@ def demo(
     table = Table(title=f"linear evaluation on {result.shard_dir} (test split)")
     for column in ("backbone", "top-1 %", "top-5 %"):
         table.add_column(column, justify="right" if "%" in column else "left")
-    table.add_row(f"relational ({result.run.run_dir})", f"{result.learned['top1']:.2f}", f"{result.learned['top5']:.2f}")
+    table.add_row(
+        f"relational ({result.run.run_dir})", f"{result.learned['top1']:.2f}", f"{result.learned['top5']:.2f}"
+    )
     table.add_row("random weights (lower bound)", f"{result.random['top1']:.2f}", f"{result.random['top5']:.2f}")
     console.print(table)
     margin = result.learned["top1"] - result.random["top1"]
     console.print(f"learned - random: [bold]{margin:+.2f}[/] points top-1; whole demo {result.wall_s:.0f} s")
     if as_json:
-        typer.echo(json.dumps({
-            "run": str(result.run.run_dir), "learned_top1": result.learned["top1"],
-            "random_top1": result.random["top1"], "margin": margin, "wall_s": result.wall_s,
-            "views_per_s": result.run.throughput.get("views_per_s"),
-        }))
+        typer.echo(
+            json.dumps(
+                {
+                    "run": str(result.run.run_dir),
+                    "learned_top1": result.learned["top1"],
+                    "random_top1": result.random["top1"],
+                    "margin": margin,
+                    "wall_s": result.wall_s,
+                    "views_per_s": result.run.throughput.get("views_per_s"),
+                }
+            )
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-import click
 import typer
-from click.core import ParameterSource
 
 from ssrr.train.config import RunConfig
 
 
 def pretrain(
     ctx: typer.Context,
-    method: str = typer.Option("relational", help="relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised."),
+    method: str = typer.Option(
+        "relational", help="relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised."
+    ),
     dataset: str = typer.Option("cifar100", help="Dataset name under --shards-root, or a shard folder."),
     backbone: str = typer.Option("resnet32", help="conv4, resnet8, resnet32, resnet56, resnet34."),
     k: int = typer.Option(32, "--k", help="Augmentations (views) per image."),
@@ -66,7 +66,7 @@ def pretrain(
     run(config, resume=resume, show=not quiet)
 
 
-def _merge_with_saved(ctx: click.Context, config: RunConfig) -> RunConfig:
+def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
     """On --resume, the saved config wins except for options given explicitly on this command line."""
     resolved = config.resolved()
     try:
@@ -76,11 +76,17 @@ def _merge_with_saved(ctx: click.Context, config: RunConfig) -> RunConfig:
     explicit = {
         name: value
         for name, value in ctx.params.items()
-        if name in {f.name for f in fields(RunConfig)} and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        if name in {f.name for f in fields(RunConfig)} and _given(ctx, name)
     }
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
     merged["log_with"] = list(merged.get("log_with") or [])
     return RunConfig(**merged)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was typed on the command line (typer bundles its own click: compare by name)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
 def register(app: typer.Typer) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.markup import escape
@@ -301,27 +299,8 @@ def _names(names: list[str], shown: int = 10) -> str:
     return ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
 
 
-def _one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Print a user-facing `SsrrError` as one `Error: ...` line on stderr and exit 1.
-
-    The root group (`ssrr.cli.common.SsrrGroup`) means to do the same, but it raises the plain `click`
-    exception class, which typer >= 0.29 (vendoring its own click) does not recognise; handling it here
-    keeps `ssrr shard` right either way.
-    """
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except SsrrError as exc:
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
 for _command in (make, verify, info):
-    shard_app.command(_command.__name__, help=_help(_command.__doc__))(_one_line_errors(_command))
+    shard_app.command(_command.__name__, help=_help(_command.__doc__))(_command)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,8 +10,16 @@ import pytest
 from ssrr.data.writer import DatasetArrays, SplitArrays, write_dataset
 
 
-def make_shards(out: Path, name: str = "tiny", train: int = 256, test: int = 64, classes: int = 4, size: int = 32,
-                seed: int = 0, shard_size: int = 100) -> Path:
+def make_shards(
+    out: Path,
+    name: str = "tiny",
+    train: int = 256,
+    test: int = 64,
+    classes: int = 4,
+    size: int = 32,
+    seed: int = 0,
+    shard_size: int = 100,
+) -> Path:
     """A dataset whose class is the dominant colour channel pattern (learnable, cheap), written as shards."""
     rng = np.random.default_rng(seed)
 
@@ -22,8 +30,13 @@ def make_shards(out: Path, name: str = "tiny", train: int = 256, test: int = 64,
             images[labels == c, :, :, c % 3] += np.uint8(120 + 30 * (c // 3))
         return SplitArrays(images, labels, np.full(n, -1))
 
-    dataset = DatasetArrays(name, {"train": split(train), "test": split(test)}, [f"c{i}" for i in range(classes)], [],
-                            {"generator": "tests"})
+    dataset = DatasetArrays(
+        name,
+        {"train": split(train), "test": split(test)},
+        [f"c{i}" for i in range(classes)],
+        [],
+        {"generator": "tests"},
+    )
     write_dataset(dataset, out, seed=seed, shard_size=shard_size)
     return out / name
 

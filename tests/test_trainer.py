@@ -17,8 +17,9 @@ from ssrr.train.loop import pretrain
 
 
 def config(shards: Path, out: Path, **changes) -> RunConfig:
-    base = RunConfig(dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=2, out=str(out), name="run",
-                     seed=3, num_threads=1)
+    base = RunConfig(
+        dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=2, out=str(out), name="run", seed=3, num_threads=1
+    )
     return replace(base, **changes)
 
 

@@ -136,9 +136,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise SsrrError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
-def _compare_keys(
-    expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]
-) -> tuple[list[str], list[str]]:
+def _compare_keys(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
     missing = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
     unexpected = [k for k in got if k not in expected]
     return missing, unexpected
@@ -204,9 +202,7 @@ def load_backbone(spec: str | Path, backbone: str | None = None) -> LoadedBackbo
     module = build_backbone(stored)
     missing, unexpected = _compare_keys(module.state_dict(), tensors)
     if missing or unexpected:
-        raise SsrrError(
-            f"{weights}: weights do not fit a {stored} backbone ({_describe(missing, unexpected)})"
-        )
+        raise SsrrError(f"{weights}: weights do not fit a {stored} backbone ({_describe(missing, unexpected)})")
     module.load_state_dict(tensors)
     return LoadedBackbone(module, stored, str(path), trained_on, image_size)
 

@@ -52,9 +52,7 @@ class RunConfig:
         if self.method == "relational" and self.k < 2:
             raise SsrrError(f"--k must be at least 2 (pairs of views), got {self.k}")
         if self.batch < 2:
-            raise SsrrError(
-                f"--batch must be at least 2 (no collision-free shuffle of one image), got {self.batch}"
-            )
+            raise SsrrError(f"--batch must be at least 2 (no collision-free shuffle of one image), got {self.batch}")
         for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -159,9 +159,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     loader = make_loader(cls.recipe(config))
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise SsrrError(
-            f"{shard_dir}: the train split has too few samples for one batch of {config.batch} per process"
-        )
+        raise SsrrError(f"{shard_dir}: the train split has too few samples for one batch of {config.batch} per process")
     scheduler = method.build_scheduler(optimizer, steps_per_epoch)
     model, optimizer = accelerator.prepare(method, optimizer)
     if state:
@@ -202,9 +200,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             "batch_in_epoch": batch_now,
             "step": global_step,
         }
-        ckpt.save_checkpoint(
-            run_dir, unwrapped, config.backbone, training_state, global_step, config.keep_checkpoints
-        )
+        ckpt.save_checkpoint(run_dir, unwrapped, config.backbone, training_state, global_step, config.keep_checkpoints)
 
     display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
     started = time.perf_counter()
@@ -286,9 +282,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 with open(run_dir / METRICS_FILE, "a") as log:  # appended: resuming never loses history
                     log.write(json.dumps(record) + "\n")
                 if config.log_with:
-                    accelerator.log(
-                        {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step
-                    )
+                    accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step)
             display.end_epoch(epoch, metrics)
             throughput = metrics
             last_epoch = next_epoch >= config.epochs
@@ -316,9 +310,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             }
             console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
     if interrupted:
-        raise SsrrError(
-            f"interrupted: progress saved in {run_dir}; continue with the same command and --resume"
-        )
+        raise SsrrError(f"interrupted: progress saved in {run_dir}; continue with the same command and --resume")
     return RunResult(run_dir, epoch, global_step, throughput)
 
 

@@ -53,17 +53,13 @@ class TrainDisplay:
         self.progress.__enter__()
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.progress.__exit__(kind, exc, tb)
 
     def start_epoch(self, epoch: int, steps: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(
-            "train", total=steps, epoch=epoch + 1, epochs=self.total_epochs, metrics=""
-        )
+        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, epochs=self.total_epochs, metrics="")
 
     def update(self, step_in_epoch: int, metrics: dict[str, float]) -> None:
         if self.task is not None:
@@ -71,9 +67,7 @@ class TrainDisplay:
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.enabled and not console.is_terminal:
-            console.print(
-                f"epoch {epoch + 1}/{self.total_epochs}  {format_metrics(metrics)}", highlight=False
-            )
+            console.print(f"epoch {epoch + 1}/{self.total_epochs}  {format_metrics(metrics)}", highlight=False)
 
 
 def summary_table(title: str, metrics: dict[str, float], extra: dict[str, str]) -> Table:
