@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from ssrr.pipelines.loader import ViewLoader
 
 from ssrr.data.sources import load_dataset
 from ssrr.data.writer import write_dataset
 from ssrr.methods import METHODS, method_class
 from ssrr.models.backbones import build_backbone
-from ssrr.pipelines.loader import ViewLoader
 from ssrr.train.config import RunConfig
 
 
