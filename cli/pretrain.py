@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import fields
 
 import typer
@@ -41,6 +44,8 @@ def pretrain(
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
+    log_samples: bool = typer.Option(False, "--log-samples", help="Record each rank's sample indices per step."),
+    processes: int = typer.Option(1, help="Processes on this machine: relaunches itself under `accelerate launch`."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No live display or summary."),
 ) -> None:
@@ -56,6 +61,8 @@ def pretrain(
 
       accelerate launch --multi_gpu --num_processes 2 -m ssrr pretrain --dataset cifar10 --backbone conv4
     """
+    if processes > 1 and not _inside_launcher():
+        raise typer.Exit(_relaunch(processes))
     from ssrr.train.loop import pretrain as run
 
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
@@ -81,6 +88,33 @@ def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
     merged["log_with"] = list(merged.get("log_with") or [])
     return RunConfig(**merged)
+
+
+def _inside_launcher() -> bool:
+    return "LOCAL_RANK" in os.environ or "ACCELERATE_PROCESS_ID" in os.environ
+
+
+def _relaunch(processes: int) -> int:
+    """`ssrr pretrain --processes N ...` = `accelerate launch --multi_gpu --num_processes N -m ssrr pretrain ...`.
+
+    On a machine without a GPU accelerate then starts N CPU processes on gloo (its `--cpu` flag would start one).
+    """
+    argv = sys.argv[1:]
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--processes":
+            skip = True
+            continue
+        if arg.startswith("--processes="):
+            continue
+        kept.append(arg)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssrr", *kept]
+    return subprocess.call(command)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -204,6 +204,10 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
 
     display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
     started = time.perf_counter()
+    sample_log = None
+    if config.log_samples:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
     with display:
         while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
             unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes))
@@ -235,6 +239,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                         if scheduler is not None:
                             scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
+                    if sample_log is not None:
+                        sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
                     batch_in_epoch += 1
                     global_step += 1
                     counted += 1
@@ -292,12 +298,22 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             epoch = next_epoch
             if interrupted:
                 break
+    if sample_log is not None:
+        sample_log.close()
+    in_sync = _weights_in_sync(accelerator, unwrapped)
     accelerator.wait_for_everyone()
     total = time.perf_counter() - started
     if config.log_with:
         accelerator.end_training()
     if accelerator.is_main_process:
-        summary = {**throughput, "wall_s": total, "steps": global_step, "epochs": epoch}
+        summary = {
+            **throughput,
+            "wall_s": total,
+            "steps": global_step,
+            "epochs": epoch,
+            "processes": accelerator.num_processes,
+            "weights_in_sync": in_sync,
+        }
         (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
         if show:
             extra = {
@@ -366,6 +382,18 @@ def _reduce_across_ranks(accelerator: Accelerator, metrics: dict[str, float]) ->
         reduced[f"views_per_s_rank{rank}"] = float(gathered[rank, views]) / accelerator.num_processes
     reduced["memory_mb"] = float(gathered[:, keys.index("memory_mb")].max())
     return reduced
+
+
+def _weights_in_sync(accelerator: Accelerator, method: torch.nn.Module) -> bool:
+    """Whether every rank ends with bit-identical weights (DDP keeps them so; a mismatch means a bug)."""
+    if accelerator.num_processes == 1:
+        return True
+    flat = torch.cat([p.detach().double().flatten() for p in method.parameters()])
+    fingerprint = torch.stack(
+        [flat.sum(), (flat * torch.arange(len(flat), dtype=flat.dtype, device=flat.device)).sum()]
+    )
+    gathered = accelerator.gather(fingerprint[None]).reshape(accelerator.num_processes, 2)
+    return bool((gathered == gathered[0]).all())
 
 
 def _maybe_knn(
