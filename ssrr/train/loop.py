@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from ssrr import __version__
 from ssrr.data.formats import Manifest, load_manifest, resolve_dataset
 from ssrr.errors import SsrrError
+from ssrr.hardware import native_bf16, tune_cpu_allocator
 from ssrr.methods.base import EpochContext, Method, method_class
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
@@ -50,12 +51,13 @@ def use_cuda(config: RunConfig) -> bool:
 
 
 def mixed_precision(config: RunConfig) -> str:
-    """bf16 where supported (CPUs, Ampere+ GPUs); fp16 with accelerate's loss scaling on older GPUs."""
+    """`--amp`: bf16 where it runs natively (Ampere+ GPUs, CPUs with AVX-512-BF16/AMX); fp16 with accelerate's
+    loss scaling on older GPUs; float32 on CPUs that would only emulate bf16 (slower than float32 there)."""
     if not config.amp:
         return "no"
-    if use_cuda(config) and not torch.cuda.is_bf16_supported():
-        return "fp16"
-    return "bf16"
+    if use_cuda(config):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16("cpu") else "no"
 
 
 def _memory_mb(device: torch.device) -> float:
@@ -124,6 +126,10 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         project_dir=str(config.run_dir),
     )
     device = accelerator.device
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    if config.amp and precision == "no" and accelerator.is_main_process and show:
+        console.print("--amp: this CPU has no native bf16 (it would be emulated, slower): training in float32")
 
     set_seed(config.seed)
     backbone = build_backbone(config.backbone)
