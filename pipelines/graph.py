@@ -8,29 +8,39 @@ there is no image decoder: reading a sample is a copy, reshaped to (H, W, 3) wit
 Per pipeline run (B images, V views each):
 
 - ``fn.readers.webdataset`` reads ``.rgb`` (uint8) and ``.lbl`` (int32 fine, coarse, index);
+- the random parameters of the run come from one ``fn.external_source`` (numpy, torchvision's sampling
+  rules, see :mod:`ssrr.pipelines.sampling`);
 - the geometric step runs once per view (V operator calls over the batch, each with its own per-sample
-  parameters): for the resized crop one ``fn.resize`` over the crop window, whose x ends are swapped for a
-  flip (crop, resize and flip in one bilinear pass); for the pad crop ``fn.slice`` with zero padding and
-  ``fn.flip``; for rotations ``fn.transpose`` / ``fn.flip``;
-- the V views are stacked into one V-frame sequence per image (layout FHWC), and the rest runs once per
-  image with per-frame arguments (``fn.per_frame``), which removes V-1 of every V per-sample operator
-  overheads that dominate 32x32 work on the CPU;
-- colour (recipes with jitter / grayscale), fixed order brightness, contrast, saturation, hue, grayscale
-  (torchvision draws a random order of the four jitters; with the contrast centre below, brightness and
-  contrast commute and so do saturation and hue, so only the clamping between steps depends on the order):
-  ``fn.brightness_contrast`` (uint8, clamped) with brightness b, contrast c and the contrast centre = the
-  view's own mean luminance (ITU-R 601 luma, as PIL's contrast uses; DALI's default centre, mid-range, is
-  wrong for this recipe). DALI's formula b * (centre + c * (x - centre)) with the centre taken on the view
-  *before* brightness equals torchvision's brightness-then-contrast c*b*x + (1-c)*mean(b*x) up to clamping.
-  Then ``fn.hsv`` for hue and saturation with the grayscale folded in (saturation * (1 - gray)); DALI's hue
-  is a linear rotation about the gray axis (YIQ), an approximation of PIL's HSV hue shift. The hsv step
-  writes float without clamping; the loader clamps to the uint8 range (in normalised units) while it
-  copies the views out, which is cheaper on the CPU than DALI's saturating uint8 hsv;
-- ``fn.crop_mirror_normalize``: (x - 255 mean) / (255 std), FLOAT or FLOAT16, layout FHWC.
+  parameters): for the resized crop one ``fn.resize`` (bilinear) over the crop window, whose x ends are
+  swapped for a flip (crop, resize and flip in one pass); for the pad crop ``fn.slice`` with zero padding
+  and ``fn.flip``; for rotations ``fn.transpose`` / ``fn.flip``;
+- the V views are stacked into one V-frame sequence per image (layout FHWC) and everything else runs once per
+  image with per-frame arguments (``fn.per_frame``): this removes V-1 of every V per-sample operator
+  overheads, which dominate 32x32 work on the CPU;
+- recipes without colour changes: ``fn.crop_mirror_normalize`` ((x - 255 mean) / (255 std), FLOAT or
+  FLOAT16);
+- colour recipes: fixed order brightness, contrast, saturation, hue, then grayscale (torchvision draws a
+  random order of the four jitters). All five are linear in RGB, so after the contrast centre is known they
+  are one 3x3 matrix and an offset per view, and the normalisation folds into the same affine map: one
+  ``fn.coord_transform`` per image (per-frame M and T), float output.
 
-On the GPU the contrast step is computed with DALI arithmetic instead (``contrast="arith"``): the view's
-luminance comes from a GPU reduction, and a GPU tensor cannot feed an operator's argument such as
-``contrast_center``. Both forms run on the CPU in the tests and agree within a uint8 level.
+  * Contrast is centred on the view's own mean luminance (ITU-R 601 luma, as PIL's contrast; DALI's default
+    centre, mid-range, is wrong for this recipe), computed per view in the pipeline (``fn.reductions.mean``
+    over each frame). With that centre, brightness b then contrast c is c*b*x + (1-c)*b*luma: torchvision's
+    brightness-then-contrast up to clamping.
+  * Saturation s: s*x + (1-s)*luma (PIL's blend with the L image, exactly). Grayscale: luma on 3 channels.
+  * Hue: a rotation about the gray axis of RGB space. PIL's HSV hue shift is not linear; DALI's ``fn.hsv``
+    is a YIQ rotation whose error against PIL (mean 6.1 uint8 levels on CIFAR-10, h ~ U(-72, 72) degrees) is
+    close to not shifting hue at all (6.5); the gray-axis rotation halves it (3.3).
+  * Clamping: torchvision clamps to 0..255 after every step. ``contrast="fused"`` (the CPU default) folds
+    b and c into the matrix too, so the only clamp is the final one, applied by the loader while it copies
+    the views out (in normalised units: the uint8 range mapped through the normalisation), which is cheaper
+    than any DALI clamp on the CPU. ``contrast="centre"`` clamps after brightness and contrast with
+    ``fn.brightness_contrast`` (``contrast_center`` = the view's luma) at the cost of one more pass over the
+    pixels; on CIFAR-10 the two give the same view statistics (per-channel std within 0.01).
+  * On the GPU a reduction's output is a GPU tensor and cannot feed an operator's argument (such as
+    ``contrast_center`` or coord_transform's T), so ``contrast="arith"`` computes the contrast with DALI
+    arithmetic (clamped), then the colour matrix. The tests run all three forms on the CPU.
 """
 
 from __future__ import annotations
@@ -58,14 +68,14 @@ class GraphSpec:
     out_size: tuple[int, int]  # (H, W) of the views
     mean255: tuple[float, float, float]
     std255: tuple[float, float, float]
-    half: bool  # FLOAT16 output instead of FLOAT
+    half: bool  # FLOAT16 output instead of FLOAT (recipes without colour; colour recipes give FLOAT)
     training: bool
     shard_id: int
     num_shards: int
     initial_fill: int
     reader_seed: int
     gpu: bool
-    contrast: str = "centre"  # "centre" (fn.brightness_contrast) or "arith" (DALI arithmetic; the GPU form)
+    contrast: str = "fused"  # "fused" (CPU default), "centre" (fn.brightness_contrast), "arith" (the GPU form)
 
     @property
     def crop_views(self) -> int:
@@ -81,8 +91,11 @@ class GraphSpec:
             for v in range(self.crop_views):
                 names += [f"start{v}", f"flip{v}"]
         if self.recipe.colour:
-            names += ["gain", "shift"] if self.contrast == "arith" else ["brightness", "contrast"]
-            names += ["saturation", "hue"]
+            if self.contrast == "fused":
+                names += ["shift"]
+            else:
+                names += ["gain", "shift"] if self.contrast == "arith" else ["brightness", "contrast"]
+            names += ["colour_matrix"]
         return names
 
 
@@ -111,15 +124,19 @@ class ParamSource:
                 arrays[f"start{v}"] = np.ascontiguousarray(anchor[:, v], dtype=np.int32)
                 arrays[f"flip{v}"] = np.ascontiguousarray(p.flip[:, v], dtype=np.int32)
         if recipe.colour:
-            if spec.contrast == "arith":
+            if spec.contrast == "fused":
+                arrays["shift"] = (p.brightness * (1 - p.contrast)).reshape(self.batch, recipe.views, 1)
+            elif spec.contrast == "arith":
                 shape = (self.batch, recipe.views, 1, 1, 1)
                 arrays["gain"] = (p.brightness * p.contrast).reshape(shape)
                 arrays["shift"] = (p.brightness * (1 - p.contrast)).reshape(shape)
             else:
                 arrays["brightness"] = p.brightness
                 arrays["contrast"] = p.contrast
-            arrays["saturation"] = p.saturation
-            arrays["hue"] = p.hue_degrees
+            matrix = p.colour_matrix() / np.asarray(spec.std255, np.float32)[:, None]  # normalise the rows
+            if spec.contrast == "fused":
+                matrix *= (p.brightness * p.contrast)[..., None, None]
+            arrays["colour_matrix"] = matrix
         return [np.ascontiguousarray(arrays[name], dtype=arrays[name].dtype) for name in self.names]
 
 
@@ -141,7 +158,8 @@ def _stack(views: Sequence) -> object:
 
 @pipeline_def
 def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
-    """Outputs: views (B x [V, H, W, 3], FHWC, normalised float / half) and labels (B x [3] int32)."""
+    """Outputs: views (B x [V, H, W, 3], FHWC, normalised; float32 and not yet clamped for colour recipes) and
+    labels (B x [3] int32)."""
     recipe = spec.recipe
     rgb, labels = fn.readers.webdataset(
         paths=list(spec.paths),
@@ -204,15 +222,32 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
     if recipe.rotate:
         views = _rotations(views[0], recipe.views)
     frames = _stack(views)
-    if recipe.colour:
+    if not recipe.colour:
+        views_out = fn.crop_mirror_normalize(
+            frames,
+            mean=list(spec.mean255),
+            std=list(spec.std255),
+            output_layout="FHWC",
+            dtype=types.FLOAT16 if spec.half else types.FLOAT,
+        )
+        return views_out, labels
+    # Colour and normalisation in one fn.coord_transform per image: out = M x + T per frame, where
+    # M = diag(1/std) @ colour matrix (@ b*c for the fused form) and T holds the contrast offset and -mean/std.
+    inv_std = 1.0 / np.asarray(spec.std255, np.float32)
+    mean_over_std = (np.asarray(spec.mean255, np.float32) * inv_std)[None, :]  # (1, 3)
+    if spec.contrast == "fused":
+        means = fn.reductions.mean(frames, axes=[1, 2])  # (V, 3)
+        luma = fn.reductions.sum(means * np.array([LUMA], np.float32), axes=[1], keep_dims=True)  # (V, 1)
+        offset = luma * p["shift"] * inv_std[None, :] - mean_over_std  # (V, 3)
+        frames = fn.coord_transform(frames, M=fn.per_frame(p["colour_matrix"]), T=fn.per_frame(offset))
+    else:
         if spec.contrast == "arith":
             means = fn.reductions.mean(frames, axes=[1, 2], keep_dims=True)  # (V, 1, 1, 3)
             luma = means[:, :, :, 0:1] * LUMA[0] + means[:, :, :, 1:2] * LUMA[1] + means[:, :, :, 2:3] * LUMA[2]
             gain, shift = p["gain"], p["shift"]
             if spec.gpu:
                 gain, shift = gain.gpu(), shift.gpu()
-            frames = dmath.clamp(frames * gain + luma * shift, 0.0, 255.0)
-            frames = fn.reshape(frames, layout="FHWC")
+            frames = fn.reshape(dmath.clamp(frames * gain + luma * shift, 0.0, 255.0), layout="FHWC")
         else:
             means = fn.reductions.mean(frames, axes=[1, 2])  # (V, 3)
             luma = means[:, 0] * LUMA[0] + means[:, 1] * LUMA[1] + means[:, 2] * LUMA[2]
@@ -222,17 +257,6 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
                 contrast=fn.per_frame(p["contrast"]),
                 contrast_center=fn.per_frame(luma),
             )
-        frames = fn.hsv(
-            frames,
-            hue=fn.per_frame(p["hue"]),
-            saturation=fn.per_frame(p["saturation"]),
-            dtype=types.FLOAT,
-        )
-    views_out = fn.crop_mirror_normalize(
-        frames,
-        mean=list(spec.mean255),
-        std=list(spec.std255),
-        output_layout="FHWC",
-        dtype=types.FLOAT16 if spec.half else types.FLOAT,
-    )
+        frames = fn.coord_transform(frames, M=fn.per_frame(p["colour_matrix"]), T=list(-mean_over_std[0]))
+    views_out = fn.reshape(frames, layout="FHWC")  # float32, unclamped: the loader clamps while copying out
     return views_out, labels

@@ -18,8 +18,12 @@ Epochs, ranks and lengths:
 
 Speed (CPU): the pipeline's own batch is ``steps_per_run`` x M images (default 4 x M for training), sliced into
 steps here; the views of each image run as one V-frame sequence (see :mod:`ssrr.pipelines.graph`). The copy
-out of DALI's buffer into fresh torch tensors (needed anyway: DALI reuses its buffers) reorders to view-major
-and applies the final clamp in the same pass.
+out of DALI's buffer into fresh torch tensors (needed anyway: DALI reuses its buffers) reorders to view-major,
+applies the colour recipes' final clamp and converts to the requested dtype, all in one pass.
+
+On the GPU (``device="cuda"``) the pipeline runs on ``torch.cuda.current_device()`` (or the given index) and the
+batches stay on that device: DALI's output is copied into a torch buffer on torch's current stream
+(``feed_ndarray``), then sliced into steps there. Labels and masks are moved to the device as well.
 """
 
 from __future__ import annotations
@@ -192,8 +196,7 @@ class ViewLoader:
         std = np.asarray(self.manifest.std, np.float64)
         self._mean255 = tuple(float(x) for x in mean * 255)
         self._std255 = tuple(float(x) for x in std * 255)
-        half = dtype == torch.float16
-        bound_dtype = torch.float16 if half else torch.float32
+        bound_dtype = torch.float32  # colour recipes come out of DALI as float32 (converted while clamping)
         # The clamp bounds (the uint8 range in normalised units) expanded to a whole (H, W, 3) view: the clamp
         # then broadcasts over the outer dimensions only and vectorises (per-channel (3,) bounds do not).
         out_h, out_w = self.image_size
@@ -201,7 +204,7 @@ class ViewLoader:
         hi = torch.tensor((1 - mean) / std, dtype=bound_dtype)
         self._lo = lo.expand(out_h, out_w, 3).contiguous().to(self.device)
         self._hi = hi.expand(out_h, out_w, 3).contiguous().to(self.device)
-        self._contrast = "arith" if self.device.type == "cuda" else "centre"
+        self._contrast = "arith" if self.device.type == "cuda" else "fused"
         self._buffer: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ public
@@ -265,7 +268,7 @@ class ViewLoader:
             out_size=self.image_size,
             mean255=self._mean255,  # type: ignore[arg-type]
             std255=self._std255,  # type: ignore[arg-type]
-            half=self.dtype == torch.float16,
+            half=self.dtype == torch.float16 and not self.recipe.colour,
             training=self.training,
             shard_id=self.rank,
             num_shards=self.world_size,
@@ -320,7 +323,8 @@ class ViewLoader:
 
             tensor = out.as_tensor()
             shape = tuple(tensor.shape())
-            dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
+            half = self.dtype == torch.float16 and not self.recipe.colour
+            dtype = torch.float16 if half else torch.float32
             if self._buffer is None or tuple(self._buffer.shape) != shape:
                 self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
             feed_ndarray(tensor, self._buffer, cuda_stream=torch.cuda.current_stream(self.device))

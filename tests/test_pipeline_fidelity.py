@@ -150,14 +150,28 @@ def test_paired_hue_is_an_approximation_in_the_right_direction(pipe_smooth: Path
     assert same.mean() < 0.6 * opposite.mean() and same.mean() < 16
 
 
+def _first_batch(root: Path, contrast: str) -> tuple[ViewLoader, np.ndarray]:
+    loader = ViewLoader(root, BASE, batch_size=M, training=False, steps_per_run=1)
+    loader._contrast = contrast
+    return loader, _pixels(loader, next(iter(loader.epoch(0))).views)
+
+
 def test_contrast_forms_agree(pipe_smooth: Path) -> None:
-    """The GPU's arithmetic contrast (run here on the CPU) equals fn.brightness_contrast within rounding."""
-    centre = ViewLoader(pipe_smooth, BASE, batch_size=M, training=False, steps_per_run=1)
-    arith = ViewLoader(pipe_smooth, BASE, batch_size=M, training=False, steps_per_run=1)
-    arith._contrast = "arith"
-    a, b = next(iter(centre.epoch(0))), next(iter(arith.epoch(0)))
-    d = np.abs(_pixels(centre, a.views) - _pixels(arith, b.views))
+    """The three forms of brightness + contrast on the same draws.
+
+    "centre" (fn.brightness_contrast, uint8 clamp) and "arith" (DALI arithmetic, the GPU form, clamped, not
+    rounded) agree within rounding. "fused" (the CPU default: brightness and contrast folded into the colour
+    matrix, one clamp at the end) differs only where b*c pushed pixels out of range: mean below 1.5 levels
+    (measured 0.9) on these strongly coloured images.
+    """
+    centre = _first_batch(pipe_smooth, "centre")[1]
+    arith = _first_batch(pipe_smooth, "arith")[1]
+    fused = _first_batch(pipe_smooth, "fused")[1]
+    d = np.abs(centre - arith)
     assert d.mean() < 0.3 and np.percentile(d, 99.9) <= 1.5
+    d = np.abs(centre - fused)
+    print(f"\nfused vs centre: mean {d.mean():.2f}, <=2 {np.mean(d <= 2):.3f}")
+    assert d.mean() < 1.5 and np.mean(d <= 2) > 0.85
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -1,0 +1,30 @@
+"""bench_pipeline: the side-by-side benchmark runs and reports its fields (a tiny smoke run, not a timing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ssrr.pipelines.synthetic import write_synthetic
+
+from ssrr.bench.pipeline import bench_pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe_bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("pipe"), "bench", train=64, test=8, shard_size=32)
+
+
+def test_bench_pipeline_reports(pipe_bench: Path) -> None:
+    result = bench_pipeline(pipe_bench, k=2, batch=4, repeats=2, steps=2, workers=0, baseline_steps=1)
+    for key in ("views_per_s", "baseline_views_per_s", "ratio", "k", "batch", "device", "repeats"):
+        assert key in result
+    assert result["k"] == 2 and result["batch"] == 4 and result["device"] == "cpu" and result["repeats"] == 2
+    assert len(result["dali_runs"]) == len(result["baseline_runs"]) == 2
+    assert result["views_per_s"] > 0 and result["baseline_views_per_s"] > 0
+    assert result["ratio"] == pytest.approx(result["views_per_s"] / result["baseline_views_per_s"])
+
+
+def test_bench_pipeline_without_baseline(pipe_bench: Path) -> None:
+    result = bench_pipeline(pipe_bench, k=2, batch=4, repeats=1, steps=1, baseline=False)
+    assert result["baseline_views_per_s"] is None and result["ratio"] is None and result["views_per_s"] > 0
