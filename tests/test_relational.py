@@ -280,3 +280,14 @@ def test_random_shuffle_schedule_fused_matches_plain(aggregation: str) -> None:
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
     for g1, g2 in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-13)
+
+
+def test_step_benchmarks_smoke() -> None:
+    from ssrr.bench.step import bench_model_step, bench_relation_stage
+
+    rel = bench_relation_stage(k=3, m=4, d=8, repeats=1, tune_allocator=False, threads=1)
+    assert rel["pairs"] == 24 and rel["relation_speedup"] > 0 and rel["threads"] == 1
+    step = bench_model_step("conv4", k=2, m=2, repeats=1, baseline_repeats=1, tune_allocator=False)
+    for key in ("step_s", "views_per_s", "baseline_step_s", "step_speedup", "amp"):
+        assert key in step
+    assert step["views_per_s"] == pytest.approx(4 / step["step_s"])

@@ -15,64 +15,45 @@ fastest repeat too.
 
 CPU notes (measured on the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512/bf16) this project runs on):
 - glibc returns every large freed block to the kernel, so each step page-faults its activation buffers afresh;
-  `tune_cpu_allocator()` keeps freed memory in the heap and takes ~35% off a conv4 step. It is process-wide;
-  the benchmarks apply it by default (both variants run under it).
+  `ssrr.hardware.tune_cpu_allocator()` keeps freed memory in the heap (about a third off a conv4 step). It is
+  process-wide; the benchmarks apply it by default, so ours and the baseline both run under it, as training
+  does.
 - bf16 autocast only pays where the CPU has native bf16 (AVX-512-BF16 / AMX); on an AVX2 CPU it is emulated
-  and several times slower than float32. `amp=None` (default) picks bf16 only where it is native.
+  and several times slower than float32. `amp=True` means bf16 autocast where it is native, float32 elsewhere
+  (as the trainer's `--amp`); the result's "amp" says what ran.
 - channels_last is faster than contiguous for the convolutions in float32 too.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from ssrr.bench.literal import literal_relation_logits
+from ssrr.hardware import native_bf16, tune_cpu_allocator
 from ssrr.losses import focal_loss
 from ssrr.models.backbones import build_backbone
 from ssrr.models.heads import RelationHead
 from ssrr.relational import pair_schedule, relation_logits
 
-__all__ = ["bench_model_step", "bench_relation_stage", "native_bf16", "tune_cpu_allocator"]
-
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_allocator_tuned = False
+__all__ = ["bench_model_step", "bench_relation_stage"]
 
 
-def tune_cpu_allocator() -> bool:
-    """Make glibc malloc keep freed memory for reuse: no mmap for large blocks (M_MMAP_MAX=0) and no trimming
-    of the heap top (M_TRIM_THRESHOLD at its maximum). Large activation buffers are then recycled between
-    steps instead of being page-faulted in from the kernel every time. Process-wide and permanent (the
-    process keeps its peak memory). Returns True when applied (glibc only)."""
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    """Temporarily run intra-op work on `threads` threads (None: leave as is); yields the count in use."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    _allocator_tuned = ok
-    return ok
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 autocast runs natively (a CUDA device with bf16, or a CPU with AVX-512-BF16 / AMX)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def _sync(device: torch.device) -> None:
@@ -110,12 +91,13 @@ def bench_relation_stage(
     device: str = "cpu",
     tune_allocator: bool = True,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Forward + backward of aggregation + relation head + focal loss on random z (K*M, d), float32: the
     vectorised stage against the literal Algorithm 1 loop, side by side.
 
     Returns relation_fast_s, relation_literal_s (medians), their *_min_s, relation_speedup (literal / fast
-    medians), pairs, and the settings."""
+    medians), pairs, and the settings. `threads`: intra-op threads for the timing (None: as set)."""
     if tune_allocator and device == "cpu":
         tune_cpu_allocator()
     dev = torch.device(device)
@@ -137,9 +119,10 @@ def bench_relation_stage(
         loss = focal_loss(logits, targets.to(dev))
         loss.backward()
 
-    times = _interleaved(
-        {"fast": fast, "literal": literal}, {"fast": repeats, "literal": literal_repeats or repeats}, dev
-    )
+    with _num_threads(threads) as used_threads:
+        times = _interleaved(
+            {"fast": fast, "literal": literal}, {"fast": repeats, "literal": literal_repeats or repeats}, dev
+        )
     fast_s = statistics.median(times["fast"])
     literal_s = statistics.median(times["literal"])
     return {
@@ -154,6 +137,7 @@ def bench_relation_stage(
         "d": d,
         "aggregation": aggregation,
         "device": str(dev),
+        "threads": used_threads,
     }
 
 
@@ -205,7 +189,7 @@ def bench_model_step(
     backbone: str = "conv4",
     k: int = 32,
     m: int = 64,
-    amp: bool | None = None,
+    amp: bool = True,
     channels_last: bool = True,
     compile: bool = False,
     repeats: int = 3,
@@ -216,18 +200,19 @@ def bench_model_step(
     device: str = "cpu",
     tune_allocator: bool = True,
     seed: int = 0,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """One full training step, model only, on a random (K*M, 3, S, S) input already in memory.
 
-    Ours: backbone forward (bf16 autocast when `amp`; None = only where bf16 is native), the vectorised relation
+    Ours: backbone forward (bf16 autocast when `amp` and bf16 is native to the device), the vectorised relation
     stage with the fused head (float32), focal loss, backward, Adam. Baseline (`baseline=True`, timed in the
     same run, interleaved): float32, contiguous format, the literal pair loop and the plain head, as the public
     code. Returns step_s, views_per_s, pairs_per_s, step_min_s, baseline_step_s, baseline_views_per_s,
-    step_speedup (baseline / ours) and the settings (amp resolved)."""
+    step_speedup (baseline / ours) and the settings (amp resolved). `threads`: intra-op threads for the timing
+    (None: as set)."""
     dev = torch.device(device)
-    if tune_allocator and dev.type == "cpu":
-        tune_cpu_allocator()
-    use_amp = native_bf16(dev) if amp is None else amp
+    tuned = tune_cpu_allocator() if tune_allocator and dev.type == "cpu" else False
+    use_amp = amp and native_bf16(dev)
     variants = {
         "step": _make_step(backbone, k, m, image_size, use_amp, channels_last, compile, False, aggregation, dev, seed)
     }
@@ -235,7 +220,8 @@ def bench_model_step(
     if baseline:
         variants["baseline"] = _make_step(backbone, k, m, image_size, False, False, False, True, aggregation, dev, seed)
         counts["baseline"] = baseline_repeats
-    times = _interleaved(variants, counts, dev)
+    with _num_threads(threads) as used_threads:
+        times = _interleaved(variants, counts, dev)
     step_s = statistics.median(times["step"])
     views = k * m
     pairs = m * k * (k - 1)
@@ -253,8 +239,8 @@ def bench_model_step(
         "compile": compile,
         "aggregation": aggregation,
         "device": str(dev),
-        "threads": torch.get_num_threads(),
-        "allocator_tuned": _allocator_tuned,
+        "threads": used_threads,
+        "allocator_tuned": tuned,
         "repeats": repeats,
     }
     if baseline:
