@@ -60,6 +60,10 @@ def reproduce(
 
     planned = plan(name, scale, runs_dir=runs, shards_root=shards_root, amp=amp, device=device)
     selected = planned.selected(only)
+    if only and not selected:
+        from ssrr.errors import SsrrError
+
+        raise SsrrError(f"--only {','.join(only)}: no run of {name} at scale {planned.scale.name} matches")
     if dry_run:
         missing = missing_datasets(selected, shards_root)
         words = []

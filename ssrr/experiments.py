@@ -65,8 +65,8 @@ FIGURE_FILES = {"k": "accuracy-vs-k.png", "labels": "accuracy-vs-labels.png", "b
 FIGURE_SIZE_IN = {"k": (8.0, 5.0), "labels": (8.0, 5.0), "backbones": (10.0, 5.0)}  # x FIGURE_DPI = pixels
 FIGURE_DPI = 100  # as ssrr.eval.common: 800 x 500 and 1000 x 500 pixels
 # Settings of a saved run that must equal the plan's (a different value is a conflict, never overwritten).
-COMPARED_SETTINGS = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation", "head", "labels")
-COMPARED_SETTINGS += ("seed", "max_steps")
+COMPARED_SETTINGS: tuple[str, ...] = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation")
+COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps")
 
 Log = Callable[[str], None]
 
@@ -1031,7 +1031,7 @@ def write_report(plan: Plan) -> Path:
         markdown = to_markdown(table)
         (folder / f"{spec.name}.md").write_text(f"# {spec.title}\n\n{markdown}")
         lines += [f"## {spec.title}", "", markdown.rstrip("\n")]
-        if spec.note:
+        if spec.note and not plan.scale.backbones:  # notes speak of the paper's backbones
             lines += ["", spec.note]
         if spec.name in FIGURES:
             target = folder / FIGURE_FILES[spec.name]
