@@ -894,7 +894,8 @@ def figure_k(plan: Plan, path: Path) -> Path | None:
         xs = sorted(points)
         ticks.update(xs)
         ys = [points[x].mean for x in xs]
-        ax.errorbar(xs, ys, yerr=[points[x].std for x in xs], marker="o", capsize=4, label=f"{backbone}, {dataset}")
+        label = f"{backbone}, {friendly(dataset)}{_data_note(plan)}"
+        ax.errorbar(xs, ys, yerr=[points[x].std for x in xs], marker="o", capsize=4, label=label)
         for x, y in zip(xs, ys, strict=True):
             ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     ax.set_xscale("log", base=2)
