@@ -42,7 +42,7 @@ BackboneOpt = typer.Option(None, "--backbone", help=BACKBONE_HELP)
 
 def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None, seed: int):  # type: ignore[no-untyped-def]
     """Seed, then load the backbone (random weights are drawn from the seed) and resolve the dataset."""
-    from ssrr.data.formats import resolve_dataset
+    from ssrr.data.remote import resolve_dataset_any
     from ssrr.errors import SsrrError
     from ssrr.eval.common import seed_everything
     from ssrr.train.checkpoint import load_backbone
@@ -52,7 +52,7 @@ def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None
     name = dataset or loaded.trained_on
     if not name:
         raise SsrrError(f"{spec}: pretraining dataset unknown; name the evaluation dataset with --dataset")
-    return loaded, resolve_dataset(name, shards_root)
+    return loaded, resolve_dataset_any(name, shards_root)
 
 
 def _emit(result: dict[str, Any], as_json: bool, headline: list[str]) -> None:

@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssrr import __version__
-from ssrr.data.formats import Manifest, load_manifest, resolve_dataset
+from ssrr.data.formats import Manifest, load_manifest
+from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
 from ssrr.hardware import native_bf16, tune_cpu_allocator
 from ssrr.methods.base import EpochContext, Method, method_class
@@ -109,7 +110,7 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
 def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> RunResult:
     """Run (or resume) one pretraining run; return where it wrote and its final throughput."""
     config = config.resolved().validate()
-    shard_dir = resolve_dataset(config.dataset, config.shards_root)
+    shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
     num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
