@@ -1,10 +1,10 @@
 """Views per second of the DALI loader and of the torchvision reference loader, side by side.
 
-Both run in this process on the same shards with the same recipe (relational, K views, batch M). Repeats
+Both are driven from this process, on the same shards with the same recipe (relational, K views, batch M). Repeats
 alternate the two (DALI, reference, DALI, reference, ...) so that load from other processes falls on both
 alike. Each repeat starts a fresh iterator (a new DALI pipeline for a new epoch; a new DataLoader with its
 worker processes), discards warm-up steps (pipeline build, shuffle-buffer fill, worker start-up), then times
-``steps`` steps of pure loading (the batches are only touched). The figures are medians over repeats.
+``steps`` steps of pure loading (nothing consumes the batches). The figures are medians over repeats.
 """
 
 from __future__ import annotations
@@ -63,15 +63,16 @@ def bench_pipeline(
         k, batch: views per image (K) and images per step (M); a step is K*M views.
         device: where the DALI loader runs ("cpu" or "cuda"); the reference always runs on the CPU.
         repeats: timed repeats of each loader (alternating); medians are reported.
-        steps: timed DALI steps per repeat (default: 4 pipeline runs, at least 16 steps).
+        steps: timed DALI steps per repeat (default: 8 pipeline runs, at least 32 steps; whole runs only).
         workers: DataLoader workers of the reference (the public code's setting is 2 on this machine).
         baseline: also time the reference (False: DALI only, ``baseline_views_per_s`` is None).
-        baseline_steps: timed reference steps per repeat (default 4; it is about 5x slower per step).
+        baseline_steps: timed reference steps per repeat (default 6; each takes about 5x longer than DALI's).
 
     Returns:
         {"views_per_s", "baseline_views_per_s", "ratio", "k", "batch", "device", "repeats", "steps",
         "baseline_steps", "workers", "dali_runs" (views/s of each repeat), "baseline_runs", "num_threads",
-        "steps_per_run", "cpus", "samples", "image_size", "shard_dir"}.
+        "steps_per_run", "cpus", "samples", "image_size", "shard_dir", "load_average" (the machine's 1-minute
+        load before and after: load from other processes lowers both figures; here it lowered the reference more)}.
     """
     from ssrr.pipelines.loader import ViewLoader
     from ssrr.pipelines.recipes import relational
@@ -92,10 +93,10 @@ def bench_pipeline(
     )
     per_run = loader.steps_per_run
     if steps is None:
-        steps = max(16, 4 * per_run)
+        steps = max(32, 8 * per_run)
     steps = max(per_run, (steps // per_run) * per_run)  # whole pipeline runs only
-    warmup = 2 * per_run
-    ref_steps = baseline_steps or 4
+    warmup = 3 * per_run  # past the prefetched runs: the timed ones are computed while timed
+    ref_steps = baseline_steps or 6
     ref_warmup = max(2, workers)
     dataset = ReferenceViews(shard_dir, split, recipe) if baseline else None
     if dataset is not None and len(dataset) < batch * (ref_steps + ref_warmup):
@@ -104,6 +105,7 @@ def bench_pipeline(
             raise SsrrError(f"{shard_dir} ({split}): too few samples for a baseline of batch {batch}")
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     views_per_step = k * batch
+    load_before = os.getloadavg()[0]
     dali_runs: list[float] = []
     ref_runs: list[float] = []
     for repeat in range(repeats):
@@ -143,4 +145,5 @@ def bench_pipeline(
         "samples": loader.shares[0],
         "image_size": list(loader.image_size),
         "shard_dir": str(shard_dir),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
     }
