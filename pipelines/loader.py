@@ -194,6 +194,8 @@ class ViewLoader:
         self._initial_fill = max(1, min(self.shares[rank], max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)))
         mean = np.asarray(self.manifest.mean, np.float64)
         std = np.asarray(self.manifest.std, np.float64)
+        if not (std > 0).all():
+            raise SsrrError(f"{self.shard_dir / formats.MANIFEST}: std {tuple(std)} has a zero channel")
         self._mean255 = tuple(float(x) for x in mean * 255)
         self._std255 = tuple(float(x) for x in std * 255)
         bound_dtype = torch.float32  # colour recipes come out of DALI as float32 (converted while clamping)

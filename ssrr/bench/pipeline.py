@@ -19,18 +19,38 @@ import torch
 from ssrr.errors import SsrrError
 
 
-def _time_steps(iterator, warmup: int, steps: int, sync) -> float:
-    """Seconds for ``steps`` batches after ``warmup`` batches of an iterator."""
+def _children_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process's live child processes (Linux /proc)."""
+    me = os.getpid()
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # fields after "pid (comm)": state, ppid, ..., utime (12th), stime (13th)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _time_steps(iterator, warmup: int, steps: int, sync) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its children) for ``steps`` batches after ``warmup``."""
     for _ in range(warmup):
         next(iterator)
     sync()
+    cpu = time.process_time() + _children_cpu_seconds()
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(iterator)
     sync()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() + _children_cpu_seconds() - cpu
     del batch
-    return elapsed
+    return elapsed, cpu
 
 
 def _cycle_epochs(loader, first_epoch: int):
@@ -69,7 +89,9 @@ def bench_pipeline(
         baseline_steps: timed reference steps per repeat (default 6; each takes about 5x longer than DALI's).
 
     Returns:
-        {"views_per_s", "baseline_views_per_s", "ratio", "k", "batch", "device", "repeats", "steps",
+        {"views_per_s", "baseline_views_per_s", "ratio", "cpu_us_per_view", "baseline_cpu_us_per_view" (CPU
+        time of the process and its children per view, while timed; less sensitive to other processes' load
+        than wall time), "cpu_ratio", "k", "batch", "device", "repeats", "steps",
         "baseline_steps", "workers", "dali_runs" (views/s of each repeat), "baseline_runs", "num_threads",
         "steps_per_run", "cpus", "samples", "image_size", "shard_dir", "load_average" (the machine's 1-minute
         load before and after: load from other processes lowers both figures; here it lowered the reference more)}.
@@ -108,28 +130,37 @@ def bench_pipeline(
     load_before = os.getloadavg()[0]
     dali_runs: list[float] = []
     ref_runs: list[float] = []
+    dali_cpu: list[float] = []
+    ref_cpu: list[float] = []
     for repeat in range(repeats):
         iterator = _cycle_epochs(loader, first_epoch=repeat * 1000)
         try:
-            seconds = _time_steps(iterator, warmup, steps, sync)
+            seconds, cpu = _time_steps(iterator, warmup, steps, sync)
         finally:
             iterator.close()
         dali_runs.append(steps * views_per_step / seconds)
+        dali_cpu.append(cpu / (steps * views_per_step) * 1e6)
         if dataset is not None:
             ref = reference_loader(
                 shard_dir, recipe, split=split, batch_size=batch, workers=workers, seed=repeat, dataset=dataset
             )
             try:
-                seconds = _time_steps(ref, ref_warmup, ref_steps, lambda: None)
+                seconds, cpu = _time_steps(ref, ref_warmup, ref_steps, lambda: None)
             finally:
                 ref.close()
             ref_runs.append(ref_steps * views_per_step / seconds)
+            ref_cpu.append(cpu / (ref_steps * views_per_step) * 1e6)
     views_per_s = statistics.median(dali_runs)
     baseline_views_per_s = statistics.median(ref_runs) if ref_runs else None
+    cpu_us = statistics.median(dali_cpu)
+    baseline_cpu_us = statistics.median(ref_cpu) if ref_cpu else None
     return {
         "views_per_s": views_per_s,
         "baseline_views_per_s": baseline_views_per_s,
         "ratio": views_per_s / baseline_views_per_s if baseline_views_per_s else None,
+        "cpu_us_per_view": cpu_us,
+        "baseline_cpu_us_per_view": baseline_cpu_us,
+        "cpu_ratio": baseline_cpu_us / cpu_us if baseline_cpu_us else None,
         "k": k,
         "batch": batch,
         "device": str(loader.device),
