@@ -151,3 +151,21 @@ def test_encoder_dot_head() -> None:
 def test_heads_accept_aggregation_keyword(name: str) -> None:
     head = HEADS[name](64, aggregation="cat")
     assert head.aggregation == "cat"
+
+
+def test_fused_cpu_threads_restored_and_same_values() -> None:
+    torch.manual_seed(0)
+    schedule = pair_schedule(4, 8)
+    head = RelationHead(16).double()
+    z = torch.randn(32, 16, dtype=torch.float64)
+    before = torch.get_num_threads()
+    results = []
+    for threads in (1, None):
+        head.cpu_threads = threads
+        zz = z.clone().requires_grad_()
+        logits = head.pair_logits(zz, schedule.left, schedule.right, plan=schedule.plan)
+        logits.sum().backward()
+        assert torch.get_num_threads() == before
+        results.append((logits.detach(), zz.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])

@@ -23,7 +23,9 @@ head ablation: (c) the relation module, (a) the dot product, (b) a shared encode
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -101,6 +103,20 @@ class PairPlan:
         return torch.embedding_bag(table, self.bag_index[2 * s : 2 * e], self.offsets(e - s), False, 0)[0]
 
 
+@contextlib.contextmanager
+def _intra_op_threads(threads: int | None, device: torch.device) -> Iterator[None]:
+    """Cap torch's intra-op threads at `threads` on the CPU for the duration (None: leave them)."""
+    before = torch.get_num_threads()
+    if threads is None or device.type != "cpu" or threads >= before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _default_chunk_rows(device: torch.device) -> int:
     # On the CPU, work on cache-sized row blocks (no P x hidden buffers); on a GPU, one block.
     return 2048 if device.type == "cpu" else 1 << 62
@@ -133,6 +149,7 @@ class _FusedRelationScore(torch.autograd.Function):
         eps: float,
         slope: float,
         chunk: int,
+        threads: int | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         dtype = a.dtype
         p_total = plan.num_pairs
@@ -160,17 +177,19 @@ class _FusedRelationScore(torch.autograd.Function):
         w = w2.reshape(-1)
         out = torch.empty(p_total, dtype=dtype, device=a.device)
         rows = min(chunk, p_total)
-        for s in range(0, p_total, rows):
-            e = min(p_total, s + rows)
-            y = plan.pair_rows(table, s, e)
-            F.leaky_relu_(y, slope)
-            torch.mv(y, w, out=out[s:e])
+        with _intra_op_threads(threads, a.device):
+            for s in range(0, p_total, rows):
+                e = min(p_total, s + rows)
+                y = plan.pair_rows(table, s, e)
+                F.leaky_relu_(y, slope)
+                torch.mv(y, w, out=out[s:e])
         out.add_(b2)
         ctx.save_for_backward(a_c, b_c, sb, table, w2, rstd, scale)
         ctx.plan = plan
         ctx.batch_stats = batch_stats
         ctx.slope = slope
         ctx.rows = rows
+        ctx.threads = threads
         ctx.mark_non_differentiable(mean, var)
         return out, mean.detach(), var.detach()
 
@@ -190,16 +209,17 @@ class _FusedRelationScore(torch.autograd.Function):
         g_b = torch.zeros_like(b_c)
         dw = torch.zeros(hidden, dtype=dtype, device=dev)
         tbuf = torch.empty(rows, hidden, dtype=dtype, device=dev)
-        for s in range(0, p_total, rows):
-            e = min(p_total, s + rows)
-            gc, t = g[s:e], tbuf[: e - s]
-            h = plan.pair_rows(table, s, e)
-            F.leaky_relu_(h, slope)  # the activations (same sign as the BatchNorm output)
-            dw.addmv_(h.t(), gc)
-            torch.outer(gc, w, out=t)
-            torch.ops.aten.leaky_relu_backward.grad_input(t, h, slope, True, grad_input=t)  # dL/dY
-            g_a.index_add_(0, left[s:e], t)
-            g_b.index_add_(0, right[s:e], t)
+        with _intra_op_threads(ctx.threads, dev):
+            for s in range(0, p_total, rows):
+                e = min(p_total, s + rows)
+                gc, t = g[s:e], tbuf[: e - s]
+                h = plan.pair_rows(table, s, e)
+                F.leaky_relu_(h, slope)  # the activations (same sign as the BatchNorm output)
+                dw.addmv_(h.t(), gc)
+                torch.outer(gc, w, out=t)
+                torch.ops.aten.leaky_relu_backward.grad_input(t, h, slope, True, grad_input=t)  # dL/dY
+                g_a.index_add_(0, left[s:e], t)
+                g_b.index_add_(0, right[s:e], t)
         sum_dy = g_a.sum(0)  # sum over the pairs of dL/dY
         sum_dy_x = (a_c * g_a).sum(0) + (b_c * g_b).sum(0)  # sum of dL/dY * (X - mean)
         d_beta = sum_dy
@@ -218,7 +238,7 @@ class _FusedRelationScore(torch.autograd.Function):
             d_a, d_b = scale * g_a, scale * g_b
         d_w2 = dw.reshape(w2.shape)
         d_b2 = g.sum().reshape(1)
-        return d_a, d_b, d_gamma, d_beta, d_w2, d_b2, None, None, None, None, None, None
+        return d_a, d_b, d_gamma, d_beta, d_w2, d_b2, None, None, None, None, None, None, None
 
 
 class RelationHead(nn.Module):
@@ -229,6 +249,7 @@ class RelationHead(nn.Module):
     blocks of `chunk_rows` pairs with hand-written gradients, never holding the (P, hidden) pre-activations
     (several times faster on the CPU, same values up to float rounding). The pair stage always computes in
     float32 (or float64 when given float64), also under autocast. `fused=False` is the plain autograd path.
+    On the CPU the block loop runs on `cpu_threads` intra-op threads (default 1; None: torch's setting).
     """
 
     def __init__(self, feature_dim: int, aggregation: str = "cat", hidden: int = 256, fused: bool = True) -> None:
@@ -239,6 +260,10 @@ class RelationHead(nn.Module):
         self.hidden = hidden
         self.fused = fused
         self.chunk_rows: int | None = None  # None: by device (2048 pairs on the CPU, all at once on a GPU)
+        # Intra-op threads for the fused block loop on the CPU (None: torch's setting). Its many small,
+        # memory-bound ops scale poorly: on the 2-core dev machine two threads gained ~20% when it was idle
+        # and lost 4-15x when it was oversubscribed (OpenMP barriers wait for descheduled threads).
+        self.cpu_threads: int | None = 1
         self.in_features = 2 * feature_dim if aggregation == "cat" else feature_dim
         self.linear1 = nn.Linear(self.in_features, hidden)
         self.bn = nn.BatchNorm1d(hidden)
@@ -310,6 +335,7 @@ class RelationHead(nn.Module):
             bn.eps,
             self.act.negative_slope,
             chunk,
+            self.cpu_threads,
         )
         if bn.training and bn.track_running_stats and bn.running_mean is not None:
             with torch.no_grad():
