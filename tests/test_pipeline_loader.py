@@ -242,13 +242,15 @@ def test_argument_errors(pipe_smooth: Path) -> None:
 
 @pytest.mark.gpu
 def test_gpu_loader_matches_cpu(pipe_smooth: Path) -> None:
-    """device="cuda": views stay on the GPU, and match the CPU loader's (same draws; GPU resampling and the
-    arithmetic contrast form differ by a few uint8 levels at most)."""
+    """device="cuda": views stay on the GPU, and match the CPU loader's run with the same (GPU) contrast form on
+    the same draws (GPU and CPU resampling differ by a few uint8 levels at most)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     recipe = recipes.relational(4)
     gpu = ViewLoader(pipe_smooth, recipe, batch_size=8, device="cuda", steps_per_run=2)
     cpu = ViewLoader(pipe_smooth, recipe, batch_size=8, steps_per_run=2)
+    assert gpu._contrast == "arith"
+    cpu._contrast = "arith"
     for g, c in zip(gpu.epoch(0), cpu.epoch(0), strict=True):
         assert g.views.is_cuda and g.index.is_cuda and g.valid.is_cuda
         assert g.views.shape == c.views.shape and g.views.is_contiguous(memory_format=torch.channels_last)
@@ -257,3 +259,16 @@ def test_gpu_loader_matches_cpu(pipe_smooth: Path) -> None:
         assert np.mean(diff) < 1.0 and np.percentile(diff, 99) < 6
     half = next(iter(ViewLoader(pipe_smooth, recipe, batch_size=8, device="cuda", dtype=torch.float16).epoch(0)))
     assert half.views.dtype == torch.float16 and half.views.is_cuda
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("make", [recipes.evaluation, recipes.crop_flip, recipes.rotation])
+def test_gpu_geometric_recipes_match_cpu(pipe_smooth: Path, make) -> None:
+    """Recipes without colour are exact on the GPU too (same draws, same integer crops, same normalisation)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    recipe = make()
+    gpu = next(iter(ViewLoader(pipe_smooth, recipe, batch_size=8, device="cuda").epoch(0)))
+    cpu = next(iter(ViewLoader(pipe_smooth, recipe, batch_size=8).epoch(0)))
+    assert gpu.views.is_cuda and torch.equal(gpu.index.cpu(), cpu.index)
+    assert (gpu.views.cpu() - cpu.views).abs().max() < 1e-4
