@@ -8,14 +8,16 @@ import typer
 from rich.table import Table
 from ssrr.cli.common import console
 
+from ssrr.demo import DEMO_LINEAR_EPOCHS, DEMO_SETTINGS
+
 
 def demo(
     shards: str = typer.Option("shards", help="Where the synthetic shards are written."),
     out: str = typer.Option("runs", help="Folder of runs (the demo's run is runs/demo, demo-2, ...)."),
     seed: int = typer.Option(1, help="Seed of pretraining and evaluation."),
-    epochs: int = typer.Option(8, help="Pretraining epochs."),
-    k: int = typer.Option(4, "--k", help="Views per image."),
-    linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the paper's protocol: 100)."),
+    epochs: int = typer.Option(DEMO_SETTINGS["epochs"], help="Pretraining epochs."),
+    k: int = typer.Option(DEMO_SETTINGS["k"], "--k", help="Views per image."),
+    linear_epochs: int = typer.Option(DEMO_LINEAR_EPOCHS, help="Linear-evaluation epochs (the paper's protocol)."),
     as_json: bool = typer.Option(False, "--json", help="Also print the results as one JSON object."),
 ) -> None:
     """Shard the embedded synthetic data, pretrain conv4 (relational, K views), then linear evaluation of the
