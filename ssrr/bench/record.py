@@ -17,7 +17,7 @@ HEADER = "# Benchmarks\n\nMeasured results, each with the command that produced 
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (a GPU's name when one was used)."""
-    info: dict[str, Any] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count()}
     try:
         import torch
 
@@ -26,6 +26,18 @@ def machine() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (bf16 autocast is native only with AVX-512/AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    return f"{name or platform.machine()} ({vector})"
 
 
 def command_line() -> str:
