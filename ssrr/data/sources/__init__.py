@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,20 @@ def resolve_source(
     return path, {"path": str(path.resolve()), "sha256": sha256}
 
 
+# Each file-backed dataset's reader: (path, size, workers, progress) -> (splits, classes, coarse classes).
+READERS: dict[str, Callable[[Path, int | None, int, ProgressFactory], Any]] = {
+    "cifar10": lambda path, size, workers, progress: cifar.load_cifar10(path, progress),
+    "cifar100": lambda path, size, workers, progress: cifar.load_cifar100(path, progress),
+    "stl10": lambda path, size, workers, progress: stl10.load_stl10(path, progress),
+    "tiny-imagenet": lambda path, size, workers, progress: tiny_imagenet.load_tiny_imagenet(
+        path, size=size, workers=workers, progress=progress
+    ),
+    "imagefolder": lambda path, size, workers, progress: imagefolder.load_imagefolder(
+        path, size=size, workers=workers, progress=progress
+    ),
+}
+
+
 def load_dataset(
     dataset: str,
     *,
@@ -122,15 +137,6 @@ def load_dataset(
     if dataset == "imagefolder" and source is None:
         raise SsrrError("imagefolder needs --source (a <split>/<class>/<image> folder or an archive of one)")
     path, source_entry = resolve_source(dataset, source, cache, progress)
-    if dataset == "cifar10":
-        splits, classes, coarse = cifar.load_cifar10(path, progress)
-    elif dataset == "cifar100":
-        splits, classes, coarse = cifar.load_cifar100(path, progress)
-    elif dataset == "stl10":
-        splits, classes, coarse = stl10.load_stl10(path, progress)
-    elif dataset == "tiny-imagenet":
-        splits, classes, coarse = tiny_imagenet.load_tiny_imagenet(path, size=size, workers=workers, progress=progress)
-    else:
-        splits, classes, coarse = imagefolder.load_imagefolder(path, size=size, workers=workers, progress=progress)
+    splits, classes, coarse = READERS[dataset](path, size, workers, progress)
     default_name = archive_stem(path.resolve()) if dataset == "imagefolder" else dataset
     return DatasetArrays(check_name(name or default_name), splits, classes, coarse, source_entry)
