@@ -11,4 +11,4 @@ __version__ = "0.1.0"
 # (`python -m ssrr` in the repository root), let the package path reach those two folders too.
 _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "pipelines" / "__init__.py").is_file():
-    __path__.append(str(_checkout))  # type: ignore[name-defined]  # noqa: F821
+    __path__.append(str(_checkout))  # type: ignore[name-defined]

@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE = Path("docs/benchmarks.md")
-HEADER = "# Benchmarks\n\nMeasured results, each with the command that produced it. Blocks between markers are rewritten\nby `ssrr bench ...`; prose outside them is kept.\n"
+HEADER = (
+    "# Benchmarks\n\nMeasured results, each with the command that produced it. Blocks between markers are "
+    "rewritten\nby `ssrr bench ...`; prose outside them is kept.\n"
+)
 
 
 def machine() -> dict[str, Any]:
