@@ -44,6 +44,7 @@ def pipeline(
     from ssrr.data.formats import resolve_dataset
 
     shard_dir = resolve_dataset(dataset)
+    device = "cuda" if device == "gpu" else device  # the DALI pipeline on the GPU, batches left there
     result = bench_pipeline(shard_dir, k=k, batch=batch, device=device, repeats=repeats, steps=steps, workers=workers)
     _emit(f"pipeline-{device}-k{k}-m{batch}", result, as_json, write)
 
@@ -100,7 +101,6 @@ def e2e(
     Example: ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     """
     from ssrr.bench.e2e import bench_e2e
-
     from ssrr.data.formats import resolve_dataset
 
     result = bench_e2e(
