@@ -44,6 +44,7 @@ def pretrain(
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and count) corrupt samples."),
     log_samples: bool = typer.Option(False, "--log-samples", help="Record each rank's sample indices per step."),
     processes: int = typer.Option(1, help="Processes on this machine: relaunches itself under `accelerate launch`."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),

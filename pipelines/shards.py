@@ -195,7 +195,7 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
         manifest.shard_paths(root, split)  # raises the standard "no split" error
         raise AssertionError("unreachable")
     plan = ShardPlan(paths=[], index_paths=[], samples=0)
-    hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples with skip_corrupt=True"
+    hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples (`--skip-corrupt`, skip_corrupt=True)"
     for info in infos:
         shard = root / info.file
         index, ok, problems, shard_problem = _check_shard(shard, info, manifest, split)

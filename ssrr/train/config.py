@@ -47,6 +47,7 @@ class RunConfig:
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)
+    skip_corrupt: bool = False  # skip (and count) corrupt samples instead of stopping with an error
     log_samples: bool = False  # write each rank's sample indices per step (samples-rank<R>.jsonl)
 
     def validate(self) -> RunConfig:

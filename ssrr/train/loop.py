@@ -161,10 +161,13 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
             training=training,
             num_threads=config.num_threads or None,
+            skip_corrupt=config.skip_corrupt,
         )
 
     loader = make_loader(cls.recipe(config))
     steps_per_epoch = len(loader)
+    if loader.skipped and accelerator.is_main_process and show:
+        console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}")
     if steps_per_epoch == 0:
         raise SsrrError(f"{shard_dir}: the train split has too few samples for one batch of {config.batch} per process")
     scheduler = method.build_scheduler(optimizer, steps_per_epoch)
