@@ -22,7 +22,9 @@ def pretrain(
     k: int = typer.Option(32, "--k", help="Augmentations (views) per image."),
     batch: int = typer.Option(64, help="Images per step per process (M)."),
     epochs: int = typer.Option(200, help="Epochs (the paper: 200; 300 for STL-10)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (backbone and head)."),
+    lr: float | None = typer.Option(
+        None, help="Learning rate (default: the method's: Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)."
+    ),
     weight_decay: float = typer.Option(0.0, help="Weight decay."),
     loss: str = typer.Option("focal", help="focal (gamma 2, alpha 0.5) or bce."),
     aggregation: str = typer.Option("cat", help="cat, sum, mean or max."),

@@ -1,7 +1,7 @@
 """DALI pipelines (installed as `ssrr.pipelines`): shards in, K augmented views per image out, on the device.
 
 - :mod:`ssrr.pipelines.recipes`: :class:`Recipe` and ``relational(k)``, ``simclr()``, ``evaluation()``,
-  ``crop_flip()``, ``rotation()``;
+  ``crop_flip()``, ``flip()``, ``rotation()``;
 - :mod:`ssrr.pipelines.loader`: :class:`ViewLoader` (the DALI loader) and :class:`Batch`;
 - :mod:`ssrr.pipelines.reference`: the plain torchvision implementation (tests, benchmark baseline);
 - :mod:`ssrr.pipelines.graph`, :mod:`ssrr.pipelines.sampling`, :mod:`ssrr.pipelines.shards`: the DALI graph,
@@ -21,6 +21,7 @@ _EXPORTS = {
     "simclr": "recipes",
     "evaluation": "recipes",
     "crop_flip": "recipes",
+    "flip": "recipes",
     "rotation": "recipes",
     "ViewLoader": "loader",
     "Batch": "loader",

@@ -13,7 +13,7 @@ Per pipeline run (B images, V views each):
 - the geometric step runs once per view (V operator calls over the batch, each with its own per-sample
   parameters): for the resized crop one ``fn.resize`` (bilinear) over the crop window, whose x ends are
   swapped for a flip (crop, resize and flip in one pass); for the pad crop ``fn.slice`` with zero padding
-  and ``fn.flip``; for rotations ``fn.transpose`` / ``fn.flip``;
+  and ``fn.flip``; for flip-only recipes ``fn.flip``; for rotations ``fn.transpose`` / ``fn.flip``;
 - the V views are stacked into one V-frame sequence per image (layout FHWC) and everything else runs once per
   image with per-frame arguments (``fn.per_frame``): this removes V-1 of every V per-sample operator
   overheads, which dominate 32x32 work on the CPU;
@@ -90,6 +90,8 @@ class GraphSpec:
         elif self.recipe.crop == "pad":
             for v in range(self.crop_views):
                 names += [f"start{v}", f"flip{v}"]
+        elif self.recipe.flip_p > 0:
+            names += [f"flip{v}" for v in range(self.crop_views)]
         if self.recipe.colour:
             if self.contrast == "fused":
                 names += ["shift"]
@@ -122,6 +124,9 @@ class ParamSource:
             anchor = np.stack([p.top, p.left], axis=-1) - recipe.padding
             for v in range(spec.crop_views):
                 arrays[f"start{v}"] = np.ascontiguousarray(anchor[:, v], dtype=np.int32)
+                arrays[f"flip{v}"] = np.ascontiguousarray(p.flip[:, v], dtype=np.int32)
+        elif recipe.flip_p > 0:
+            for v in range(spec.crop_views):
                 arrays[f"flip{v}"] = np.ascontiguousarray(p.flip[:, v], dtype=np.int32)
         if recipe.colour:
             if spec.contrast == "fused":
@@ -217,6 +222,8 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
                 )
                 for v in range(spec.crop_views)
             ]
+        elif recipe.flip_p > 0:
+            views = [fn.flip(image, horizontal=p[f"flip{v}"]) for v in range(spec.crop_views)]
         else:
             views = [image] * spec.crop_views
     if recipe.rotate:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ssrr.errors import SsrrError
 
-NAMES = ("relational", "simclr", "eval", "crop_flip", "rotation")
+NAMES = ("relational", "simclr", "eval", "crop_flip", "flip", "rotation")
 CROPS = ("resized", "pad", "none")
 
 
@@ -29,8 +29,8 @@ class Recipe:
     """What each of the ``views`` views of an image goes through.
 
     Attributes:
-        name: "relational" | "simclr" | "eval" | "crop_flip" | "rotation".
-        views: V views per image (K for relational, 2 for SimCLR, 1 for eval / crop_flip, 4 for rotation).
+        name: "relational" | "simclr" | "eval" | "crop_flip" | "flip" | "rotation".
+        views: V views per image (K for relational, 2 for SimCLR, 1 for eval / crop_flip / flip, 4 for rotation).
             Every view is drawn independently, except for ``rotate`` recipes where view r is view 0 turned by
             r * 90 degrees (counter-clockwise, ``torch.rot90(x, r, dims=(-2, -1))``).
         crop: "resized" (random resized crop), "pad" (pad ``padding`` zeros each side, random crop of the
@@ -138,6 +138,11 @@ def crop_flip(padding: int = 4) -> Recipe:
     if padding < 1:
         raise SsrrError(f"crop_flip: padding must be at least 1, got {padding}")
     return Recipe(name="crop_flip", views=1, crop="pad", padding=padding, flip_p=0.5)
+
+
+def flip() -> Recipe:
+    """Horizontal flip only, 1 view (Deep InfoMax's augmentation)."""
+    return Recipe(name="flip", views=1, flip_p=0.5)
 
 
 def rotation() -> Recipe:

@@ -38,6 +38,7 @@ from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.eval.report import STANDARD_COLUMNS, Cell, Table, columns_of, friendly, method_label, to_markdown
+from ssrr.methods.base import with_method_defaults
 from ssrr.train.config import CONFIG_FILE, RunConfig
 
 # ------------------------------------------------------------------------------------------ constants
@@ -561,13 +562,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def pretrain_status(run: Run) -> tuple[str, str]:
     """(state, what differs) of a run's pretraining, from its folder."""
-    config = run.config
-    if config is None:
+    if run.config is None:
         return "none", ""
+    config = with_method_defaults(run.config)  # as the run saves it
     if not (run.folder / CONFIG_FILE).is_file():
         return "todo", ""
     try:
-        saved = RunConfig.load(run.folder)
+        saved = with_method_defaults(RunConfig.load(run.folder))
     except SsrrError as exc:
         return "conflict", str(exc)
     differs = [

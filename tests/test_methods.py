@@ -60,3 +60,17 @@ def test_unknown_method_is_a_clear_error() -> None:
 
     with pytest.raises(SsrrError, match="unknown method 'byol'"):
         method_class("byol")
+
+
+@pytest.mark.parametrize(
+    "name,optimizer,default_lr",
+    [("relational", torch.optim.Adam, 1e-3), ("infomax", torch.optim.Adam, 1e-4), ("supervised", torch.optim.SGD, 0.1)],
+)
+def test_learning_rate_is_the_methods_unless_the_run_sets_one(name: str, optimizer: type, default_lr: float) -> None:
+    from ssrr.methods.base import with_method_defaults
+
+    for lr, expected in ((None, default_lr), (5e-4, 5e-4)):
+        config = RunConfig(method=name, backbone="conv4", lr=lr)
+        built = method_class(name)(config, build_backbone("conv4"), num_classes=10).build_optimizer()
+        assert isinstance(built, optimizer) and built.param_groups[0]["lr"] == expected
+        assert with_method_defaults(config).lr == expected  # what the run saves

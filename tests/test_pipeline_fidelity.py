@@ -99,6 +99,7 @@ PAIRED = {
     "grayscale": (dataclasses.replace(BASE, **{**ONLY, "jitter_p": 0.0, "grayscale_p": 1.0}), 0.999, 2),  # max 1.2
     "eval": (recipes.evaluation(), 1.0, 0.01),  # exact
     "crop_flip": (recipes.crop_flip(), 1.0, 0.01),  # exact
+    "flip": (recipes.flip(), 1.0, 0.01),  # exact
     "rotation": (recipes.rotation(), 1.0, 0.01),  # exact
 }
 

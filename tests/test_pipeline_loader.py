@@ -200,6 +200,21 @@ def test_crop_flip_is_a_shifted_flipped_copy(pipe_smooth: Path) -> None:
     assert len(shifts) > 1
 
 
+def test_flip_is_the_image_or_its_mirror(pipe_smooth: Path) -> None:
+    """Deep InfoMax's recipe: every view is its image unchanged or mirrored left-right, and both occur."""
+    images = _images(pipe_smooth, "train")
+    loader = ViewLoader(pipe_smooth, recipes.flip(), batch_size=16)
+    batch = next(iter(loader.epoch(0)))
+    pixels = np.rint(_to_uint8(loader, batch.views))
+    mirrored = []
+    for m in range(16):
+        image = images[int(batch.index[m])]
+        same, mirror = np.array_equal(image, pixels[m]), np.array_equal(image[:, ::-1], pixels[m])
+        assert same or mirror, f"view {m} is neither its image nor the mirror"
+        mirrored.append(mirror and not same)
+    assert any(mirrored) and not all(mirrored)
+
+
 def test_image_size_resizes(pipe_smooth: Path) -> None:
     """Domain transfer: eval views resized to 16x16 (bilinear, antialiased, like torchvision's Resize)."""
     from PIL import Image

@@ -29,6 +29,8 @@ def test_recipe_values() -> None:
     assert (e.views, e.crop, e.flip_p, e.colour) == (1, "none", 0.0, False)
     c = recipes.crop_flip()
     assert (c.views, c.crop, c.padding, c.flip_p, c.colour) == (1, "pad", 4, 0.5, False)
+    f = recipes.flip()
+    assert (f.views, f.crop, f.padding, f.flip_p, f.colour) == (1, "none", 0, 0.5, False)
     rot = recipes.rotation()
     assert (rot.views, rot.rotate, rot.crop, rot.padding) == (4, True, "pad", 4)
 

@@ -212,6 +212,17 @@ def test_synthetic_deterministic_balanced_fast() -> None:
     assert np.abs(means - means.mean(0)).max() < 20
 
 
+def test_synthetic_two_tone_colours() -> None:
+    """One light and one dark grey per image (85+ levels apart in every channel, one shared small tint),
+    light-on-dark and dark-on-light equally often: an image's colours say little about which image it is."""
+    fg, bg = synthetic._colours(np.random.default_rng(0), 4000)
+    gap = fg - bg
+    np.testing.assert_allclose(gap, gap[:, :1].repeat(3, 1))  # the tint is shared, nothing clipped
+    assert (np.abs(gap) >= synthetic.LIGHT[0] - synthetic.DARK[1]).all()
+    assert 0.45 < (gap > 0).mean() < 0.55
+    assert np.ptp(fg, axis=1).max() <= 2 * synthetic.TINT and np.ptp(bg, axis=1).max() <= 2 * synthetic.TINT
+
+
 @pytest.mark.parametrize(
     "dataset,maker",
     [("cifar10", make_cifar10), ("cifar100", make_cifar100), ("stl10", make_stl10)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -44,6 +45,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     uses_labels: ClassVar[bool] = False
+    default_lr: ClassVar[float] = 1e-3  # the learning rate when the run does not set one
 
     def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__()
@@ -61,7 +63,12 @@ class Method(nn.Module):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """Adam on every parameter (the paper's setting for relational reasoning and most baselines)."""
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.config.weight_decay)
+
+    @property
+    def lr(self) -> float:
+        """The run's learning rate, or this method's default."""
+        return self.default_lr if self.config.lr is None else self.config.lr
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, steps_per_epoch: int
@@ -89,6 +96,13 @@ def register(cls: MethodType) -> MethodType:
     """Class decorator: make a method available to `ssrr pretrain --method NAME`."""
     METHODS[cls.name] = cls
     return cls
+
+
+def with_method_defaults(config: RunConfig) -> RunConfig:
+    """The config with what it leaves to the method filled in (the learning rate), as a run saves it."""
+    if config.lr is not None:
+        return config
+    return dataclasses.replace(config, lr=method_class(config.method).default_lr)
 
 
 def method_class(name: str) -> type[Method]:

@@ -36,6 +36,7 @@ class _ReverseGradient(torch.autograd.Function):
 @register
 class DeepInfoMax(Method):
     name = "infomax"
+    default_lr = 1e-4  # Adam, the paper's setting
 
     def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -48,10 +49,7 @@ class DeepInfoMax(Method):
 
     @classmethod
     def recipe(cls, config: RunConfig) -> recipes.Recipe:
-        return recipes.crop_flip()
-
-    def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-4, weight_decay=self.config.weight_decay)
+        return recipes.flip()
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         local_maps, z = self.backbone.forward_with_local(batch.views)

@@ -22,6 +22,7 @@ SGD_LR = 0.1
 class Supervised(Method):
     name = "supervised"
     uses_labels = True
+    default_lr = SGD_LR
 
     def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -32,7 +33,7 @@ class Supervised(Method):
         return recipes.crop_flip()
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=SGD_LR, momentum=0.9, weight_decay=self.config.weight_decay)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.config.weight_decay)
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, steps_per_epoch: int

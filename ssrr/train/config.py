@@ -25,7 +25,7 @@ class RunConfig:
     k: int = 32  # augmentations (views) per image, relational only
     batch: int = 64  # M images per step per process
     epochs: int = 200
-    lr: float = 1e-3
+    lr: float | None = None  # None: the method's own (Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)
     weight_decay: float = 0.0
     loss: str = "focal"  # relational: focal (gamma 2, alpha 0.5, as the public code) or bce
     aggregation: str = "cat"
@@ -58,7 +58,7 @@ class RunConfig:
         for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise SsrrError(f"--lr must be positive, got {self.lr}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")

@@ -27,7 +27,7 @@ from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
 from ssrr.hardware import native_bf16, tune_cpu_allocator
-from ssrr.methods.base import EpochContext, Method, method_class
+from ssrr.methods.base import EpochContext, Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
 from ssrr.train import checkpoint as ckpt
@@ -109,7 +109,7 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
 
 def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> RunResult:
     """Run (or resume) one pretraining run; return where it wrote and its final throughput."""
-    config = config.resolved().validate()
+    config = with_method_defaults(config.resolved().validate())
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
