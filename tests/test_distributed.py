@@ -15,11 +15,46 @@ from ssrr.train.loop import pretrain
 
 
 def _launch(shards: Path, out: Path, name: str, batch: int, processes: int) -> Path:
-    args = ["--dataset", str(shards), "--backbone", "conv4", "--k", "2", "--batch", str(batch), "--epochs", "2",
-            "--out", str(out), "--name", name, "--seed", "5", "--num-threads", "1", "--log-samples", "--quiet"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssrr", "pretrain",
-               *args]
+    args = [
+        "--dataset",
+        str(shards),
+        "--backbone",
+        "conv4",
+        "--k",
+        "2",
+        "--batch",
+        str(batch),
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--name",
+        name,
+        "--seed",
+        "5",
+        "--num-threads",
+        "1",
+        "--log-samples",
+        "--quiet",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "ssrr",
+        "pretrain",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,8 +100,17 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
 ) -> None:
     # Not bit-identical: each rank pairs and batch-normalises its own 16 images, one process its 32.
     single = pretrain(
-        RunConfig(dataset=str(tiny_shards), backbone="conv4", k=2, batch=32, epochs=2, out=str(tmp_path), name="one",
-                  seed=5, num_threads=1),
+        RunConfig(
+            dataset=str(tiny_shards),
+            backbone="conv4",
+            k=2,
+            batch=32,
+            epochs=2,
+            out=str(tmp_path),
+            name="one",
+            seed=5,
+            num_threads=1,
+        ),
         show=False,
     )
     two = json.loads((two_process_run / "throughput.json").read_text())

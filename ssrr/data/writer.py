@@ -37,9 +37,7 @@ class SplitArrays:
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.ndim != 4 or self.images.shape[3] != 3 or self.images.dtype != np.uint8:
-            raise ValueError(
-                f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}"
-            )
+            raise ValueError(f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
         if len(self.fine) != n or len(self.coarse) != n:
             raise ValueError("labels and images differ in length")
 
