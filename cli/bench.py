@@ -117,6 +117,47 @@ def e2e(
     _emit(f"e2e-{backbone}-k{k}-m{batch}-{result.get('device', device)}", result, as_json, write)
 
 
+@bench_app.command("methods")
+def methods(
+    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
+    names: str = typer.Option(
+        "relational,simclr,rotation,deepcluster,infomax,supervised", "--methods", help="Comma-separated methods."
+    ),
+    backbone: str = typer.Option("conv4", help="Backbone."),
+    k: int = typer.Option(32, "--k", help="Views per image (relational)."),
+    batch: int = typer.Option(64, help="Images per step (M)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device runs it natively."),
+    steps: int = typer.Option(10, help="Timed steps per method and repeat (after warm-up)."),
+    repeats: int = typer.Option(3, help="Repeats, round-robin over the methods (median)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """Training views/s of every method (its pipeline + step), side by side with relational reasoning.
+
+    Example: ssrr bench methods --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    """
+    from ssrr.bench.methods import bench_methods
+    from ssrr.data.formats import resolve_dataset
+    from ssrr.methods import method_class
+
+    chosen = tuple(name.strip() for name in names.split(",") if name.strip())
+    for name in chosen:
+        method_class(name)  # an unknown name is a one-line error before anything runs
+    result = bench_methods(
+        resolve_dataset(dataset),
+        methods=chosen,
+        backbone=backbone,
+        k=k,
+        m=batch,
+        amp=amp,
+        steps=steps,
+        repeats=repeats,
+        device=device,
+    )
+    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}", result, as_json, write)
+
+
 @bench_app.command("shard")
 def shard(
     source: Path = typer.Option(Path("../shared/data/cifar10-jpeg.tar.gz"), help="ImageFolder archive to shard."),

@@ -74,3 +74,17 @@ def test_learning_rate_is_the_methods_unless_the_run_sets_one(name: str, optimiz
         built = method_class(name)(config, build_backbone("conv4"), num_classes=10).build_optimizer()
         assert isinstance(built, optimizer) and built.param_groups[0]["lr"] == expected
         assert with_method_defaults(config).lr == expected  # what the run saves
+
+
+def test_deepcluster_with_fewer_images_than_clusters_is_a_clear_error(synthetic_shards: Path) -> None:
+    from ssrr.errors import SsrrError
+    from ssrr.methods.base import EpochContext
+
+    config = RunConfig(method="deepcluster", dataset=str(synthetic_shards), backbone="conv4", batch=32)
+    method = method_class("deepcluster")(config, build_backbone("conv4"), num_classes=30)  # k=300 > 200 images
+
+    def make_loader(recipe, *, split="train", training=True):  # type: ignore[no-untyped-def]
+        return ViewLoader(synthetic_shards, recipe, split=split, batch_size=32, training=training, num_threads=1)
+
+    with pytest.raises(SsrrError, match=r"200 images, fewer than its k=300 clusters \(10 x 30 classes\)"):
+        method.on_epoch_start(EpochContext(0, make_loader, torch.device("cpu"), 30))

@@ -28,3 +28,22 @@ def test_bench_pipeline_reports(pipe_bench: Path) -> None:
 def test_bench_pipeline_without_baseline(pipe_bench: Path) -> None:
     result = bench_pipeline(pipe_bench, k=2, batch=4, repeats=1, steps=1, baseline=False)
     assert result["baseline_views_per_s"] is None and result["ratio"] is None and result["views_per_s"] > 0
+
+
+def test_bench_methods_times_every_method_beside_relational(tmp_path: Path) -> None:
+    from ssrr.bench.methods import DEFAULT_METHODS, bench_methods
+    from ssrr.data.sources import load_dataset
+    from ssrr.data.writer import write_dataset
+
+    write_dataset(load_dataset("synthetic", train_per_class=12, test_per_class=2), tmp_path)
+    result = bench_methods(tmp_path / "synthetic", backbone="conv4", k=3, m=8, steps=1, repeats=2, warmup=1)
+    assert set(result["methods"]) == set(DEFAULT_METHODS) and result["repeats"] == 2
+    views = {name: r["views_per_image"] for name, r in result["methods"].items()}
+    assert views == {"relational": 3, "simclr": 2, "rotation": 4, "deepcluster": 1, "infomax": 1, "supervised": 1}
+    for name, r in result["methods"].items():
+        assert len(r["runs"]) == 2 and r["views_per_s"] > 0
+        assert r["images_per_s"] == pytest.approx(r["views_per_s"] / views[name])
+        assert result["ratio_to_relational"][name] == pytest.approx(
+            r["views_per_s"] / result["methods"]["relational"]["views_per_s"]
+        )
+    assert result["cluster_s"] > 0

@@ -29,14 +29,16 @@ from ssrr.pipelines.reference import ReferenceViews, reference_loader
 from ssrr.train.config import RunConfig
 
 
-def _batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
+def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
     epoch = first_epoch
     while True:
         yield from loader.epoch(epoch)
         epoch += 1
 
 
-def _timed(batches: Iterator[Batch], step: Callable[[Batch], None], warmup: int, steps: int) -> tuple[float, float]:
+def timed_steps(
+    batches: Iterator[Batch], step: Callable[[Batch], None], warmup: int, steps: int
+) -> tuple[float, float]:
     """(seconds for `steps` steps after `warmup`, seconds of those spent waiting for the next batch)."""
     for _ in range(warmup):
         step(next(batches))
@@ -109,8 +111,8 @@ def bench_e2e(
     reference = ReferenceViews(shard_dir, "train", recipes.relational(k)) if baseline_steps else None
     base = _baseline_step(backbone, k) if baseline_steps else None
     for repeat in range(repeats):
-        batches = _batches(loader, first_epoch=1000 * repeat)
-        seconds, wait = _timed(batches, ours, warmup, steps)
+        batches = endless_batches(loader, first_epoch=1000 * repeat)
+        seconds, wait = timed_steps(batches, ours, warmup, steps)
         batches.close()  # type: ignore[attr-defined]
         runs.append(steps * k * m / seconds)
         waits.append(wait / seconds)
@@ -118,7 +120,7 @@ def bench_e2e(
             ref = reference_loader(
                 shard_dir, recipes.relational(k), batch_size=m, workers=2, seed=repeat, dataset=reference
             )
-            seconds, _ = _timed(ref, base, 1, baseline_steps)
+            seconds, _ = timed_steps(ref, base, 1, baseline_steps)
             ref.close()  # type: ignore[attr-defined]
             baseline_runs.append(baseline_steps * k * m / seconds)
     views_per_s = statistics.median(runs)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.cluster import inverse_frequency_weights, kmeans, pca_whiten
+from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
 from ssrr.pipelines import recipes
@@ -49,6 +50,11 @@ class DeepCluster(Method):
         self.backbone.train(was_training)
         z = torch.cat(features)
         index = torch.cat(indices)
+        if len(z) < self.k:
+            raise SsrrError(
+                f"deepcluster: the train split has {len(z)} images, fewer than its k={self.k} clusters "
+                f"({CLUSTERS_PER_CLASS} x {self.num_classes} classes)"
+            )
         z = F.normalize(pca_whiten(z, min(PCA_DIM, z.shape[1])), dim=1)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + context.epoch)
         _, clusters = kmeans(z, self.k, generator=generator)

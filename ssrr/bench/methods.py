@@ -1,0 +1,123 @@
+"""Training throughput of every registered method on one backbone, side by side with relational reasoning.
+
+Each method runs its own pipeline recipe (DALI `ViewLoader`) and its own training step (forward, loss,
+backward, optimiser; bf16 autocast where the device runs it natively), as `ssrr pretrain` does. The methods
+are timed round-robin: every repeat times each method once, so a change of load on a shared machine hits all
+of them alike; figures are medians over repeats, warm-up excluded.
+
+views/s counts every view the backbone processes per step (K per image for relational, 2 for SimCLR, 4 for
+RotationNet, 1 for the others); `ratio_to_relational` divides a method's views/s by relational reasoning's.
+DeepCluster's per-epoch pass (features of the whole train split, PCA, k-means) is timed once, `cluster_s`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssrr.bench.e2e import endless_batches, timed_steps
+from ssrr.data.formats import load_manifest
+from ssrr.hardware import native_bf16, tune_cpu_allocator
+from ssrr.methods import METHODS, method_class
+from ssrr.methods.base import EpochContext, Method
+from ssrr.models.backbones import build_backbone
+from ssrr.pipelines.loader import Batch, ViewLoader
+from ssrr.train.config import RunConfig
+
+DEFAULT_METHODS = ("relational", "simclr", "rotation", "deepcluster", "infomax", "supervised")
+
+
+def _step(method: Method, amp: bool, device: torch.device) -> Any:
+    optimizer = method.build_optimizer()
+
+    def step(batch: Batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = method(batch).loss
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def bench_methods(
+    shard_dir: Path | str,
+    *,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
+    backbone: str = "conv4",
+    k: int = 32,
+    m: int = 64,
+    amp: bool = True,
+    steps: int = 10,
+    repeats: int = 3,
+    warmup: int = 2,
+    device: str = "auto",
+) -> dict[str, Any]:
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+    use_amp = amp and native_bf16(dev)
+    dtype = torch.bfloat16 if use_amp else torch.float32
+    classes = len(load_manifest(shard_dir).classes)
+
+    def make_loader(recipe: Any, *, split: str = "train", training: bool = True) -> ViewLoader:
+        return ViewLoader(shard_dir, recipe, split=split, batch_size=m, training=training, device=dev, dtype=dtype)
+
+    steppers, loaders, views, cluster_s = {}, {}, {}, None
+    for name in methods:
+        cls = method_class(name)
+        config = RunConfig(method=name, backbone=backbone, k=k, batch=m, amp=use_amp)
+        torch.manual_seed(0)
+        method = cls(config, build_backbone(backbone), classes).to(dev)
+        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        method.train()
+        if name == "deepcluster":
+            started = time.perf_counter()
+            method.on_epoch_start(EpochContext(0, make_loader, dev, classes))
+            cluster_s = time.perf_counter() - started
+        steppers[name] = _step(method, use_amp, dev)
+        loaders[name] = make_loader(cls.recipe(config))
+        views[name] = cls.views_per_image(config)
+
+    rates: dict[str, list[float]] = {name: [] for name in methods}
+    waits: dict[str, list[float]] = {name: [] for name in methods}
+    for repeat in range(repeats):
+        for name in methods:
+            batches = endless_batches(loaders[name], first_epoch=1000 * repeat)
+            seconds, wait = timed_steps(batches, steppers[name], warmup, steps)
+            batches.close()  # type: ignore[attr-defined]
+            rates[name].append(steps * m * views[name] / seconds)
+            waits[name].append(wait / seconds)
+
+    results = {
+        name: {
+            "views_per_s": statistics.median(rates[name]),
+            "images_per_s": statistics.median(rates[name]) / views[name],
+            "step_s": m * views[name] / statistics.median(rates[name]),
+            "data_wait": statistics.median(waits[name]),
+            "views_per_image": views[name],
+            "runs": rates[name],
+        }
+        for name in methods
+    }
+    reference = results.get("relational", {}).get("views_per_s")
+    return {
+        "methods": results,
+        "ratio_to_relational": {n: r["views_per_s"] / reference for n, r in results.items()} if reference else None,
+        "cluster_s": cluster_s,
+        "backbone": backbone,
+        "k": k,
+        "m": m,
+        "amp": use_amp,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "steps": steps,
+        "repeats": repeats,
+        "known_methods": sorted(METHODS),
+    }
