@@ -2,8 +2,8 @@
 
 Relational reasoning: `focal_loss` (the authors' default) and `bce_loss`, both on pair logits; registry
 `LOSS_FUNCTIONS = {"focal": focal_loss, "bce": bce_loss}`. Baselines: `nt_xent` (SimCLR), `rotation_targets`
-(RotationNet), `weighted_cross_entropy` (DeepCluster), `infomax_jsd_local`, `infomax_prior` and
-`infomax_prior_encoder` (Deep InfoMax).
+(RotationNet), `weighted_cross_entropy` (DeepCluster), `infomax_jsd_local` (and `infomax_jsd_all_pairs`),
+`infomax_prior` and `infomax_prior_encoder` (Deep InfoMax).
 
 All losses compute in float32 whatever the input dtype (bf16 logits from autocast are upcast first).
 """
@@ -20,6 +20,7 @@ __all__ = [
     "LOSS_FUNCTIONS",
     "bce_loss",
     "focal_loss",
+    "infomax_jsd_all_pairs",
     "infomax_jsd_local",
     "infomax_prior",
     "infomax_prior_encoder",
@@ -94,6 +95,22 @@ def infomax_jsd_local(local_scores_pos: Tensor, local_scores_neg: Tensor) -> Ten
     negatives low; minimised by both the encoder and the discriminator."""
     e_pos = -F.softplus(-local_scores_pos.float()).mean()
     e_neg = F.softplus(local_scores_neg.float()).mean()
+    return -(e_pos - e_neg)
+
+
+def infomax_jsd_all_pairs(scores: Tensor) -> Tensor:
+    """`infomax_jsd_local` over every (global, image, location) triple of a batch, without gathering.
+
+    scores: (M, M, L) logits, scores[m, n, l] = global representation of image m against location l of image
+    n; positives are n == m (M * L of them), negatives the rest (M * (M - 1) * L). The negatives' softplus sum
+    is the sum over all scores less the positives', so no masked copies of the (large) score tensor are made."""
+    m, n, locations = scores.shape
+    if m != n or m < 2:
+        raise ValueError(f"scores must be (M, M, L) with M >= 2, got {tuple(scores.shape)}")
+    scores = scores.float()
+    positives = scores.diagonal(dim1=0, dim2=1)  # (L, M), a view
+    e_pos = -F.softplus(-positives).mean()
+    e_neg = (F.softplus(scores).sum() - F.softplus(positives).sum()) / (m * (m - 1) * locations)
     return -(e_pos - e_neg)
 
 

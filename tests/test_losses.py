@@ -12,6 +12,7 @@ from ssrr.losses import (
     LOSS_FUNCTIONS,
     bce_loss,
     focal_loss,
+    infomax_jsd_all_pairs,
     infomax_jsd_local,
     infomax_prior,
     infomax_prior_encoder,
@@ -132,6 +133,21 @@ def test_infomax_jsd_local_values_and_sign() -> None:
     pos, neg = torch.randn(10), torch.randn(10)
     mi = (-F.softplus(-pos)).mean() - F.softplus(neg).mean()
     torch.testing.assert_close(infomax_jsd_local(pos, neg), -mi)
+
+
+def test_infomax_jsd_all_pairs_is_the_masked_jsd() -> None:
+    """Positives on the image diagonal, every other (image, location) a negative: the same value as gathering
+    them, and the same gradients."""
+    scores = torch.randn(5, 5, 7, dtype=torch.float64, requires_grad=True)
+    positive = torch.eye(5, dtype=torch.bool)
+    masked = infomax_jsd_local(scores[positive], scores[~positive])
+    fast = infomax_jsd_all_pairs(scores)
+    torch.testing.assert_close(fast.double(), masked.double())
+    (grad_fast,) = torch.autograd.grad(fast, scores)
+    (grad_masked,) = torch.autograd.grad(masked, scores)
+    torch.testing.assert_close(grad_fast.double(), grad_masked.double(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="M >= 2"):
+        infomax_jsd_all_pairs(torch.zeros(3, 2, 4))
 
 
 def test_infomax_prior_values_and_sign() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ssrr.losses import infomax_jsd_local, infomax_prior
+from ssrr.losses import infomax_jsd_all_pairs, infomax_prior
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
@@ -53,11 +53,17 @@ class DeepInfoMax(Method):
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         local_maps, z = self.backbone.forward_with_local(batch.views)
-        local = self.local_encoder(local_maps).flatten(2)  # (M, E, h*w)
+        hidden = self.local_encoder[:-1](local_maps)  # the local encoder up to its last (linear, 1x1) layer
+        n, embed, h, w = hidden.shape
+        rows = hidden.permute(0, 2, 3, 1).reshape(n * h * w, embed)  # (M * h * w, E); a view if channels_last
+        last = self.local_encoder[-1]
         glob = self.global_encoder(z)  # (M, E)
-        scores = torch.einsum("me,nel->mnl", glob, local).float()  # global m against locations of image n
-        positive = torch.eye(len(z), dtype=torch.bool, device=z.device)
-        mi_loss = infomax_jsd_local(scores[positive], scores[~positive])
+        # score = glob . (W h + b) = (glob W) . h + glob . b: the last local layer is applied to the M global
+        # vectors instead of the M * h * w local ones (same value), then one GEMM scores every global
+        # representation against every location of every image: (M, M, h * w).
+        bias = (glob @ last.bias)[:, None]
+        scores = torch.addmm(bias, glob @ last.weight.flatten(1), rows.T).view(n, n, h * w)
+        mi_loss = infomax_jsd_all_pairs(scores)
         prior = torch.rand_like(z, dtype=torch.float32)
         fake = _ReverseGradient.apply(torch.sigmoid(z.float()))
         prior_loss = infomax_prior(self.prior_discriminator(prior), self.prior_discriminator(fake))
