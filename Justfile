@@ -4,7 +4,7 @@
 demo:
     ssrr demo
 
-# The default test suite (what CI runs); `just test-slow` adds the checks on the real CIFAR-10 data.
+# The default test suite (what CI runs); `just test-slow` runs the slow checks (real CIFAR-10, every method).
 test:
     pytest
 
@@ -29,6 +29,7 @@ bench: shard-cifar10
     ssrr bench step --backbone conv4 --k 32 --batch 64 --json
     ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json
     ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    ssrr bench methods --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     ssrr bench linear --dataset shards/cifar10-jpeg --json
 
 # On a lent GPU machine: one call that checks and times the GPU path (see scripts/gpu_check.sh).

@@ -36,7 +36,7 @@ def demo(
     )
     table.add_row("random weights (lower bound)", f"{result.random['top1']:.2f}", f"{result.random['top5']:.2f}")
     console.print(table)
-    margin = result.learned["top1"] - result.random["top1"]
+    margin = round(result.learned["top1"] - result.random["top1"], 2)
     console.print(f"learned - random: [bold]{margin:+.2f}[/] points top-1; whole demo {result.wall_s:.0f} s")
     if as_json:
         typer.echo(
