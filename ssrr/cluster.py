@@ -35,7 +35,7 @@ def kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator |
         for empty in torch.nonzero(~nonempty).flatten().tolist():
             largest = int(counts.argmax())
             members = torch.nonzero(assignments == largest).flatten()
-            pick = members[torch.randint(len(members), (1,), generator=generator, device="cpu").item()]
+            pick = members[int(torch.randint(len(members), (1,), generator=generator, device="cpu"))]
             noise = 1e-4 * torch.randn(x.shape[1], generator=generator, device="cpu").to(x.device)
             centroids[empty] = x[pick] + noise
             assignments[pick] = empty

@@ -111,5 +111,7 @@ def test_infomax_scores_are_every_global_against_every_local_feature(monkeypatch
     monkeypatch.setattr(infomax_module, "infomax_jsd_all_pairs", capture)
     method.eval()(SimpleNamespace(views=views, index=torch.arange(6)))
     local_maps, z = method.backbone.forward_with_local(views)
-    expected = torch.einsum("me,nel->mnl", method.global_encoder(z), method.local_encoder(local_maps).flatten(2))
+    expected = torch.einsum(
+        "me,nel->mnl", method.global_encoder(z), method.local_out(method.local_hidden(local_maps)).flatten(2)
+    )
     torch.testing.assert_close(captured["scores"], expected, rtol=1e-4, atol=1e-4)

@@ -95,7 +95,7 @@ def bench_methods(
             rates[name].append(steps * m * views[name] / seconds)
             waits[name].append(wait / seconds)
 
-    results = {
+    results: dict[str, dict[str, Any]] = {
         name: {
             "views_per_s": statistics.median(rates[name]),
             "images_per_s": statistics.median(rates[name]) / views[name],
@@ -106,10 +106,12 @@ def bench_methods(
         }
         for name in methods
     }
-    reference = results.get("relational", {}).get("views_per_s")
+    reference = results["relational"]["views_per_s"] if "relational" in results else None
     return {
         "methods": results,
-        "ratio_to_relational": {n: r["views_per_s"] / reference for n, r in results.items()} if reference else None,
+        "ratio_to_relational": {n: float(r["views_per_s"]) / reference for n, r in results.items()}
+        if reference
+        else None,
         "cluster_s": cluster_s,
         "backbone": backbone,
         "k": k,

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ssrr.errors import SsrrError
+from ssrr.models.backbones import Backbone
 from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class Method(nn.Module):
     uses_labels: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3  # the learning rate when the run does not set one
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone

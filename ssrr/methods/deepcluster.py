@@ -12,6 +12,7 @@ from ssrr.cluster import inverse_frequency_weights, kmeans, pca_whiten
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
+from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
 
@@ -26,7 +27,7 @@ PCA_DIM = 32
 class DeepCluster(Method):
     name = "deepcluster"
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.k = CLUSTERS_PER_CLASS * num_classes
         self.head = mlp_head(backbone.feature_dim, self.k)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ssrr.losses import infomax_jsd_all_pairs, infomax_prior
 from ssrr.methods.base import Method, StepOutput, register
+from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
 
@@ -38,10 +39,13 @@ class DeepInfoMax(Method):
     name = "infomax"
     default_lr = 1e-4  # Adam, the paper's setting
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         channels, dim = backbone.local_channels, backbone.feature_dim
-        self.local_encoder = nn.Sequential(nn.Conv2d(channels, EMBED, 1), nn.ReLU(), nn.Conv2d(EMBED, EMBED, 1))
+        # The local encoder, 1x1 conv - ReLU - 1x1 conv, kept in two parts: its last (linear) layer is folded
+        # onto the global side in `forward`.
+        self.local_hidden = nn.Sequential(nn.Conv2d(channels, EMBED, 1), nn.ReLU())
+        self.local_out = nn.Conv2d(EMBED, EMBED, 1)
         self.global_encoder = nn.Sequential(nn.Linear(dim, EMBED), nn.ReLU(), nn.Linear(EMBED, EMBED))
         self.prior_discriminator = nn.Sequential(
             nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 64), nn.ReLU(), nn.Linear(64, 1)
@@ -53,15 +57,15 @@ class DeepInfoMax(Method):
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         local_maps, z = self.backbone.forward_with_local(batch.views)
-        hidden = self.local_encoder[:-1](local_maps)  # the local encoder up to its last (linear, 1x1) layer
+        hidden = self.local_hidden(local_maps)
         n, embed, h, w = hidden.shape
         rows = hidden.permute(0, 2, 3, 1).reshape(n * h * w, embed)  # (M * h * w, E); a view if channels_last
-        last = self.local_encoder[-1]
+        last = self.local_out
         glob = self.global_encoder(z)  # (M, E)
         # score = glob . (W h + b) = (glob W) . h + glob . b: the last local layer is applied to the M global
         # vectors instead of the M * h * w local ones (same value), then one GEMM scores every global
         # representation against every location of every image: (M, M, h * w).
-        bias = (glob @ last.bias)[:, None]
+        bias = (glob @ last.bias)[:, None]  # type: ignore[operator]  # Conv2d.bias is Optional; set here
         scores = torch.addmm(bias, glob @ last.weight.flatten(1), rows.T).view(n, n, h * w)
         mi_loss = infomax_jsd_all_pairs(scores)
         prior = torch.rand_like(z, dtype=torch.float32)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from ssrr.errors import SsrrError
 from ssrr.losses import LOSS_FUNCTIONS
 from ssrr.methods.base import Method, StepOutput, register
+from ssrr.models.backbones import Backbone
 from ssrr.models.heads import HEADS
 from ssrr.pipelines import recipes
 from ssrr.relational import PairSchedule, pair_accuracy, pair_schedule, relation_logits
@@ -26,7 +26,7 @@ class Relational(Method):
 
     name = "relational"
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         if config.head not in HEADS:
             raise SsrrError(f"unknown head {config.head!r} (known: {', '.join(HEADS)})")

@@ -9,6 +9,7 @@ from torch import nn
 
 from ssrr.losses import rotation_targets
 from ssrr.methods.base import Method, StepOutput, register
+from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 class RotationNet(Method):
     name = "rotation"
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.classifier = nn.Linear(backbone.feature_dim, 4)
 

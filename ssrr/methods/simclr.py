@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from torch import nn
-
 from ssrr.losses import nt_xent
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
+from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
 
@@ -22,7 +21,7 @@ TEMPERATURE = 0.5
 class SimCLR(Method):
     name = "simclr"
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.projector = mlp_head(backbone.feature_dim, 64)
 

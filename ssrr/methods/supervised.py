@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.methods.base import Method, StepOutput, register
+from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
 
@@ -24,7 +25,7 @@ class Supervised(Method):
     uses_labels = True
     default_lr = SGD_LR
 
-    def __init__(self, config: RunConfig, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
 

@@ -369,7 +369,7 @@ def _rates(
     values.update(
         images_per_s=images / elapsed,
         views_per_s=images * views_per_image / elapsed,
-        pairs_per_s=pairs_per_step * steps * processes / elapsed if pairs_per_step else None,  # type: ignore[dict-item]
+        pairs_per_s=pairs_per_step * steps * processes / elapsed if pairs_per_step else None,  # type: ignore[arg-type]
         data_wait=wait / elapsed,
         memory_mb=_memory_mb(device),
     )
