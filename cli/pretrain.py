@@ -30,6 +30,9 @@ def pretrain(
     aggregation: str = typer.Option("cat", help="cat, sum, mean or max."),
     head: str = typer.Option("relation", help="relation, dot or encoder-dot (the seed's head ablation)."),
     labels: str = typer.Option("fine", help="supervised only: fine or coarse labels."),
+    split: str = typer.Option(
+        "train", help="Split to train on; train+unlabeled joins a labelled and an unlabelled split (STL-10)."
+    ),
     amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision: bf16 where supported, else fp16."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC memory format."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone."),

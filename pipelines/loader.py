@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from ssrr.pipelines.graph import GraphSpec, ParamSource, view_pipeline
 from ssrr.pipelines.recipes import Recipe
-from ssrr.pipelines.shards import ShardPlan, plan_shards, rank_shares
+from ssrr.pipelines.shards import ShardPlan, combined_splits, plan_shards, rank_shares
 
 from ssrr.data import formats
 from ssrr.errors import SsrrError
@@ -57,7 +57,8 @@ class Batch:
         views: (V*M, 3, H, W), channels_last memory, normalised; row v*M + m is view v of image m.
         fine: (M,) int64 fine label, -1 where none.
         coarse: (M,) int64 coarse label, -1 where none.
-        index: (M,) int64 sample index within the split.
+        index: (M,) int64 sample index within the split; a combined split (``train+unlabeled``) numbers its
+            second split's samples after the first's, so indices stay unique.
         valid: (M,) bool, False for padding rows (only non-training loaders pad).
     """
 
@@ -109,7 +110,7 @@ class ViewLoader:
     Args:
         shard_dir: a shard folder (with manifest.json).
         recipe: what each view goes through (:mod:`ssrr.pipelines.recipes`).
-        split: which split to read.
+        split: which split to read, or a labelled and an unlabelled one joined by ``+`` (``train+unlabeled``).
         batch_size: M images per step.
         device: "cpu", or "cuda" / "cuda:N": the pipeline runs on that GPU and the batches stay there.
         rank, world_size: this process's share of the split (DALI ``shard_id`` / ``num_shards``).
@@ -146,8 +147,14 @@ class ViewLoader:
     ) -> None:
         self.shard_dir = Path(shard_dir)
         self.manifest: formats.Manifest = formats.load_manifest(self.shard_dir)
-        if split not in self.manifest.splits:
-            self.manifest.shard_paths(self.shard_dir, split)  # raises the standard one-line error
+        self.splits = combined_splits(self.shard_dir, self.manifest, split)
+        # Sample indices are per split: a combined read shifts the second split's past the first's. The
+        # unlabelled split's samples are the ones without a fine label (checked when the shards are planned).
+        self._index_shift: tuple[int, int] | None = None  # (labelled samples' shift, unlabelled samples' shift)
+        if len(self.splits) == 2:
+            first_size = self.manifest.splits[self.splits[0]].samples
+            first_labeled = self.manifest.splits[self.splits[0]].labeled
+            self._index_shift = (0, first_size) if first_labeled else (first_size, 0)
         if batch_size < 1:
             raise SsrrError(f"batch_size must be at least 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -342,6 +349,12 @@ class ViewLoader:
             return torch.from_numpy(np.empty(shape, np.uint16)).view(torch.bfloat16)
         return torch.from_numpy(np.empty(shape, np.float16 if self.dtype == torch.float16 else np.float32))
 
+    def _sample_index(self, labels: torch.Tensor) -> torch.Tensor:
+        if self._index_shift is None:
+            return labels[:, 2]
+        labeled_shift, unlabeled_shift = self._index_shift
+        return labels[:, 2] + torch.where(labels[:, 0] == formats.NO_LABEL, unlabeled_shift, labeled_shift)
+
     def _split(self, outputs, count: int, done: int, share: int) -> list[Batch]:
         views_out, labels_out = outputs
         views = self._views_tensor(views_out)
@@ -365,7 +378,7 @@ class ViewLoader:
                     views=target.view(v * m, h, w, 3).permute(0, 3, 1, 2),
                     fine=lab[:, 0],
                     coarse=lab[:, 1],
-                    index=lab[:, 2],
+                    index=self._sample_index(lab),
                     valid=(position < share).to(self.device),
                 )
             )

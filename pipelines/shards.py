@@ -106,9 +106,11 @@ def _octal_fields(headers: np.ndarray) -> np.ndarray:
 
 
 def _check_shard(
-    shard: Path, info: formats.ShardInfo, manifest: formats.Manifest, split: str
+    shard: Path, info: formats.ShardInfo, manifest: formats.Manifest, split: str, *, no_labels: bool = False
 ) -> tuple[_Index | None, np.ndarray, list[str], str | None]:
-    """(index, ok mask, per-sample problems (without the shard's name), shard-level problem) of one shard."""
+    """(index, ok mask, per-sample problems (without the shard's name), shard-level problem) of one shard.
+
+    ``no_labels``: the split is read as unlabelled beside a labelled one, so a fine label is a problem too."""
     if not shard.is_file():
         return None, np.zeros(0, bool), [], f"{shard}: missing shard (listed in {formats.MANIFEST})"
     idx_path = formats.index_path(shard)
@@ -178,6 +180,10 @@ def _check_shard(
         mask = np.zeros(n, bool)
         mask[rows[bad]] = True
         _flag(ok, reasons, mask, "its .lbl holds impossible labels or a wrong sample index")
+        if no_labels:
+            mask = np.zeros(n, bool)
+            mask[rows[fine != formats.NO_LABEL]] = True
+            _flag(ok, reasons, mask, f"a labelled sample in '{split}', which is read as the unlabelled split")
     problems = [f"corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
     return index, ok, problems, shard_problem
 
@@ -188,17 +194,33 @@ def _flag(ok: np.ndarray, reasons: np.ndarray, bad: np.ndarray, message: str, si
     ok &= ~bad
 
 
+def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple[str, ...]:
+    """The splits that ``split`` names: one (``train``), or a labelled and an unlabelled one joined by ``+``
+    (``train+unlabeled``, STL-10's pretraining set). The unlabelled one is told apart by its missing labels."""
+    names = tuple(split.split("+"))
+    for name in names:
+        manifest.shard_paths(root, name)  # an unknown split: the standard one-line error
+    if len(names) == 1:
+        return names
+    labeled = [name for name in names if manifest.splits[name].labeled]
+    if len(names) != 2 or len(labeled) != 1:
+        raise SsrrError(
+            f"{root}: split '{split}': splits combine as one labelled and one unlabelled split (e.g. train+unlabeled)"
+        )
+    return names
+
+
 def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corrupt: bool) -> ShardPlan:
-    """Check every shard of ``split``; return what to give the reader, or raise on the first problem."""
-    infos = manifest.splits[split].shards if split in manifest.splits else None
-    if infos is None:
-        manifest.shard_paths(root, split)  # raises the standard "no split" error
-        raise AssertionError("unreachable")
+    """Check every shard of ``split`` (or of the splits it combines, see `combined_splits`); return what to give
+    the reader, or raise on the first problem."""
+    names = combined_splits(root, manifest, split)
     plan = ShardPlan(paths=[], index_paths=[], samples=0)
     hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples (`--skip-corrupt`, skip_corrupt=True)"
-    for info in infos:
+    shards = [(name, info) for name in names for info in manifest.splits[name].shards]
+    for name, info in shards:
         shard = root / info.file
-        index, ok, problems, shard_problem = _check_shard(shard, info, manifest, split)
+        no_labels = len(names) > 1 and not manifest.splits[name].labeled
+        index, ok, problems, shard_problem = _check_shard(shard, info, manifest, name, no_labels=no_labels)
         if not skip_corrupt:
             if problems:
                 first = problems[0]

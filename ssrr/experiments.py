@@ -55,6 +55,8 @@ HEAD_ROWS = {"dot": "(a) dot product", "encoder-dot": "(b) Encoder + dot product
 COMPARED_BACKBONES = ("conv4", "resnet32")
 EPOCHS = 200  # the paper's pretraining epochs
 EPOCHS_STL10 = 300
+# The paper pretrains on STL-10's train and 100k unlabeled images; supervised training has labels for train only.
+STL10_SPLIT: dict[str, str] = {method: "train+unlabeled" for method in SELF_SUPERVISED} | {"supervised": "train"}
 TABLE_NAMES = ("table1", "table2", "k", "labels", "backbones")
 NAMES = ("paper", *TABLE_NAMES)
 
@@ -67,7 +69,7 @@ FIGURE_SIZE_IN = {"k": (8.0, 5.0), "labels": (8.0, 5.0), "backbones": (10.0, 5.0
 FIGURE_DPI = 100  # as ssrr.eval.common: 800 x 500 and 1000 x 500 pixels
 # Settings of a saved run that must equal the plan's (a different value is a conflict, never overwritten).
 COMPARED_SETTINGS: tuple[str, ...] = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation")
-COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps")
+COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps", "split")
 
 Log = Callable[[str], None]
 
@@ -103,6 +105,7 @@ class Pretraining:
     k: int = K_DEFAULT
     head: str = "relation"
     epochs: int = EPOCHS
+    split: str = "train"  # STL-10's self-supervised runs: train+unlabeled, as the paper
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,7 @@ def table1(k: int = K_DEFAULT) -> TableSpec:
             Experiment(
                 label,
                 "resnet34",
-                Pretraining(method, "stl10", "resnet34", k=k, epochs=EPOCHS_STL10),
+                Pretraining(method, "stl10", "resnet34", k=k, epochs=EPOCHS_STL10, split=STL10_SPLIT[method]),
                 (Evaluation("finetune", "stl10"),),
                 row_backbone="resnet32",
             ),
@@ -500,6 +503,7 @@ def _run_for(
         batch=scale.batch,
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
+        split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
         amp=amp,
         seed=seed,
         out=str(runs_dir),
@@ -665,6 +669,8 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
     if config.method == "relational":
         args += ["--k", str(config.k), "--head", config.head]
     args += ["--batch", str(config.batch), "--epochs", str(config.epochs), "--seed", str(config.seed)]
+    if config.split != "train":
+        args += ["--split", config.split]
     if config.max_steps:
         args += ["--max-steps", str(config.max_steps)]
     if config.amp:

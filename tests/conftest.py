@@ -45,3 +45,22 @@ def make_shards(
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """256 train / 64 test images of 32x32 in 4 classes, 3 train shards."""
     return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="session")
+def with_unlabeled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train (40, labelled), unlabeled (60, no labels), partly (10, half labelled): STL-10's layout in small."""
+    rng = np.random.default_rng(0)
+
+    def images(n: int) -> np.ndarray:
+        return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+    half = np.where(np.arange(10) % 2 == 0, 3, -1)
+    splits = {
+        "train": SplitArrays(images(40), rng.integers(0, 5, 40), np.full(40, -1)),
+        "unlabeled": SplitArrays.unlabeled(images(60)),
+        "partly": SplitArrays(images(10), half, np.full(10, -1)),
+    }
+    out = tmp_path_factory.mktemp("unlabeled")
+    write_dataset(DatasetArrays("mixed", splits, [f"c{i}" for i in range(5)], [], {"path": "test"}), out, shard_size=16)
+    return out / "mixed"

@@ -287,3 +287,41 @@ def test_gpu_geometric_recipes_match_cpu(pipe_smooth: Path, make) -> None:
     cpu = next(iter(ViewLoader(pipe_smooth, recipe, batch_size=8).epoch(0)))
     assert gpu.views.is_cuda and torch.equal(gpu.index.cpu(), cpu.index)
     assert (gpu.views.cpu() - cpu.views).abs().max() < 1e-4
+
+
+def test_train_plus_unlabeled_reads_both_with_unique_indices(with_unlabeled: Path) -> None:
+    """STL-10's pretraining set: every sample of both splits once; the unlabelled ones numbered after train."""
+    train_fine = {}
+    loader = ViewLoader(with_unlabeled, recipes.evaluation(), split="train", batch_size=16, training=False)
+    for batch in loader.epoch(0):
+        train_fine.update(zip(batch.index[batch.valid].tolist(), batch.fine[batch.valid].tolist(), strict=True))
+    for order in ("train+unlabeled", "unlabeled+train"):
+        loader = ViewLoader(with_unlabeled, recipes.evaluation(), split=order, batch_size=16, training=False)
+        seen: dict[int, int] = {}
+        for batch in loader.epoch(0):
+            seen.update(zip(batch.index[batch.valid].tolist(), batch.fine[batch.valid].tolist(), strict=True))
+        assert sorted(seen) == list(range(100)), order
+        first = 40 if order.startswith("train") else 60
+        labelled = {i for i, fine in seen.items() if fine >= 0}
+        assert labelled == (set(range(40)) if first == 40 else set(range(60, 100)))
+        shift = 0 if first == 40 else 60
+        assert {i - shift: seen[i] for i in labelled} == train_fine
+    training = ViewLoader(with_unlabeled, recipes.flip(), split="train+unlabeled", batch_size=16)
+    indices = torch.cat([batch.index for batch in training.epoch(3)]).tolist()
+    assert len(training) == 6 and len(indices) == len(set(indices)) == 96 and max(indices) < 100
+
+
+def test_combined_splits_are_one_labelled_and_one_unlabelled(with_unlabeled: Path) -> None:
+    for split, message in (
+        ("train+nope", "no split 'nope'"),
+        ("train+train", "one labelled and one unlabelled"),
+        ("unlabeled+partly", "one labelled and one unlabelled"),
+        ("train+unlabeled+partly", "one labelled and one unlabelled"),
+    ):
+        with pytest.raises(SsrrError, match=message):
+            ViewLoader(with_unlabeled, recipes.evaluation(), split=split, batch_size=4)
+    # read beside a labelled split, a split's labelled samples would collide: they are corrupt there
+    with pytest.raises(SsrrError, match="a labelled sample in 'partly'"):
+        ViewLoader(with_unlabeled, recipes.evaluation(), split="train+partly", batch_size=4)
+    loader = ViewLoader(with_unlabeled, recipes.evaluation(), split="train+partly", batch_size=4, skip_corrupt=True)
+    assert loader.skipped == 5

@@ -227,3 +227,17 @@ def test_a_remote_shards_root_is_not_missing_data(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "missing" not in result.output
+
+
+def test_stl10_self_supervised_runs_pretrain_on_train_plus_unlabeled() -> None:
+    runs = {run.name: run for run in ex.plan("table1", "full", runs_dir="somewhere").runs}
+    stl = {name: run.config for name, run in runs.items() if run.config and "stl10" in name}
+    assert stl and all(config is not None for config in stl.values())
+    for config in stl.values():
+        assert config is not None
+        expected = "train" if config.method == "supervised" else "train+unlabeled"
+        assert config.split == expected, config.name
+        args = ex.pretrain_args(config)
+        assert ("--split" in args) == (expected != "train")
+    tiny = [run.config for run in ex.plan("table1", "tiny", runs_dir="somewhere").runs if run.config]
+    assert {config.split for config in tiny} == {"train"}  # the stand-in synthetic data has no unlabeled split

@@ -102,3 +102,16 @@ def test_the_backbone_loads_back_for_evaluation_and_refuses_another(tiny_shards:
         assert torch.equal(value, saved[key])
     with pytest.raises(SsrrError, match="conv4 checkpoint, not resnet32"):
         load_backbone(result.run_dir, backbone="resnet32")
+
+
+def test_pretraining_on_train_plus_unlabeled_reads_both_splits(with_unlabeled: Path, tmp_path: Path) -> None:
+    """STL-10's pretraining set: 40 labelled + 60 unlabelled images, 6 steps of 16 an epoch, unique indices."""
+    run = pretrain(
+        config(with_unlabeled, tmp_path, split="train+unlabeled", batch=16, epochs=1, log_samples=True), show=False
+    )
+    assert run.steps == 100 // 16 and RunConfig.load(run.run_dir).split == "train+unlabeled"
+    logged = [json.loads(line)[1] for line in (run.run_dir / "samples-rank0.jsonl").read_text().splitlines()]
+    indices = [i for step in logged for i in step]
+    assert len(indices) == len(set(indices)) == 96 and max(indices) >= 40  # unlabelled ones numbered after train
+    with pytest.raises(SsrrError, match="split train\\+unlabeled is not all labelled; --method supervised"):
+        pretrain(config(with_unlabeled, tmp_path, method="supervised", split="train+unlabeled", name="s"), show=False)

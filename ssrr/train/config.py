@@ -21,6 +21,7 @@ class RunConfig:
 
     method: str = "relational"
     dataset: str = "cifar100"  # a name under shards/ or a shard folder
+    split: str = "train"  # the split trained on; "train+unlabeled" for STL-10 (the paper's pretraining set)
     backbone: str = "resnet32"
     k: int = 32  # augmentations (views) per image, relational only
     batch: int = 64  # M images per step per process

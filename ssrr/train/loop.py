@@ -148,7 +148,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         state = ckpt.load_training_state(resume_from)
     optimizer = method.build_optimizer()
 
-    def make_loader(recipe: Any, *, split: str = "train", training: bool = True) -> ViewLoader:
+    def make_loader(recipe: Any, *, split: str = config.split, training: bool = True) -> ViewLoader:
         return ViewLoader(
             shard_dir,
             recipe,
@@ -169,7 +169,9 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     if loader.skipped and accelerator.is_main_process and show:
         console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}")
     if steps_per_epoch == 0:
-        raise SsrrError(f"{shard_dir}: the train split has too few samples for one batch of {config.batch} per process")
+        raise SsrrError(
+            f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
+        )
     scheduler = method.build_scheduler(optimizer, steps_per_epoch)
     model, optimizer = accelerator.prepare(method, optimizer)
     if state:
@@ -342,8 +344,9 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
     """Classes of the labels a method trains on (supervised), or of the dataset (DeepCluster's k)."""
-    if uses_labels and not manifest.splits["train"].labeled:
-        raise SsrrError(f"{shard_dir}: the train split has no labels; --method {config.method} needs them")
+    splits = [manifest.splits[name] for name in config.split.split("+") if name in manifest.splits]
+    if uses_labels and not all(split.labeled for split in splits):  # an unknown split: the loader's error
+        raise SsrrError(f"{shard_dir}: split {config.split} is not all labelled; --method {config.method} needs labels")
     if config.labels == "coarse":
         if not manifest.coarse_classes:
             raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
