@@ -17,6 +17,8 @@ for BACKBONE in conv4 resnet32; do
   ssrr bench e2e --dataset "$SHARDS" --backbone "$BACKBONE" --k 32 --batch 64 --amp --device "$DEVICE" \
     --steps "$STEPS" --repeats 3 --baseline-steps 0 --json | tee "$OUT/e2e-$BACKBONE.json"
 done
+ssrr bench methods --dataset "$SHARDS" --backbone conv4 --k 32 --batch 64 --device "$DEVICE" \
+  --steps "$STEPS" --repeats 3 --json | tee "$OUT/methods.json"
 cp docs/benchmarks.md "$OUT/"
 python - "$OUT" <<'PY'
 import json, pathlib, sys
@@ -28,4 +30,6 @@ for name in ("conv4", "resnet32"):
     mem = e.get("peak_gpu_memory_mb")
     print(f"e2e {name}: {e['views_per_s']:,.0f} views/s, data wait {e['data_wait']:.1%}, {e['device_name']}, "
           f"peak memory {mem or 0:,.0f} MB")
+methods = json.loads((out / "methods.json").read_text())
+print("methods (conv4) views/s: " + ", ".join(f"{n} {r['views_per_s']:,.0f}" for n, r in methods["methods"].items()))
 PY
