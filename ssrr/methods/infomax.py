@@ -1,5 +1,10 @@
 """Deep InfoMax (Hjelm et al. 2019): local mutual information between the representation and the first
-block's feature maps (JSD estimator, 1x1-conv discriminator), plus prior matching (weight 0.1)."""
+block's feature maps (JSD estimator, 1x1-conv discriminator), plus prior matching (weight 0.1); horizontal
+flips only, Adam 1e-4 (the paper's settings).
+
+Every representation in the batch is scored against every location of every image's feature maps (the
+other images' locations are the negatives): M x M x h x w scores a step, 4.2M for M=64 at 32x32, which makes
+this the costliest method per view (docs/benchmarks.md) though not per image."""
 
 from __future__ import annotations
 
