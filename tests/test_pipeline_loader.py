@@ -277,7 +277,7 @@ def test_gpu_loader_matches_cpu(pipe_smooth: Path) -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("make", [recipes.evaluation, recipes.crop_flip, recipes.rotation])
+@pytest.mark.parametrize("make", [recipes.evaluation, recipes.crop_flip, recipes.flip, recipes.rotation])
 def test_gpu_geometric_recipes_match_cpu(pipe_smooth: Path, make) -> None:
     """Recipes without colour are exact on the GPU too (same draws, same integer crops, same normalisation)."""
     if not torch.cuda.is_available():
