@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -103,7 +102,7 @@ def with_method_defaults(config: RunConfig) -> RunConfig:
     """The config with what it leaves to the method filled in (the learning rate), as a run saves it."""
     if config.lr is not None:
         return config
-    return dataclasses.replace(config, lr=method_class(config.method).default_lr)
+    return replace(config, lr=method_class(config.method).default_lr)
 
 
 def method_class(name: str) -> type[Method]:
