@@ -115,3 +115,13 @@ def test_pretraining_on_train_plus_unlabeled_reads_both_splits(with_unlabeled: P
     assert len(indices) == len(set(indices)) == 96 and max(indices) >= 40  # unlabelled ones numbered after train
     with pytest.raises(SsrrError, match="split train\\+unlabeled is not all labelled; --method supervised"):
         pretrain(config(with_unlabeled, tmp_path, method="supervised", split="train+unlabeled", name="s"), show=False)
+
+
+@pytest.mark.parametrize("head", ["dot", "encoder-dot"])
+def test_head_ablation_runs_train_and_give_a_backbone(head: str, tiny_shards: Path, tmp_path: Path) -> None:
+    """The seed's second table: the relational method with the dot and encoder-dot heads trains and saves."""
+    run = pretrain(config(tiny_shards, tmp_path, head=head, epochs=1, max_steps=4, name=head), show=False)
+    assert RunConfig.load(run.run_dir).head == head and run.steps == 4
+    lines = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(line["loss"])) for line in lines)
+    assert load_backbone(run.run_dir).name == "conv4"
