@@ -158,6 +158,40 @@ def methods(
     _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}", result, as_json, write)
 
 
+@bench_app.command("accuracy")
+def accuracy(
+    dataset: str = typer.Option("shards/synthetic", help="Shard folder or name."),
+    backbone: str = typer.Option("conv4", help="Backbone."),
+    k: int = typer.Option(4, "--k", help="Views per image."),
+    batch: int = typer.Option(64, help="Images per step (M)."),
+    epochs: int = typer.Option(2, help="Pretraining epochs, both ways."),
+    linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
+    workers: int = typer.Option(2, help="DataLoader workers of the baseline."),
+    repeats: int = typer.Option(3, help="Repeats, ours and the baseline alternating (medians)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+) -> None:
+    """Time to an accuracy: pretraining wall time and linear top-1, ours against the public code's way.
+
+    Example: ssrr bench accuracy --dataset shards/synthetic --backbone conv4 --k 4 --epochs 2 --json
+    """
+    from ssrr.bench.accuracy import bench_time_to_accuracy
+    from ssrr.data.formats import resolve_dataset
+
+    result = bench_time_to_accuracy(
+        resolve_dataset(dataset),
+        backbone=backbone,
+        k=k,
+        m=batch,
+        epochs=epochs,
+        linear_epochs=linear_epochs,
+        workers=workers,
+        repeats=repeats,
+    )
+    name = Path(result["dataset"]).name
+    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}", result, as_json, write)
+
+
 @bench_app.command("shard")
 def shard(
     source: Path = typer.Option(Path("../shared/data/cifar10-jpeg.tar.gz"), help="ImageFolder archive to shard."),

@@ -47,3 +47,17 @@ def test_bench_methods_times_every_method_beside_relational(tmp_path: Path) -> N
             r["views_per_s"] / result["methods"]["relational"]["views_per_s"]
         )
     assert result["cluster_s"] > 0
+
+
+def test_bench_time_to_accuracy_trains_both_ways_and_scores_both(tmp_path: Path) -> None:
+    from ssrr.bench.accuracy import bench_time_to_accuracy
+    from ssrr.data.sources import load_dataset
+    from ssrr.data.writer import write_dataset
+
+    write_dataset(load_dataset("synthetic", train_per_class=4, test_per_class=2), tmp_path)
+    result = bench_time_to_accuracy(tmp_path / "synthetic", k=2, m=8, epochs=1, linear_epochs=1, workers=0, repeats=2)
+    assert result["steps"] == 40 // 8 and result["pretrain_s"] > 0 and result["baseline_pretrain_s"] > 0
+    assert 0 <= result["top1"] <= 100 and 0 <= result["baseline_top1"] <= 100
+    assert result["speedup"] == pytest.approx(result["baseline_pretrain_s"] / result["pretrain_s"])
+    assert len(result["runs"]) == len(result["baseline_runs"]) == 2
+    assert result["runs"][0]["top1"] == result["runs"][1]["top1"]  # ours is deterministic given the seed

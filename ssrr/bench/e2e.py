@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ssrr.bench.literal import literal_relation_logits
 from ssrr.hardware import native_bf16, tune_cpu_allocator
@@ -70,7 +71,9 @@ def _our_step(backbone: str, k: int, m: int, amp: bool, device: torch.device) ->
     return step
 
 
-def _baseline_step(backbone: str, k: int) -> Callable[[Batch], None]:
+def baseline_step(backbone: str, k: int) -> tuple[Callable[[Batch], None], nn.Module]:
+    """The public implementation's training step (float32, NCHW, literal pair loop, focal loss, Adam 1e-3) and
+    the backbone it trains."""
     net = build_backbone(backbone)
     head = RelationHead(net.feature_dim, "cat", fused=False)
     optimizer = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-3)
@@ -81,7 +84,7 @@ def _baseline_step(backbone: str, k: int) -> Callable[[Batch], None]:
         focal_loss(logits, targets).backward()
         optimizer.step()
 
-    return step
+    return step, net
 
 
 def bench_e2e(
@@ -109,7 +112,7 @@ def bench_e2e(
     waits: list[float] = []
     baseline_runs: list[float] = []
     reference = ReferenceViews(shard_dir, "train", recipes.relational(k)) if baseline_steps else None
-    base = _baseline_step(backbone, k) if baseline_steps else None
+    base = baseline_step(backbone, k)[0] if baseline_steps else None
     for repeat in range(repeats):
         batches = endless_batches(loader, first_epoch=1000 * repeat)
         seconds, wait = timed_steps(batches, ours, warmup, steps)
