@@ -30,6 +30,8 @@ bench: shard-cifar10
     ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json
     ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     ssrr bench methods --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    ssrr shard synthetic
+    ssrr bench accuracy --dataset shards/synthetic --backbone conv4 --k 4 --epochs 2 --json
     ssrr bench linear --dataset shards/cifar10-jpeg --json
 
 # On a lent GPU machine: one call that checks and times the GPU path (see scripts/gpu_check.sh).
