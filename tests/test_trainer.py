@@ -125,3 +125,34 @@ def test_head_ablation_runs_train_and_give_a_backbone(head: str, tiny_shards: Pa
     lines = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(line["loss"])) for line in lines)
     assert load_backbone(run.run_dir).name == "conv4"
+
+
+def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ssrr.methods.base import Method
+
+    def fail_at(epoch_to_fail: int):  # type: ignore[no-untyped-def]
+        def on_epoch_start(self, context) -> None:  # type: ignore[no-untyped-def]
+            if context.epoch == epoch_to_fail:
+                raise RuntimeError("boom")
+
+        return on_epoch_start
+
+    monkeypatch.setattr(Method, "on_epoch_start", fail_at(0))
+    with pytest.raises(RuntimeError, match="boom"):
+        pretrain(config(tiny_shards, tmp_path, name="first"), show=False)
+    assert not (tmp_path / "first").exists()
+    monkeypatch.setattr(Method, "on_epoch_start", fail_at(1))  # after epoch 1's checkpoint: kept, resumable
+    with pytest.raises(RuntimeError, match="boom"):
+        pretrain(config(tiny_shards, tmp_path, name="second"), show=False)
+    assert len(list_checkpoints(tmp_path / "second")) == 1
+    monkeypatch.undo()
+    resumed = pretrain(config(tiny_shards, tmp_path, name="second"), resume=True, show=False)
+    assert resumed.epochs_done == 2
+
+
+def test_deepcluster_without_enough_images_fails_before_writing(with_unlabeled: Path, tmp_path: Path) -> None:
+    with pytest.raises(SsrrError, match="40 images, fewer than its k=50 clusters"):
+        pretrain(config(with_unlabeled, tmp_path, method="deepcluster", batch=8, name="dc"), show=False)
+    assert not (tmp_path / "dc").exists()

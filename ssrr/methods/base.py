@@ -58,6 +58,10 @@ class Method(nn.Module):
         """The pipeline recipe that produces this method's views."""
         raise NotImplementedError
 
+    @classmethod
+    def check_data(cls, config: RunConfig, train_samples: int, num_classes: int) -> None:
+        """Raise SsrrError if the training data cannot serve this method (checked before a run writes anything)."""
+
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         raise NotImplementedError
 

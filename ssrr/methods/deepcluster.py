@@ -38,6 +38,10 @@ class DeepCluster(Method):
     def recipe(cls, config: RunConfig) -> recipes.Recipe:
         return recipes.crop_flip()
 
+    @classmethod
+    def check_data(cls, config: RunConfig, train_samples: int, num_classes: int) -> None:
+        _check_enough_images(train_samples, num_classes)
+
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
         """Features of the whole train split (no augmentation), PCA-whitened and L2-normalised, k-means."""
@@ -51,11 +55,7 @@ class DeepCluster(Method):
         self.backbone.train(was_training)
         z = torch.cat(features)
         index = torch.cat(indices)
-        if len(z) < self.k:
-            raise SsrrError(
-                f"deepcluster: the train split has {len(z)} images, fewer than its k={self.k} clusters "
-                f"({CLUSTERS_PER_CLASS} x {self.num_classes} classes)"
-            )
+        _check_enough_images(len(z), self.num_classes)  # again: corrupt samples may have been skipped
         z = F.normalize(pca_whiten(z, min(PCA_DIM, z.shape[1])), dim=1)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + context.epoch)
         _, clusters = kmeans(z, self.k, generator=generator)
@@ -72,3 +72,12 @@ class DeepCluster(Method):
         logits = self.head(self.backbone(batch.views)).float()
         loss = F.cross_entropy(logits, targets, weight=self.weights)
         return StepOutput(loss, {"acc": (logits.argmax(1) == targets).float().mean()})
+
+
+def _check_enough_images(images: int, num_classes: int) -> None:
+    k = CLUSTERS_PER_CLASS * num_classes
+    if images < k:
+        raise SsrrError(
+            f"deepcluster: the train split has {images} images, fewer than its k={k} clusters "
+            f"({CLUSTERS_PER_CLASS} x {num_classes} classes)"
+        )

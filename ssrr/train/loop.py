@@ -13,7 +13,10 @@ import json
 import os
 import platform
 import resource
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +93,18 @@ def _environment(accelerator: Accelerator, config: RunConfig, image_size: tuple[
     }
 
 
+@contextmanager
+def _removed_on_failure(run_dir: Path, owned: bool) -> Iterator[None]:
+    """A run folder this call created is removed again if the run fails before its first checkpoint, so a
+    failed start leaves nothing behind; once a checkpoint exists the folder stays (it can be resumed)."""
+    try:
+        yield
+    except BaseException:
+        if owned and run_dir.is_dir() and not ckpt.list_checkpoints(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
     """Validate the run folder against --resume; return the checkpoint to resume from (or None)."""
     run_dir = config.run_dir
@@ -114,6 +129,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
     num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
+    train_samples = sum(manifest.splits[name].samples for name in config.split.split("+") if name in manifest.splits)
+    cls.check_data(config, train_samples, num_classes)  # before anything is written
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
@@ -183,160 +200,166 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         ckpt.set_rng_state(state["rng"])
 
     run_dir = config.run_dir
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir)
-        env = _environment(accelerator, config, manifest.image_size)
-        (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
-    if config.log_with:
-        accelerator.init_trackers(config.name, config={k: str(v) for k, v in asdict(config).items()})
+    fresh = not run_dir.exists()
+    with _removed_on_failure(run_dir, fresh and accelerator.is_main_process):
+        if accelerator.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config.save(run_dir)
+            env = _environment(accelerator, config, manifest.image_size)
+            (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
+        if config.log_with:
+            accelerator.init_trackers(config.name, config={k: str(v) for k, v in asdict(config).items()})
 
-    epoch = int(state.get("epoch", 0))
-    skip = int(state.get("batch_in_epoch", 0))
-    global_step = int(state.get("step", 0))
-    views_per_image = cls.views_per_image(config)
-    unwrapped: Method = accelerator.unwrap_model(model)
-    pairs_per_step = unwrapped.pairs_per_step(config.batch)
-    throughput: dict[str, float] = {}
-    interrupted = False
+        epoch = int(state.get("epoch", 0))
+        skip = int(state.get("batch_in_epoch", 0))
+        global_step = int(state.get("step", 0))
+        views_per_image = cls.views_per_image(config)
+        unwrapped: Method = accelerator.unwrap_model(model)
+        pairs_per_step = unwrapped.pairs_per_step(config.batch)
+        throughput: dict[str, float] = {}
+        interrupted = False
 
-    def save(epoch_now: int, batch_now: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        training_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "rng": ckpt.rng_state(),
-            "epoch": epoch_now,
-            "batch_in_epoch": batch_now,
-            "step": global_step,
-        }
-        ckpt.save_checkpoint(run_dir, unwrapped, config.backbone, training_state, global_step, config.keep_checkpoints)
-
-    display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
-    started = time.perf_counter()
-    sample_log = None
-    if config.log_samples:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
-    with display:
-        while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-            unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes))
-            model.train()
-            display.start_epoch(epoch, steps_per_epoch)
-            sums = {"loss": torch.zeros((), device=device)}
-            counted = 0
-            wait = 0.0
-            epoch_start = time.perf_counter()
-            batches = iter(loader.epoch(epoch))
-            batch_in_epoch = 0
-            try:
-                for _ in range(skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
-                    next(batches)
-                    batch_in_epoch += 1
-                skip = 0
-                step_start = time.perf_counter()
-                while True:
-                    tick = time.perf_counter()
-                    batch = next(batches, None)
-                    wait += time.perf_counter() - tick
-                    if batch is None:
-                        break
-                    with accelerator.accumulate(model):
-                        with accelerator.autocast():
-                            out = model(batch)
-                        accelerator.backward(out.loss)
-                        optimizer.step()
-                        if scheduler is not None:
-                            scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                    if sample_log is not None:
-                        sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
-                    batch_in_epoch += 1
-                    global_step += 1
-                    counted += 1
-                    sums["loss"] += out.loss.detach().float()
-                    for key, value in out.metrics.items():
-                        tensor = torch.as_tensor(value, device=device, dtype=torch.float32)
-                        sums[key] = sums.get(key, torch.zeros((), device=device)) + tensor.detach()
-                    if display.enabled and (batch_in_epoch % 5 == 0 or batch_in_epoch == steps_per_epoch):
-                        running = _rates(
-                            sums,
-                            counted,
-                            time.perf_counter() - step_start,
-                            wait,
-                            config.batch,
-                            views_per_image,
-                            pairs_per_step,
-                            accelerator.num_processes,
-                            device,
-                        )
-                        display.update(batch_in_epoch, running)
-                    if config.max_steps and global_step >= config.max_steps:
-                        break
-            except KeyboardInterrupt:
-                interrupted = True
-            elapsed = time.perf_counter() - epoch_start
-            epoch_done = batch_in_epoch >= steps_per_epoch
-            metrics = _rates(
-                sums,
-                counted,
-                elapsed,
-                wait,
-                config.batch,
-                views_per_image,
-                pairs_per_step,
-                accelerator.num_processes,
-                device,
-            )
-            metrics = _reduce_across_ranks(accelerator, metrics)
-            next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
-            record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
-            knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, device, accelerator)
-            if knn is not None:
-                record["knn_top1"] = knn
-            if accelerator.is_main_process:
-                with open(run_dir / METRICS_FILE, "a") as log:  # appended: resuming never loses history
-                    log.write(json.dumps(record) + "\n")
-                if config.log_with:
-                    accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step)
-            display.end_epoch(epoch, metrics)
-            throughput = metrics
-            last_epoch = next_epoch >= config.epochs
-            stop_now = interrupted or bool(config.max_steps and global_step >= config.max_steps)
-            if (next_epoch % config.checkpoint_every == 0) or last_epoch or stop_now or not epoch_done:
-                save(next_epoch, next_batch)
-            epoch = next_epoch
-            if interrupted:
-                break
-    if sample_log is not None:
-        sample_log.close()
-    in_sync = _weights_in_sync(accelerator, unwrapped)
-    accelerator.wait_for_everyone()
-    total = time.perf_counter() - started
-    if config.log_with:
-        accelerator.end_training()
-    if accelerator.is_main_process:
-        summary = {
-            **throughput,
-            "wall_s": total,
-            "steps": global_step,
-            "epochs": epoch,
-            "processes": accelerator.num_processes,
-            "weights_in_sync": in_sync,
-        }
-        (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-        if show:
-            extra = {
-                "run": str(run_dir),
-                "method / backbone": f"{config.method} / {config.backbone}",
-                "K x M": f"{views_per_image} x {config.batch}",
-                "device": f"{device} x{accelerator.num_processes} ({precision})",
-                "epochs / steps": f"{epoch} / {global_step}",
-                "wall": f"{total:.1f} s",
+        def save(epoch_now: int, batch_now: int) -> None:
+            if not accelerator.is_main_process:
+                return
+            training_state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "rng": ckpt.rng_state(),
+                "epoch": epoch_now,
+                "batch_in_epoch": batch_now,
+                "step": global_step,
             }
-            console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
+            ckpt.save_checkpoint(
+                run_dir, unwrapped, config.backbone, training_state, global_step, config.keep_checkpoints
+            )
+
+        display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
+        started = time.perf_counter()
+        sample_log = None
+        if config.log_samples:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
+        with display:
+            while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
+                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes))
+                model.train()
+                display.start_epoch(epoch, steps_per_epoch)
+                sums = {"loss": torch.zeros((), device=device)}
+                counted = 0
+                wait = 0.0
+                epoch_start = time.perf_counter()
+                batches = iter(loader.epoch(epoch))
+                batch_in_epoch = 0
+                try:
+                    for _ in range(skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
+                        next(batches)
+                        batch_in_epoch += 1
+                    skip = 0
+                    step_start = time.perf_counter()
+                    while True:
+                        tick = time.perf_counter()
+                        batch = next(batches, None)
+                        wait += time.perf_counter() - tick
+                        if batch is None:
+                            break
+                        with accelerator.accumulate(model):
+                            with accelerator.autocast():
+                                out = model(batch)
+                            accelerator.backward(out.loss)
+                            optimizer.step()
+                            if scheduler is not None:
+                                scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                        if sample_log is not None:
+                            sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
+                        batch_in_epoch += 1
+                        global_step += 1
+                        counted += 1
+                        sums["loss"] += out.loss.detach().float()
+                        for key, value in out.metrics.items():
+                            tensor = torch.as_tensor(value, device=device, dtype=torch.float32)
+                            sums[key] = sums.get(key, torch.zeros((), device=device)) + tensor.detach()
+                        if display.enabled and (batch_in_epoch % 5 == 0 or batch_in_epoch == steps_per_epoch):
+                            running = _rates(
+                                sums,
+                                counted,
+                                time.perf_counter() - step_start,
+                                wait,
+                                config.batch,
+                                views_per_image,
+                                pairs_per_step,
+                                accelerator.num_processes,
+                                device,
+                            )
+                            display.update(batch_in_epoch, running)
+                        if config.max_steps and global_step >= config.max_steps:
+                            break
+                except KeyboardInterrupt:
+                    interrupted = True
+                elapsed = time.perf_counter() - epoch_start
+                epoch_done = batch_in_epoch >= steps_per_epoch
+                metrics = _rates(
+                    sums,
+                    counted,
+                    elapsed,
+                    wait,
+                    config.batch,
+                    views_per_image,
+                    pairs_per_step,
+                    accelerator.num_processes,
+                    device,
+                )
+                metrics = _reduce_across_ranks(accelerator, metrics)
+                next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
+                record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
+                knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, device, accelerator)
+                if knn is not None:
+                    record["knn_top1"] = knn
+                if accelerator.is_main_process:
+                    with open(run_dir / METRICS_FILE, "a") as log:  # appended: resuming never loses history
+                        log.write(json.dumps(record) + "\n")
+                    if config.log_with:
+                        accelerator.log(
+                            {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step
+                        )
+                display.end_epoch(epoch, metrics)
+                throughput = metrics
+                last_epoch = next_epoch >= config.epochs
+                stop_now = interrupted or bool(config.max_steps and global_step >= config.max_steps)
+                if (next_epoch % config.checkpoint_every == 0) or last_epoch or stop_now or not epoch_done:
+                    save(next_epoch, next_batch)
+                epoch = next_epoch
+                if interrupted:
+                    break
+        if sample_log is not None:
+            sample_log.close()
+        in_sync = _weights_in_sync(accelerator, unwrapped)
+        accelerator.wait_for_everyone()
+        total = time.perf_counter() - started
+        if config.log_with:
+            accelerator.end_training()
+        if accelerator.is_main_process:
+            summary = {
+                **throughput,
+                "wall_s": total,
+                "steps": global_step,
+                "epochs": epoch,
+                "processes": accelerator.num_processes,
+                "weights_in_sync": in_sync,
+            }
+            (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            if show:
+                extra = {
+                    "run": str(run_dir),
+                    "method / backbone": f"{config.method} / {config.backbone}",
+                    "K x M": f"{views_per_image} x {config.batch}",
+                    "device": f"{device} x{accelerator.num_processes} ({precision})",
+                    "epochs / steps": f"{epoch} / {global_step}",
+                    "wall": f"{total:.1f} s",
+                }
+                console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
     if interrupted:
         raise SsrrError(f"interrupted: progress saved in {run_dir}; continue with the same command and --resume")
     return RunResult(run_dir, epoch, global_step, throughput)
