@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from ssrr.cli.common import console, new_app
+from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, new_app, precision_option
 
 from ssrr.bench.record import record
 
@@ -54,7 +54,8 @@ def step(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC (ours)."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
@@ -73,7 +74,7 @@ def step(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         channels_last=channels_last,
         compile=compile,
         repeats=repeats,
@@ -88,7 +89,8 @@ def e2e(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     steps: int = typer.Option(20, help="Timed steps per repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats (median)."),
     baseline_steps: int = typer.Option(5, help="Timed steps of the public-code-style baseline (0: skip)."),
@@ -108,7 +110,7 @@ def e2e(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         steps=steps,
         repeats=repeats,
         baseline_steps=baseline_steps,
@@ -126,7 +128,8 @@ def methods(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image (relational)."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device runs it natively."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     steps: int = typer.Option(10, help="Timed steps per method and repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats, round-robin over the methods (median)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -150,7 +153,7 @@ def methods(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         steps=steps,
         repeats=repeats,
         device=device,
@@ -168,6 +171,9 @@ def accuracy(
     linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
     workers: int = typer.Option(2, help="DataLoader workers of the baseline."),
     repeats: int = typer.Option(3, help="Repeats, ours and the baseline alternating (medians)."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (both sides)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
 ) -> None:
@@ -187,6 +193,8 @@ def accuracy(
         linear_epochs=linear_epochs,
         workers=workers,
         repeats=repeats,
+        precision=precision_option(precision, amp),
+        device=device,
     )
     name = Path(result["dataset"]).name
     _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}", result, as_json, write)

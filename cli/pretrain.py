@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 import typer
+from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.train.config import RunConfig
 
@@ -33,7 +34,8 @@ def pretrain(
     split: str = typer.Option(
         "train", help="Split to train on; train+unlabeled joins a labelled and an unlabelled split (STL-10)."
     ),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision: bf16 where supported, else fp16."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC memory format."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -73,6 +75,7 @@ def pretrain(
 
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
     values["log_with"] = list(values.get("log_with") or [])
+    values["precision"] = precision_option(precision, amp)
     config = RunConfig(**values)
     if resume:
         config = _merge_with_saved(ctx, config)
@@ -91,6 +94,8 @@ def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
         for name, value in ctx.params.items()
         if name in {f.name for f in fields(RunConfig)} and _given(ctx, name)
     }
+    if _given(ctx, "amp") or _given(ctx, "precision"):
+        explicit["precision"] = config.precision
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
     merged["log_with"] = list(merged.get("log_with") or [])
     return RunConfig(**merged)

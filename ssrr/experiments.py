@@ -445,7 +445,7 @@ def plan(
     *,
     runs_dir: str | Path | None = None,
     shards_root: str = "shards",
-    amp: bool = False,
+    precision: str = "fp32",
     device: str = "auto",
 ) -> Plan:
     """The runs of named table(s) at a scale, shared runs merged, ordered seed by seed."""
@@ -465,7 +465,7 @@ def plan(
     for seed in scale.seeds:
         for spec in specs:
             for experiment in spec.experiments:
-                run = _run_for(experiment, seed, scale, runs_dir, shards_root, amp, device)
+                run = _run_for(experiment, seed, scale, runs_dir, shards_root, precision, device)
                 known = runs.setdefault(run.name, run)
                 if known.config != run.config:
                     raise SsrrError(f"{run.name}: two experiments define this run differently (a definition bug)")
@@ -487,7 +487,7 @@ def plan(
 
 
 def _run_for(
-    experiment: Experiment, seed: int, scale: Scale, runs_dir: Path, shards_root: str, amp: bool, device: str
+    experiment: Experiment, seed: int, scale: Scale, runs_dir: Path, shards_root: str, precision: str, device: str
 ) -> Run:
     backbone = scale.backbone(experiment.backbone)
     pre = experiment.pretraining
@@ -504,7 +504,7 @@ def _run_for(
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
         split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
-        amp=amp,
+        precision=precision,
         seed=seed,
         out=str(runs_dir),
         name=name,
@@ -673,8 +673,8 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
         args += ["--split", config.split]
     if config.max_steps:
         args += ["--max-steps", str(config.max_steps)]
-    if config.amp:
-        args.append("--amp")
+    if config.precision != "fp32":
+        args += ["--precision", config.precision]
     if config.device != "auto":
         args += ["--device", config.device]
     args += ["--out", config.out, "--name", config.name, "--shards-root", config.shards_root]

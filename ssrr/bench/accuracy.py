@@ -1,11 +1,11 @@
-"""Time to an accuracy: the same relational pretraining done our way and the public code's way, each backbone
-then scored by the paper's linear evaluation.
+"""Time to an accuracy: the same relational pretraining done our way and the public code's way, each backbone then
+scored by the paper's linear evaluation.
 
-Ours: `ssrr pretrain` itself (DALI views, fused relation head, checkpoints and logs included in its time).
-Baseline, in the same process after ours: the torchvision reference loader (K transforms per image in
-DataLoader workers) feeding the public implementation's step (float32 NCHW, literal pair loop), for the same
-epochs, K, M, loss and optimiser. Both backbones get the same linear protocol (seed 1). The comparable figures
-are the pretraining wall times (`speedup`) at the accuracies each reached.
+Ours: `ssrr pretrain` itself (DALI views, fused relation head, checkpoints and logs included in its time). Baseline,
+in the same process after ours: the torchvision reference loader (K transforms per image in DataLoader workers)
+feeding the public implementation's step (NCHW, literal pair loop), for the same epochs, K, M, loss, optimiser,
+device and precision. Both backbones get the same linear protocol (seed 1). The comparable figures are the
+pretraining wall times (`speedup`) at the accuracies each reached.
 """
 
 from __future__ import annotations
@@ -18,34 +18,55 @@ from typing import Any
 
 import torch
 
-from ssrr.bench.e2e import baseline_step
+from ssrr.bench.baseline import baseline_step
+from ssrr.bench.e2e import bench_execution
 from ssrr.eval.linear import linear_eval
 from ssrr.pipelines import recipes
 from ssrr.pipelines.reference import ReferenceViews, reference_loader
+from ssrr.precision import Execution
 from ssrr.train.checkpoint import LoadedBackbone, load_backbone
 from ssrr.train.config import RunConfig
 from ssrr.train.loop import RunResult, pretrain
 
 
 def _ours(
-    shard_dir: Path, backbone: str, k: int, m: int, epochs: int, seed: int, linear_epochs: int
+    shard_dir: Path, backbone: str, k: int, m: int, epochs: int, seed: int, linear_epochs: int, execution: Execution
 ) -> tuple[float, float, RunResult]:
     with tempfile.TemporaryDirectory(prefix="ssrr-bench-accuracy-") as runs:
         config = RunConfig(
-            dataset=str(shard_dir), backbone=backbone, k=k, batch=m, epochs=epochs, seed=seed, out=runs, name="ours"
+            dataset=str(shard_dir),
+            backbone=backbone,
+            k=k,
+            batch=m,
+            epochs=epochs,
+            seed=seed,
+            out=runs,
+            name="ours",
+            precision=execution.precision,
+            device=execution.device.type,
         )
         started = time.perf_counter()
         run = pretrain(config, show=False)
         seconds = time.perf_counter() - started
-        top1 = linear_eval(load_backbone(run.run_dir), shard_dir, epochs=linear_epochs, write=False)["top1"]
+        top1 = linear_eval(
+            load_backbone(run.run_dir), shard_dir, epochs=linear_epochs, device=execution.device, write=False
+        )["top1"]
     return seconds, top1, run
 
 
 def _baseline(
-    shard_dir: Path, backbone: str, k: int, m: int, epochs: int, seed: int, linear_epochs: int, workers: int
+    shard_dir: Path,
+    backbone: str,
+    k: int,
+    m: int,
+    epochs: int,
+    seed: int,
+    linear_epochs: int,
+    workers: int,
+    execution: Execution,
 ) -> tuple[float, float]:
     torch.manual_seed(seed)
-    step, net = baseline_step(backbone, k)
+    step, net = baseline_step(backbone, k, execution)
     recipe = recipes.relational(k)
     images = ReferenceViews(shard_dir, "train", recipe)
     started = time.perf_counter()
@@ -57,7 +78,7 @@ def _baseline(
             step(batch)
     seconds = time.perf_counter() - started
     loaded = LoadedBackbone(net.eval(), backbone, "baseline (public-code structure)", None, None)
-    return seconds, linear_eval(loaded, shard_dir, epochs=linear_epochs, write=False)["top1"]
+    return seconds, linear_eval(loaded, shard_dir, epochs=linear_epochs, device=execution.device, write=False)["top1"]
 
 
 def bench_time_to_accuracy(
@@ -71,14 +92,18 @@ def bench_time_to_accuracy(
     linear_epochs: int = 100,
     workers: int = 2,
     repeats: int = 3,
+    precision: str = "fp32",
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Each repeat runs ours then the baseline (alternating, so load changes hit both); medians over repeats."""
+    """Each repeat runs ours then the baseline (alternating, so load changes hit both), on the same device and in
+    the same precision; medians over repeats."""
     shard_dir = Path(shard_dir)
+    execution = bench_execution(device, precision, channels_last=False)
     ours_runs, base_runs = [], []
     for _ in range(repeats):
-        seconds, top1, run = _ours(shard_dir, backbone, k, m, epochs, seed, linear_epochs)
+        seconds, top1, run = _ours(shard_dir, backbone, k, m, epochs, seed, linear_epochs, execution)
         ours_runs.append((seconds, top1))
-        base_runs.append(_baseline(shard_dir, backbone, k, m, epochs, seed, linear_epochs, workers))
+        base_runs.append(_baseline(shard_dir, backbone, k, m, epochs, seed, linear_epochs, workers, execution))
     ours_s = statistics.median(s for s, _ in ours_runs)
     baseline_s = statistics.median(s for s, _ in base_runs)
     return {
@@ -96,6 +121,8 @@ def bench_time_to_accuracy(
         "epochs": epochs,
         "linear_epochs": linear_epochs,
         "repeats": repeats,
+        **execution.record(),
+        "device": str(execution.device),
         "steps": run.steps,
         "views_per_s": run.throughput.get("views_per_s"),
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrr.errors import SsrrError
+from ssrr.precision import check_precision
 
 CONFIG_FILE = "config.json"
 
@@ -32,7 +33,7 @@ class RunConfig:
     aggregation: str = "cat"
     head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
     labels: str = "fine"  # supervised: fine or coarse labels
-    amp: bool = False  # bf16 autocast where supported, fp16 with loss scaling elsewhere
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (`--amp`): see ssrr/precision.py
     channels_last: bool = True
     compile: bool = False
     grad_accum: int = 1
@@ -63,6 +64,7 @@ class RunConfig:
             raise SsrrError(f"--lr must be positive, got {self.lr}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
+        check_precision(self.precision)
         if self.device not in ("auto", "cpu", "cuda"):
             raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return self
@@ -94,6 +96,8 @@ class RunConfig:
             data: dict[str, Any] = json.loads(path.read_text())
         except ValueError as exc:
             raise SsrrError(f"{path}: malformed config ({exc})") from exc
+        if "precision" not in data and "amp" in data:  # run folders from before --precision
+            data["precision"] = "auto" if data["amp"] else "fp32"
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 

@@ -1,10 +1,12 @@
 """The pretraining loop on accelerate: one CPU, one GPU, or many processes (`accelerate launch`).
 
-Precision: `--amp` is bf16 autocast where the device supports it (every recent CPU path, Ampere+ GPUs),
-fp16 autocast with loss scaling elsewhere. BatchNorm: local per process by default (each rank normalises
-its own M images, as the paper's single-GPU setting does per batch); `--sync-bn` synchronises statistics.
-Data: each rank reads its own slice of the shards (see `ssrr.pipelines.loader.ViewLoader`); every rank
-takes the same number of steps per epoch. Checkpoints and logs are written by the main process only.
+Precision: `--precision` (or `--amp`, meaning `auto`) resolves to one `ssrr.precision.Execution` that runs every
+forward pass of the run (training step, DeepCluster's clustering pass, the k-NN probe); fp16 adds loss scaling.
+accelerate runs with mixed_precision="no": the precision is ours, so CPU and GPU take one code path. BatchNorm:
+local per process by default (each rank normalises its own M images, as the paper's single-GPU setting does per
+batch); `--sync-bn` synchronises statistics. Data: each rank reads its own slice of the shards (see
+`ssrr.pipelines.loader.ViewLoader`); every rank takes the same number of steps per epoch. Checkpoints and logs are
+written by the main process only.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from ssrr import __version__
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
-from ssrr.hardware import native_bf16, tune_cpu_allocator
+from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods.base import EpochContext, Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
+from ssrr.precision import Execution
+from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
 from ssrr.train.config import RunConfig
 from ssrr.train.progress import TrainDisplay, console, summary_table
@@ -54,23 +58,15 @@ def use_cuda(config: RunConfig) -> bool:
     return config.device != "cpu" and torch.cuda.is_available()
 
 
-def mixed_precision(config: RunConfig) -> str:
-    """`--amp`: bf16 where it runs natively (Ampere+ GPUs, CPUs with AVX-512-BF16/AMX); fp16 with accelerate's
-    loss scaling on older GPUs; float32 on CPUs that would only emulate bf16 (slower than float32 there)."""
-    if not config.amp:
-        return "no"
-    if use_cuda(config):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16("cpu") else "no"
-
-
 def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS, KiB on Linux
 
 
-def _environment(accelerator: Accelerator, config: RunConfig, image_size: tuple[int, int]) -> dict[str, Any]:
+def _environment(
+    accelerator: Accelerator, config: RunConfig, execution: Execution, image_size: tuple[int, int]
+) -> dict[str, Any]:
     import accelerate
     import nvidia.dali as dali
 
@@ -87,7 +83,8 @@ def _environment(accelerator: Accelerator, config: RunConfig, image_size: tuple[
         "cpu_count": os.cpu_count(),
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
-        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision": {"fp32": "no"}.get(execution.precision, execution.precision),
+        **execution.record(),
         "image_size": list(image_size),
         "sync_bn": config.sync_bn,
     }
@@ -134,28 +131,27 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
-    precision = mixed_precision(config)
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
     accelerator = Accelerator(
         cpu=not use_cuda(config),
-        mixed_precision=precision,
+        mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with or None,
         project_dir=str(config.run_dir),
     )
     device = accelerator.device
+    execution = resolve_execution(config.precision, device, channels_last=config.channels_last)
     if device.type == "cpu":
         tune_cpu_allocator()
-    if config.amp and precision == "no" and accelerator.is_main_process and show:
-        console.print("--amp: this CPU has no native bf16 (it would be emulated, slower): training in float32")
+    if accelerator.is_main_process and show and execution.describe() != execution.precision:
+        console.print(f"precision: {execution.describe()}")
 
     set_seed(config.seed)
     backbone = build_backbone(config.backbone)
     method: Method = cls(config, backbone, num_classes)
     if config.sync_bn and accelerator.num_processes > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if config.channels_last:
-        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    method = execution.prepare(method)
     if config.compile:
         method.backbone = torch.compile(method.backbone)  # type: ignore[assignment]
 
@@ -175,7 +171,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
             seed=config.seed,
-            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+            dtype=execution.view_dtype,
             training=training,
             num_threads=config.num_threads or None,
             skip_corrupt=config.skip_corrupt,
@@ -191,12 +187,13 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         )
     scheduler = method.build_scheduler(optimizer, steps_per_epoch)
     model, optimizer = accelerator.prepare(method, optimizer)
+    scaler = execution.grad_scaler()
     if state:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
 
     run_dir = config.run_dir
@@ -205,7 +202,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir)
-            env = _environment(accelerator, config, manifest.image_size)
+            env = _environment(accelerator, config, execution, manifest.image_size)
             (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
         if config.log_with:
             accelerator.init_trackers(config.name, config={k: str(v) for k, v in asdict(config).items()})
@@ -225,7 +222,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             training_state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": ckpt.rng_state(),
                 "epoch": epoch_now,
                 "batch_in_epoch": batch_now,
@@ -243,7 +240,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes))
+                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes))
                 model.train()
                 display.start_epoch(epoch, steps_per_epoch)
                 sums = {"loss": torch.zeros((), device=device)}
@@ -264,14 +261,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                         wait += time.perf_counter() - tick
                         if batch is None:
                             break
-                        with accelerator.accumulate(model):
-                            with accelerator.autocast():
-                                out = model(batch)
-                            accelerator.backward(out.loss)
-                            optimizer.step()
-                            if scheduler is not None:
-                                scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
+                        out = _train_step(accelerator, execution, model, batch, optimizer, scheduler, scaler)
                         if sample_log is not None:
                             sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
                         batch_in_epoch += 1
@@ -314,7 +304,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 metrics = _reduce_across_ranks(accelerator, metrics)
                 next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
                 record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
-                knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, device, accelerator)
+                knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, execution, accelerator)
                 if knn is not None:
                     record["knn_top1"] = knn
                 if accelerator.is_main_process:
@@ -348,6 +338,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 "epochs": epoch,
                 "processes": accelerator.num_processes,
                 "weights_in_sync": in_sync,
+                **execution.record(),
             }
             (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             if show:
@@ -355,7 +346,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                     "run": str(run_dir),
                     "method / backbone": f"{config.method} / {config.backbone}",
                     "K x M": f"{views_per_image} x {config.batch}",
-                    "device": f"{device} x{accelerator.num_processes} ({precision})",
+                    "device": f"{device} x{accelerator.num_processes}",
+                    "precision": execution.describe(),
                     "epochs / steps": f"{epoch} / {global_step}",
                     "wall": f"{total:.1f} s",
                 }
@@ -363,6 +355,32 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
     if interrupted:
         raise SsrrError(f"interrupted: progress saved in {run_dir}; continue with the same command and --resume")
     return RunResult(run_dir, epoch, global_step, throughput)
+
+
+def _train_step(
+    accelerator: Accelerator,
+    execution: Execution,
+    model: torch.nn.Module,
+    batch: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+) -> Any:
+    """One optimizer step (or one accumulation micro-step): forward under the run's precision, backward with
+    loss scaling when fp16, then the optimizer and schedule."""
+    with accelerator.accumulate(model):
+        with execution.autocast():
+            out = model(batch)
+        accelerator.backward(scaler.scale(out.loss) if scaler is not None else out.loss)
+        if scaler is None:
+            optimizer.step()
+        elif accelerator.sync_gradients:  # unscale and check for inf only when the step really happens
+            scaler.step(optimizer)
+            scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
@@ -438,7 +456,7 @@ def _maybe_knn(
     epoch: int,
     method: Method,
     shard_dir: Path,
-    device: torch.device,
+    execution: Execution,
     accelerator: Accelerator,
 ) -> float | None:
     if not (config.knn_every and epoch_done and (epoch + 1) % config.knn_every == 0):
@@ -447,4 +465,4 @@ def _maybe_knn(
         return None
     from ssrr.eval.knn import knn_probe
 
-    return knn_probe(method.backbone, shard_dir, device=device)
+    return knn_probe(method.backbone, shard_dir, execution=execution)
