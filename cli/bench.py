@@ -169,32 +169,41 @@ def accuracy(
     batch: int = typer.Option(64, help="Images per step (M)."),
     epochs: int = typer.Option(2, help="Pretraining epochs, both ways."),
     linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
-    workers: int = typer.Option(2, help="DataLoader workers of the baseline."),
-    repeats: int = typer.Option(3, help="Repeats, ours and the baseline alternating (medians)."),
+    seeds: str = typer.Option("1,2,3", help="Seeds, comma-separated: ours and the baseline each run every seed."),
+    target_top1: float | None = typer.Option(
+        None, "--target-top1", help="Probe after every epoch; report the pretraining time to this linear top-1 (%)."
+    ),
     amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
     device: str = typer.Option("auto", help="auto, cpu or cuda (both sides)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
 ) -> None:
-    """Time to an accuracy: pretraining wall time and linear top-1, ours against the public code's way.
+    """Time to an accuracy: pretraining wall time and linear top-1 over seeds, ours against the public code's way.
 
-    Example: ssrr bench accuracy --dataset shards/synthetic --backbone conv4 --k 4 --epochs 2 --json
+    Example: ssrr bench accuracy --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 3 --target-top1 45 --json
     """
     from ssrr.bench.accuracy import bench_time_to_accuracy
     from ssrr.data.formats import resolve_dataset
+    from ssrr.errors import SsrrError
 
+    try:
+        chosen = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError as exc:
+        raise SsrrError(f"--seeds must be integers separated by commas, got {seeds!r}") from exc
+    if not chosen:
+        raise SsrrError("--seeds: give at least one seed")
     result = bench_time_to_accuracy(
         resolve_dataset(dataset),
         backbone=backbone,
         k=k,
         m=batch,
         epochs=epochs,
+        seeds=chosen,
         linear_epochs=linear_epochs,
-        workers=workers,
-        repeats=repeats,
         precision=precision_option(precision, amp),
         device=device,
+        target_top1=target_top1,
     )
     name = Path(result["dataset"]).name
     _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}", result, as_json, write)

@@ -47,7 +47,10 @@ def pretrain(
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
     checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
     max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
-    knn_every: int = typer.Option(0, help="k-NN probe on the test split every N epochs (0: never)."),
+    knn_every: int = typer.Option(0, help="k-NN probe on the held-out split every N epochs (0: never)."),
+    eval_every: int = typer.Option(
+        0, help="Linear protocol on the held-out split every N epochs, logged with the time (0: never)."
+    ),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
@@ -71,6 +74,7 @@ def pretrain(
     """
     if processes > 1 and not _inside_launcher():
         raise typer.Exit(_relaunch(processes))
+    from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain as run
 
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
@@ -79,7 +83,7 @@ def pretrain(
     config = RunConfig(**values)
     if resume:
         config = _merge_with_saved(ctx, config)
-    run(config, resume=resume, show=not quiet)
+    run(config, resume=resume, show=not quiet, probes=probes_for(config))
 
 
 def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:

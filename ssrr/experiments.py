@@ -795,9 +795,10 @@ def _pretrain(run: Run, plan: Plan, launch: str | None, show: bool, cache: str |
         if code != 0:
             raise SsrrError(f"{run.name}: `{shlex.join(command)}` failed (exit code {code})")
         return
+    from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain
 
-    pretrain(config, resume=True, show=show)
+    pretrain(config, resume=True, show=show, probes=probes_for(config))
 
 
 def _evaluate(run: Run, job: EvalJob, shards_root: str, device: str, cache: str | Path | None, show: bool) -> None:

@@ -91,18 +91,17 @@ class Baseline:
         self.recipe = recipes.relational(k)
         self.images = ReferenceViews(shard_dir, "train", self.recipe)
 
+    def epoch(self, workers: int, seed: int) -> Iterator[Batch]:
+        """One epoch of the reference loader, shuffled by `seed` (a new DataLoader, as the public code)."""
+        return reference_loader(
+            self.shard_dir, self.recipe, batch_size=self.m, workers=workers, seed=seed, dataset=self.images
+        )
+
     def batches(self, workers: int, seed: int) -> Iterator[Batch]:
-        """Endless batches of the reference loader (a new DataLoader each epoch, as the public code)."""
+        """Endless batches: epoch after epoch."""
         epoch = 0
         while True:
-            yield from reference_loader(
-                self.shard_dir,
-                self.recipe,
-                batch_size=self.m,
-                workers=workers,
-                seed=seed * 1000 + epoch,
-                dataset=self.images,
-            )
+            yield from self.epoch(workers, seed * 1000 + epoch)
             epoch += 1
 
     def views_per_s(self, workers: int, threads: int, timing: Timing) -> list[float]:
@@ -145,17 +144,24 @@ def grid(max_workers: int | None = None, max_threads: int | None = None) -> list
     return [(w, t) for w in workers for t in threads]
 
 
+def best_setting(
+    baseline: Baseline, probe: Timing, settings: list[tuple[int, int]]
+) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """Every (workers, threads) setting probed briefly end to end: the figures, and the fastest setting."""
+    tried: list[dict[str, Any]] = []
+    for workers, threads in settings:
+        rate = statistics.median(baseline.views_per_s(workers, threads, probe))
+        tried.append({"workers": workers, "threads": threads, "views_per_s": rate})
+    best = max(tried, key=lambda row: row["views_per_s"])
+    return tried, (int(best["workers"]), int(best["threads"]))
+
+
 def tuned_baseline(
     baseline: Baseline, timing: Timing, probe: Timing, settings: list[tuple[int, int]]
 ) -> dict[str, Any]:
     """Probe every setting briefly, time the best with `timing` (ours' warm-up, steps and repeats), time its parts,
     and check that they compose. Returns the `baseline_*` fields of a benchmark result."""
-    tried = []
-    for workers, threads in settings:
-        rate = statistics.median(baseline.views_per_s(workers, threads, probe))
-        tried.append({"workers": workers, "threads": threads, "views_per_s": rate})
-    best = max(tried, key=lambda row: row["views_per_s"])
-    workers, threads = int(best["workers"]), int(best["threads"])
+    tried, (workers, threads) = best_setting(baseline, probe, settings)
     runs = baseline.views_per_s(workers, threads, timing)
     combined = statistics.median(runs)
     loader = baseline.loader_views_per_s(workers, timing)

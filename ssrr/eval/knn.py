@@ -78,15 +78,16 @@ def knn_probe(
     temperature: float = TEMPERATURE,
     batch: int = 256,
     execution: Execution | None = None,
+    test_split: str = "test",
 ) -> float:
-    """k-NN top-1 (percent) of a backbone: train split as gallery, test split as queries.
+    """k-NN top-1 (percent) of a backbone: train split as gallery, `test_split` as queries.
 
     Safe to call mid-training: the backbone is evaluated in eval mode without gradients and given back in
     the mode it came in. `execution` (the run's precision) replaces `device` when given.
     """
     where = execution or as_execution(device)
     train = extract_features(backbone, shard_dir, "train", device=where, batch=batch)
-    test = extract_features(backbone, shard_dir, "test", device=where, batch=batch)
+    test = extract_features(backbone, shard_dir, test_split, device=where, batch=batch)
     return knn_accuracy(train, test, k, temperature)
 
 

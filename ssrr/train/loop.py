@@ -17,11 +17,11 @@ import platform
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -119,8 +119,24 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
     return None
 
 
-def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> RunResult:
-    """Run (or resume) one pretraining run; return where it wrote and its final throughput."""
+class Probe(Protocol):
+    """A held-out measurement the loop runs on the backbone every `every` complete epochs (see ssrr.eval.probes);
+    its value is logged as `name` in metrics.jsonl, beside the pretraining time so far."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def every(self) -> int: ...
+
+    def __call__(self, backbone: torch.nn.Module, shard_dir: Path, execution: Execution) -> float: ...
+
+
+def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, probes: Sequence[Probe] = ()) -> RunResult:
+    """Run (or resume) one pretraining run; return where it wrote and its final throughput.
+
+    `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for(config)`
+    builds the ones `--knn-every` and `--eval-every` ask for."""
     config = with_method_defaults(config.resolved().validate())
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
@@ -233,7 +249,10 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             )
 
         display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
+        total_steps = _total_steps(config, steps_per_epoch)
         started = time.perf_counter()
+        probe_s = 0.0
+        elapsed_before = _elapsed_so_far(run_dir) if resume_from is not None else 0.0
         sample_log = None
         if config.log_samples:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +302,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                                 accelerator.num_processes,
                                 device,
                             )
-                            display.update(batch_in_epoch, running)
+                            per_step = (time.perf_counter() - step_start) / counted
+                            display.update(batch_in_epoch, running, (total_steps - global_step) * per_step)
                         if config.max_steps and global_step >= config.max_steps:
                             break
                 except KeyboardInterrupt:
@@ -304,9 +324,11 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 metrics = _reduce_across_ranks(accelerator, metrics)
                 next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
                 record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
-                knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, execution, accelerator)
-                if knn is not None:
-                    record["knn_top1"] = knn
+                probe_started = time.perf_counter()
+                if epoch_done and accelerator.is_main_process:
+                    record.update(_run_probes(probes, epoch + 1, unwrapped.backbone, shard_dir, execution))
+                probe_s += time.perf_counter() - probe_started
+                record["elapsed_s"] = round(elapsed_before + time.perf_counter() - started - probe_s, 3)
                 if accelerator.is_main_process:
                     with open(run_dir / METRICS_FILE, "a") as log:  # appended: resuming never loses history
                         log.write(json.dumps(record) + "\n")
@@ -339,6 +361,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 "processes": accelerator.num_processes,
                 "weights_in_sync": in_sync,
                 **execution.record(),
+                "projected_run_s": _projected_run_s(throughput, config, steps_per_epoch, accelerator.num_processes),
             }
             (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
             if show:
@@ -350,6 +373,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                     "precision": execution.describe(),
                     "epochs / steps": f"{epoch} / {global_step}",
                     "wall": f"{total:.1f} s",
+                    "configured run": f"~{_hours(summary['projected_run_s'])} at this speed",
                 }
                 console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
     if interrupted:
@@ -450,19 +474,43 @@ def _weights_in_sync(accelerator: Accelerator, method: torch.nn.Module) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def _maybe_knn(
-    config: RunConfig,
-    epoch_done: bool,
-    epoch: int,
-    method: Method,
-    shard_dir: Path,
-    execution: Execution,
-    accelerator: Accelerator,
-) -> float | None:
-    if not (config.knn_every and epoch_done and (epoch + 1) % config.knn_every == 0):
-        return None
-    if not accelerator.is_main_process:
-        return None
-    from ssrr.eval.knn import knn_probe
+def _run_probes(
+    probes: Sequence[Probe], epochs_done: int, backbone: torch.nn.Module, shard_dir: Path, execution: Execution
+) -> dict[str, float]:
+    """The values of the probes due after `epochs_done` complete epochs."""
+    return {
+        probe.name: probe(backbone, shard_dir, execution)
+        for probe in probes
+        if probe.every and epochs_done % probe.every == 0
+    }
 
-    return knn_probe(method.backbone, shard_dir, execution=execution)
+
+def _elapsed_so_far(run_dir: Path) -> float:
+    """Pretraining seconds recorded before a resume (the last `elapsed_s` of metrics.jsonl), so time keeps adding up."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return 0.0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+
+
+def _total_steps(config: RunConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole configured run (`--max-steps` caps it)."""
+    total = config.epochs * steps_per_epoch
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def _projected_run_s(
+    throughput: dict[str, float], config: RunConfig, steps_per_epoch: int, processes: int
+) -> float | None:
+    """Seconds the whole configured run takes at the last epoch's speed (what users plan by)."""
+    images_per_s = throughput.get("images_per_s")  # summed over processes
+    if not images_per_s:
+        return None
+    return _total_steps(config, steps_per_epoch) * config.batch * processes / images_per_s
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
