@@ -80,7 +80,7 @@ def step(
         repeats=repeats,
         baseline_repeats=baseline_repeats,
     )
-    _emit(f"step-{backbone}-k{k}-m{batch}", {**model, **relation}, as_json, write)
+    _emit(f"step-{backbone}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
 
 
 @bench_app.command("e2e")
@@ -116,7 +116,7 @@ def e2e(
         baseline_steps=baseline_steps,
         device=device,
     )
-    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result.get('device', device)}", result, as_json, write)
+    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("methods")
@@ -158,7 +158,7 @@ def methods(
         repeats=repeats,
         device=device,
     )
-    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}", result, as_json, write)
+    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("accuracy")
@@ -206,7 +206,7 @@ def accuracy(
         target_top1=target_top1,
     )
     name = Path(result["dataset"]).name
-    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}", result, as_json, write)
+    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("shard")
@@ -244,6 +244,24 @@ def linear(
 
     result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, baseline_epochs=baseline_epochs)
     _emit(f"linear-{backbone.replace(':', '-').replace('/', '_')}", result, as_json, write)
+
+
+@bench_app.command("summary")
+def summary(
+    file: Path = typer.Option(Path("docs/benchmarks.md"), help="The recorded results."),
+    readme: Path = typer.Option(Path("README.md"), help="Also rewrite the README's table (between its markers)."),
+) -> None:
+    """Rewrite the headline table (docs/benchmarks.md and the README) from the recorded results.
+
+    Example: ssrr bench summary
+    """
+    from ssrr.bench.summary import write_summary
+    from ssrr.errors import SsrrError
+
+    if not file.is_file():
+        raise SsrrError(f"{file}: no recorded benchmarks (run `ssrr bench ...` first)")
+    for path in write_summary(file, [file, readme]):
+        console.print(f"wrote the summary table in {path}")
 
 
 def register(app: typer.Typer) -> None:
