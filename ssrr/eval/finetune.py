@@ -34,7 +34,14 @@ from ssrr.eval.common import (
     result_stem,
     write_result,
 )
-from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import (
+    class_names,
+    eval_image_size,
+    extract_features,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
 
@@ -116,14 +123,15 @@ def finetune(
     subset: torch.Tensor | None = None,
     protocol: str = "finetune",
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune `loaded.module` (in place) with a new head; score on the test split; write the result.
+    """Fine-tune `loaded.module` (in place) with a new head; score on the held-out split; write the result.
 
-    `eval_every` > 0 also scores the test split every that many epochs (recorded in `history`).
+    `test_split` None is the dataset's labelled held-out split (the manifest's `eval_split`); both splits are
+    checked before any work. `eval_every` > 0 also scores it every that many epochs (recorded in `history`).
     """
     from ssrr.pipelines import recipes
     from ssrr.pipelines.loader import ViewLoader
@@ -134,9 +142,8 @@ def finetune(
         raise SsrrError(f"--epochs must be at least 1 and --batch at least 2, got {epochs} and {batch}")
     device = resolve_device(device)
     manifest = load_manifest(shard_dir)
+    test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
     names = class_names(manifest, labels)
-    if not names:
-        raise SsrrError(f"{manifest.name}: has no {labels} classes")
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
     )
@@ -163,7 +170,7 @@ def finetune(
         member = torch.zeros(manifest.splits[train_split].samples, dtype=torch.bool)
         member[subset.long().cpu()] = True
     out_dir = output_dir(loaded, out)
-    stem = result_stem(protocol, manifest.name, labels, seed)
+    stem = result_stem(protocol, manifest.name, labels, seed, split_tag(manifest, test_split))
     weights_dir = out_dir / stem
     history: list[dict[str, float]] = []
     metrics: dict[str, Any] = {}
@@ -201,7 +208,7 @@ def finetune(
             save_finetuned(weights_dir, backbone, head, loaded.name, epoch + 1, labels)
         if progress is not None:
             progress(epoch + 1, epochs, record["loss"])
-    result = base_result(protocol, loaded, manifest.name, labels, seed, device)
+    result = base_result(protocol, loaded, manifest.name, labels, seed, device, split=test_split)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

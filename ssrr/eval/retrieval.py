@@ -22,7 +22,15 @@ from ssrr.data.formats import load_manifest
 from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_device, result_stem, write_result
-from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import (
+    Features,
+    class_names,
+    eval_image_size,
+    extract_features,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.train.checkpoint import LoadedBackbone
 
 KS = (1, 5, 10)
@@ -163,7 +171,7 @@ def retrieval_eval(
     shard_dir: Path | str,
     *,
     labels: str = "fine",
-    query_split: str = "test",
+    query_split: str | None = None,
     gallery_split: str = "train",
     show: int = 8,
     max_queries: int = 0,
@@ -177,12 +185,14 @@ def retrieval_eval(
     """`ssrr eval retrieval`: precision@k, mAP (overall and by class) and a grid PNG of `show` queries.
 
     `max_queries` > 0 scores a seeded subset of that many queries (the full ranking of a 50,000-image gallery
-    for every test image is the costly part on a CPU); 0 scores them all.
+    for every test image is the costly part on a CPU); 0 scores them all. `query_split` None is the dataset's
+    labelled held-out split; both splits are checked before any feature is computed.
     """
     started = time.perf_counter()
     check_labels(labels)
     device = resolve_device(device)
     manifest = load_manifest(shard_dir)
+    query_split = held_out_split(shard_dir, manifest, labels, query_split, train=gallery_split)
     names = class_names(manifest, labels)
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
@@ -212,7 +222,7 @@ def retrieval_eval(
         for c in range(len(names))
         if bool((sub_labels == c).any())
     }
-    result = base_result("retrieval", loaded, manifest.name, labels, seed, device)
+    result = base_result("retrieval", loaded, manifest.name, labels, seed, device, split=query_split)
     result.update(
         map=100.0 * float(ap.mean()) if len(ap) else 0.0,
         precision_at=metrics["precision_at"],
@@ -228,7 +238,7 @@ def retrieval_eval(
     if not write:
         return result
     out_dir = output_dir(loaded, out)
-    stem = result_stem("retrieval", manifest.name, labels, seed)
+    stem = result_stem("retrieval", manifest.name, labels, seed, split_tag(manifest, query_split))
     files = []
     if show > 0:
         shown = pick_queries(q_labels, show, seed)
