@@ -180,6 +180,9 @@ def finetune(
     head_lr: float = typer.Option(1e-4, help="Adam learning rate of the head."),
     weight_decay: float = typer.Option(1e-5, help="Weight decay (both groups)."),
     eval_every: int = typer.Option(0, help="Also score the held-out split every N epochs (0: at the end only)."),
+    augment: str = typer.Option(
+        "none", help="Training images: none (normalise only, the authors') or crop-flip (random crop + flip)."
+    ),
     seed: int = Seed,
     device: str = Device,
     out: str | None = Out,
@@ -188,7 +191,7 @@ def finetune(
     shards_root: str = ShardsRoot,
     as_json: bool = AsJson,
 ) -> None:
-    """Fine-tune backbone and a new head together (crop+flip), score the held-out split (--split).
+    """Fine-tune backbone and a new head together (normalise only; --augment crop-flip), score the held-out split.
 
     Writes finetune-DATASET-sSEED.json/.md, a confusion-matrix PNG and the weights (backbone.safetensors,
     head.safetensors) in finetune-DATASET-sSEED/, updated every epoch.
@@ -209,6 +212,7 @@ def finetune(
             head_lr=head_lr,
             weight_decay=weight_decay,
             eval_every=eval_every,
+            augmentation=augment,
             seed=seed,
             device=device,
             out=out,

@@ -1,11 +1,12 @@
 """Fine-tuning: the pretrained backbone and a new linear head trained together on labelled data (STL-10).
 
 Settings (the paper's): Adam with two parameter groups, backbone lr 1e-3 and head lr 1e-4, weight decay
-1e-5, cross-entropy; random-crop + horizontal-flip augmentation through the DALI pipeline (recipe
-`crop_flip`, shuffled, seeded); the test split is scored through the evaluation pipeline (normalise only,
-backbone in eval mode) every `eval_every` epochs and always at the end. After every epoch the output folder
-`<out>/<stem>/` holds `backbone.safetensors` (loadable with `load_backbone`, like a pretraining run's) and
-`head.safetensors`, both written atomically.
+1e-5, cross-entropy; the training images go through the DALI pipeline shuffled and seeded, normalised only
+as in the authors' code (their fine-tuning reuses the linear-evaluation transform; `augmentation="crop-flip"`
+adds random crop + horizontal flip, recipe `crop_flip`); the held-out split is scored through the evaluation
+pipeline (normalise only, backbone in eval mode) every `eval_every` epochs and always at the end. After every
+epoch the output folder `<out>/<stem>/` holds `backbone.safetensors` (loadable with `load_backbone`, like a
+pretraining run's) and `head.safetensors`, both written atomically.
 
 Semi-supervised fine-tuning passes `subset` (sample indices of the train split): every epoch reads the split
 through the pipeline and keeps only those samples, re-batched to full batches.
@@ -51,6 +52,8 @@ BACKBONE_LR = 1e-3
 HEAD_LR = 1e-4
 WEIGHT_DECAY = 1e-5
 HEAD_FILE = "head.safetensors"
+# Training-image recipes of fine-tuning: "none" (normalise only) is the authors'.
+AUGMENTATIONS = ("none", "crop-flip")
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -120,6 +123,7 @@ def finetune(
     head_lr: float = HEAD_LR,
     weight_decay: float = WEIGHT_DECAY,
     eval_every: int = 0,
+    augmentation: str = "none",
     subset: torch.Tensor | None = None,
     protocol: str = "finetune",
     train_split: str = "train",
@@ -140,6 +144,8 @@ def finetune(
     check_labels(labels)
     if epochs < 1 or batch < 2:
         raise SsrrError(f"--epochs must be at least 1 and --batch at least 2, got {epochs} and {batch}")
+    if augmentation not in AUGMENTATIONS:
+        raise SsrrError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     device = resolve_device(device)
     manifest = load_manifest(shard_dir)
     test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
@@ -156,7 +162,7 @@ def finetune(
     )
     loader = ViewLoader(
         shard_dir,
-        recipes.crop_flip(),
+        recipes.crop_flip() if augmentation == "crop-flip" else recipes.evaluation(),
         split=train_split,
         batch_size=batch,
         device=str(device),
@@ -218,7 +224,7 @@ def finetune(
         backbone_lr=backbone_lr,
         head_lr=head_lr,
         weight_decay=weight_decay,
-        augmentation="crop_flip",
+        augmentation=augmentation,
         image_size=list(size) if size else list(manifest.image_size),
         train_samples=int(member.sum()) if member is not None else manifest.splits[train_split].samples,
         test_samples=metrics["test_samples"],

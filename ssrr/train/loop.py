@@ -124,7 +124,7 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
 
 def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> RunResult:
     """Run (or resume) one pretraining run; return where it wrote and its final throughput."""
-    config = with_method_defaults(config.resolved().validate())
+    config = with_method_defaults(config.resolved().validate()).validate()
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
@@ -181,7 +181,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             skip_corrupt=config.skip_corrupt,
         )
 
-    loader = make_loader(cls.recipe(config))
+    loader = make_loader(cls.recipe(config, manifest.image_size))
     steps_per_epoch = len(loader)
     if loader.skipped and accelerator.is_main_process and show:
         console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}")
