@@ -57,10 +57,15 @@ def test_reproduce_runs_baselines_at_batch_128_and_stl10_on_unlabeled_only() -> 
 
 
 @pytest.mark.parametrize(("size", "padding"), [((32, 32), 4), ((64, 64), 8), ((96, 96), 12), (None, 4)])
-def test_supervised_and_rotation_pad_an_eighth_of_the_side(size: tuple[int, int] | None, padding: int) -> None:
-    for name in ("supervised", "rotation"):
+def test_supervised_rotation_and_deepcluster_pad_an_eighth_of_the_side(
+    size: tuple[int, int] | None, padding: int
+) -> None:
+    for name in ("supervised", "rotation", "deepcluster"):
         recipe = method_class(name).recipe(RunConfig(method=name), size)
         assert (recipe.crop, recipe.padding) == ("pad", padding)
+    from ssrr.methods.deepcluster import clustering_recipe
+
+    assert clustering_recipe(size).padding == padding
 
 
 def test_simclr_loss_option_picks_the_authors_form() -> None:
@@ -113,12 +118,25 @@ def test_deepcluster_clusters_crop_flip_images_weighs_one_minus_frequency_and_re
 
     method.on_epoch_start(EpochContext(0, make_loader, torch.device("cpu"), 2))
     assert recipes_used == [recipes.crop_flip()]
+    first = method.assignments.clone()
     counts = torch.bincount(method.assignments, minlength=method.k).float()
     torch.testing.assert_close(method.weights, 1 - counts / counts.sum())
     last = method.head[-1]
     weight = last.weight.detach()
     assert torch.count_nonzero(last.bias) == 0
     assert 0.008 < float(weight.std()) < 0.012 and abs(float(weight.mean())) < 0.002
+    seeds = []
+
+    def seeded_loader(recipe, *, split="train", training=True):  # type: ignore[no-untyped-def]
+        loader = make_loader(recipe, split=split, training=training)
+        original = loader.epoch
+        loader.epoch = lambda e: (seeds.append(loader.seed), original(e))[1]  # type: ignore[method-assign]
+        return loader
+
+    for epoch in (0, 1):
+        method.on_epoch_start(EpochContext(epoch, seeded_loader, torch.device("cpu"), 2))
+    assert seeds[0] != seeds[1]  # fresh crops for the clustering pass every epoch
+    assert method.assignments.shape == first.shape
 
 
 def _infomax(critic: str = "concat", prior: str = "adversarial"):  # type: ignore[no-untyped-def]

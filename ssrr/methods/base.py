@@ -34,6 +34,7 @@ class EpochContext:
     make_loader: Callable[..., Any]  # make_loader(recipe, split=..., training=...) -> ViewLoader
     device: torch.device
     num_classes: int
+    image_size: tuple[int, int] | None = None  # (H, W) of the training images, when known
 
 
 class Method(nn.Module):

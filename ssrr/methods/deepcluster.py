@@ -7,7 +7,7 @@ classifier's last layer is re-initialised N(0, 0.01), bias 0, for the newly numb
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ class DeepCluster(Method):
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
-        return recipes.crop_flip()
+        return clustering_recipe(image_size)  # the authors train on the same crop (pad side / 8) + flip
 
     @classmethod
     def check_data(cls, config: RunConfig, train_samples: int, num_classes: int) -> None:
@@ -50,7 +50,7 @@ class DeepCluster(Method):
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
         """Features of the whole train split (crop+flip images), PCA-whitened and L2-normalised, k-means."""
-        loader = context.make_loader(clustering_recipe(), training=False)
+        loader = clustering_loader(context, self.config.seed)
         was_training = self.backbone.training
         self.backbone.eval()
         features, indices = [], []
@@ -78,9 +78,17 @@ class DeepCluster(Method):
         return StepOutput(loss, {"acc": (logits.argmax(1) == targets).float().mean()})
 
 
-def clustering_recipe() -> recipes.Recipe:
-    """The images the clustering pass embeds: random crop (pad 4) + flip, as the authors' code."""
-    return recipes.crop_flip()
+def clustering_recipe(image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+    """The images the clustering pass embeds: random crop (pad side / 8) + flip, as the authors' code."""
+    return recipes.crop_flip(recipes.pad_for(image_size))
+
+
+def clustering_loader(context: EpochContext, seed: int) -> Any:
+    """A loader that reads the train split once, in order, through `clustering_recipe`, with crops drawn
+    afresh every epoch (as the authors' DataLoader draws them): its seed moves with the epoch."""
+    loader = context.make_loader(clustering_recipe(context.image_size), training=False)
+    loader.seed = seed * 1000 + 1 + context.epoch  # read in `loader.epoch(...)`, never before
+    return loader
 
 
 def cluster_features(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
