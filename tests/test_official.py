@@ -227,3 +227,13 @@ def test_an_existing_run_is_never_replaced(tmp_path: Path) -> None:
         import_official(tmp_path / "c.tar", "conv4", "same", out=tmp_path)
     assert (tmp_path / "same" / "backbone.safetensors").read_bytes() == before
     assert (tmp_path / "same" / CHECKPOINTS / "step-00000000" / MODEL_FILE).is_file()
+
+
+def test_a_file_without_a_relation_head_imports_its_backbone(tmp_path: Path) -> None:
+    net, _ = write_official(tmp_path / "full.tar", "resnet8")
+    torch.save({"backbone": net.state_dict(), "classifier": nn.Linear(64, 10).state_dict()}, tmp_path / "std.tar")
+    run_dir = import_official(tmp_path / "std.tar", "resnet8", "std", out=tmp_path / "runs")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_backbone(run_dir).module.eval()(x), net(x), rtol=1e-5, atol=1e-5)
+    assert json.loads((run_dir / "import.json").read_text())["relation_head"] is False
