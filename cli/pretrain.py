@@ -47,7 +47,7 @@ def pretrain(
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
     checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
     max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
-    knn_every: int = typer.Option(0, help="k-NN probe on the test split every N epochs (0: never)."),
+    knn_every: int = typer.Option(0, help="k-NN probe on the held-out split every N epochs (0: never)."),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),

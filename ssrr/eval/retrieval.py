@@ -1,7 +1,8 @@
 """Image retrieval in representation space: cosine nearest neighbours of queries in a gallery.
 
-Queries are the test split and the gallery the train split by default (`--gallery test` searches the test
-split itself, each query then excluded from its own results). Reported: precision@k (k = 1, 5, 10: the
+Queries are the dataset's labelled held-out split (test; val for tiny-ImageNet; `--split`) and the gallery the
+train split by default (`--gallery` naming the query split searches it itself, each query then excluded from
+its own results). Reported: precision@k (k = 1, 5, 10: the
 fraction of the top k that share the query's class), mean average precision over the full ranking of the
 gallery (overall and by class), and a PNG grid of some queries (red frame, as in the paper's poster) with
 their top 10 (green frame: same class, grey: another class), drawn from the raw pixels of the shards.
