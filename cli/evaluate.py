@@ -27,6 +27,10 @@ OUT_HELP = "Output folder (default RUN/eval/, or runs/random-<backbone>/eval/ fo
 IMAGE_SIZE_HELP = "auto (resize to the backbone's pretraining size when it differs), native, N or HxW."
 BACKBONE_HELP = "Expected backbone (conv4, resnet32, ...): refuse a checkpoint of another one."
 PRECISION_HELP = "Forward passes in fp32, bf16, fp16, or auto (bf16 where native, fp16 on older GPUs, else fp32)."
+SPLIT_HELP = (
+    "Split scored (default: the dataset's labelled held-out split, from its manifest: test for CIFAR and STL-10, "
+    "val for tiny-ImageNet or an image folder without test)."
+)
 SEED_HELP = "Seed: head initialisation, shuffles, subsets (and the weights of random:<backbone>)."
 
 Spec = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT", help=SPEC_HELP)
@@ -40,6 +44,7 @@ ShardsRoot = typer.Option("shards", help="Where dataset names are looked up.")
 ImageSize = typer.Option("auto", help=IMAGE_SIZE_HELP)
 BackboneOpt = typer.Option(None, "--backbone", help=BACKBONE_HELP)
 PrecisionOpt = typer.Option("fp32", help=PRECISION_HELP)
+Split = typer.Option(None, "--split", help=SPLIT_HELP)
 
 
 def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None, seed: int):  # type: ignore[no-untyped-def]
@@ -116,6 +121,7 @@ class _EpochProgress:
 def linear(
     spec: str = Spec,
     dataset: str | None = Dataset,
+    split: str | None = Split,
     labels: str = Labels,
     epochs: int = typer.Option(100, help="Epochs of the linear head (the protocol: 100)."),
     batch: int = typer.Option(128, help="Batch size of the linear head (the protocol: 128)."),
@@ -160,6 +166,7 @@ def linear(
             precision=precision,
             out=out,
             image_size=image_size,
+            test_split=split,
             progress=progress,
         )
     _emit(result, as_json, ["top1", "top5", "extract_s", "train_s"])
@@ -169,13 +176,17 @@ def linear(
 def finetune(
     spec: str = Spec,
     dataset: str | None = Dataset,
+    split: str | None = Split,
     labels: str = Labels,
     epochs: int = typer.Option(100, help="Fine-tuning epochs."),
     batch: int = typer.Option(128, help="Batch size."),
     backbone_lr: float = typer.Option(1e-3, help="Adam learning rate of the backbone."),
     head_lr: float = typer.Option(1e-4, help="Adam learning rate of the head."),
     weight_decay: float = typer.Option(1e-5, help="Weight decay (both groups)."),
-    eval_every: int = typer.Option(0, help="Also score the test split every N epochs (0: at the end only)."),
+    eval_every: int = typer.Option(0, help="Also score the held-out split every N epochs (0: at the end only)."),
+    augment: str = typer.Option(
+        "none", help="Training images: none (normalise only, the authors') or crop-flip (random crop + flip)."
+    ),
     seed: int = Seed,
     device: str = Device,
     precision: str = PrecisionOpt,
@@ -185,7 +196,7 @@ def finetune(
     shards_root: str = ShardsRoot,
     as_json: bool = AsJson,
 ) -> None:
-    """Fine-tune backbone and a new head together (crop+flip), score the test split.
+    """Fine-tune backbone and a new head together (normalise only; --augment crop-flip), score the held-out split.
 
     Writes finetune-DATASET-sSEED.json/.md, a confusion-matrix PNG and the weights (backbone.safetensors,
     head.safetensors) in finetune-DATASET-sSEED/, updated every epoch.
@@ -206,11 +217,13 @@ def finetune(
             head_lr=head_lr,
             weight_decay=weight_decay,
             eval_every=eval_every,
+            augmentation=augment,
             seed=seed,
             device=device,
             precision=precision,
             out=out,
             image_size=image_size,
+            test_split=split,
             progress=progress,
         )
     _emit(result, as_json, ["top1", "top5"])
@@ -220,6 +233,7 @@ def finetune(
 def semi(
     spec: str = Spec,
     dataset: str | None = Dataset,
+    split: str | None = Split,
     fractions: str = typer.Option("0.01,0.1,0.25,0.5,1.0", help="Labelled fractions of the train split."),
     mode: str = typer.Option("linear", help="linear (on cached features) or finetune."),
     labels: str = Labels,
@@ -258,6 +272,7 @@ def semi(
         out=out,
         image_size=image_size,
         progress=lambda line: console.print(f"  {line}"),
+        split=split,
     )
     _emit(result, as_json, ["fractions"])
 
@@ -267,7 +282,7 @@ def retrieval(
     spec: str = Spec,
     dataset: str | None = Dataset,
     gallery: str = typer.Option("train", help="Split searched (the query split itself: each query left out)."),
-    queries: str = typer.Option("test", help="Split of the queries."),
+    queries: str | None = typer.Option(None, "--split", "--queries", help="Split of the queries. " + SPLIT_HELP),
     show: int = typer.Option(8, help="Queries drawn in the PNG grid (with their top 10)."),
     max_queries: int = typer.Option(0, help="Score a seeded subset of this many queries (0: all)."),
     labels: str = Labels,
@@ -308,7 +323,7 @@ def retrieval(
 def tsne(
     spec: str = Spec,
     dataset: str | None = Dataset,
-    split: str = typer.Option("test", help="Split embedded."),
+    split: str | None = typer.Option(None, "--split", help="Split embedded. " + SPLIT_HELP),
     points: int = typer.Option(2000, help="Seeded subsample of the split (0: all; exact t-SNE is O(N^2))."),
     perplexity: float = typer.Option(30.0, help="t-SNE perplexity."),
     iterations: int = typer.Option(1000, help="Gradient-descent iterations."),
@@ -353,6 +368,7 @@ def tsne(
 def knn(
     spec: str = Spec,
     dataset: str | None = Dataset,
+    split: str | None = Split,
     k: int = typer.Option(200, "--k", help="Neighbours voting."),
     temperature: float = typer.Option(0.1, help="Vote weight exp(cosine / temperature)."),
     labels: str = Labels,
@@ -383,6 +399,7 @@ def knn(
         precision=precision,
         out=out,
         image_size=image_size,
+        split=split,
     )
     _emit(result, as_json, ["top1", "top5"])
 

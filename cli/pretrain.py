@@ -21,7 +21,9 @@ def pretrain(
     dataset: str = typer.Option("cifar100", help="Dataset name under --shards-root, or a shard folder."),
     backbone: str = typer.Option("resnet32", help="conv4, resnet8, resnet32, resnet56, resnet34."),
     k: int = typer.Option(32, "--k", help="Augmentations (views) per image."),
-    batch: int = typer.Option(64, help="Images per step per process (M)."),
+    batch: int = typer.Option(
+        0, help="Images per step per process (M); 0: the method's (64 relational, 128 the baselines, as the authors)."
+    ),
     epochs: int = typer.Option(200, help="Epochs (the paper: 200; 300 for STL-10)."),
     lr: float | None = typer.Option(
         None, help="Learning rate (default: the method's: Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)."
@@ -56,6 +58,17 @@ def pretrain(
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and count) corrupt samples."),
     log_samples: bool = typer.Option(False, "--log-samples", help="Record each rank's sample indices per step."),
+    simclr_loss: str = typer.Option(
+        "nt-xent", help="simclr: nt-xent (mean of -log p), or official (the authors' code: -log of the mean p)."
+    ),
+    infomax_prior: str = typer.Option(
+        "adversarial",
+        help="infomax: adversarial (the encoder fools the prior critic), or official (the authors' code: both "
+        "minimise the critic's loss).",
+    ),
+    infomax_critic: str = typer.Option(
+        "concat", help="infomax: concat (the authors' concatenate-and-convolve critic) or dot (encode-and-dot)."
+    ),
     processes: int = typer.Option(1, help="Processes on this machine: relaunches itself under `accelerate launch`."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No live display or summary."),

@@ -287,6 +287,7 @@ def info(
         table.add_row(
             f"split {split}", f"{split_info.samples:,} samples, {labeled}, {len(split_info.shards)} shard(s), {size}"
         )
+    table.add_row("evaluated on", str(manifest.held_out_split or "-") + ("" if manifest.eval_split else " (by rule)"))
     table.add_row("seed", str(manifest.seed))
     table.add_row("shard size", f"{manifest.shard_size:,}")
     table.add_row("source", escape(json.dumps(manifest.source)))

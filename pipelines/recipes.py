@@ -133,6 +133,14 @@ def evaluation() -> Recipe:
     return Recipe(name="eval", views=1)
 
 
+def pad_for(image_size: tuple[int, int] | None) -> int:
+    """The authors' random-crop padding: an eighth of the image side (4 for 32 px, 8 for 64, 12 for 96);
+    4 when the size is unknown."""
+    if image_size is None:
+        return 4
+    return max(1, min(image_size) // 8)
+
+
 def crop_flip(padding: int = 4) -> Recipe:
     """Zero-pad ``padding`` pixels each side, random crop of the original size, horizontal flip; 1 view."""
     if padding < 1:
@@ -145,6 +153,8 @@ def flip() -> Recipe:
     return Recipe(name="flip", views=1, flip_p=0.5)
 
 
-def rotation() -> Recipe:
+def rotation(padding: int = 4) -> Recipe:
     """crop_flip, then the 4 rotations: view r is the augmented image turned r * 90 degrees (label = r)."""
-    return Recipe(name="rotation", views=4, crop="pad", padding=4, flip_p=0.5, rotate=True)
+    if padding < 1:
+        raise SsrrError(f"rotation: padding must be at least 1, got {padding}")
+    return Recipe(name="rotation", views=4, crop="pad", padding=padding, flip_p=0.5, rotate=True)

@@ -1,9 +1,23 @@
-"""PCA whitening and k-means in torch (on the training device): DeepCluster's clustering step."""
+"""PCA whitening and k-means in torch (on the training device): DeepCluster's clustering step.
+
+As the authors ran DeepCluster: PCA keeps D dimensions (D/2 when D >= 512, `pca_dims`), k-means is
+k-means++-seeded with 5 restarts of at most 30 Lloyd iterations, the lowest inertia kept (`kmeans`), and the
+classification loss weighs each cluster by 1 - its frequency (`one_minus_frequency_weights`).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+ITERATIONS = 30  # Lloyd iterations per restart (the authors')
+RESTARTS = 5  # k-means++ initialisations, the lowest inertia kept (the authors')
+PCA_HALVES_FROM = 512  # from this feature size on, PCA keeps D/2 dimensions
+
+
+def pca_dims(feature_dim: int) -> int:
+    """Dimensions PCA keeps: D, or D/2 when D >= 512 (the authors' DeepCluster)."""
+    return feature_dim // 2 if feature_dim >= PCA_HALVES_FROM else feature_dim
 
 
 def pca_whiten(x: Tensor, dim: int | None = None, eps: float = 1e-5) -> Tensor:
@@ -15,17 +29,34 @@ def pca_whiten(x: Tensor, dim: int | None = None, eps: float = 1e-5) -> Tensor:
     return centred @ eigenvectors[:, order] / (eigenvalues[order] + eps).sqrt()
 
 
-def kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """Lloyd's k-means on rows of `x`; returns (centroids (k, D), assignments (N,)).
+def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): the first centroid uniformly, each next one drawn with
+    probability proportional to the squared distance to the nearest centroid chosen so far. (k, D)."""
+    n = len(x)
+    first = int(torch.randint(n, (1,), generator=generator, device="cpu"))
+    chosen = [first]
+    nearest = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        weights = nearest.double().cpu()
+        total = float(weights.sum())
+        if total <= 0:  # every point sits on a centroid: any unchosen point will do
+            weights = torch.ones(n, dtype=torch.float64)
+            weights[chosen] = 0
+        pick = int(torch.multinomial(weights, 1, generator=generator))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, ((x - x[pick]) ** 2).sum(1))
+    return x[torch.tensor(chosen, device=x.device)].clone()
+
+
+def lloyd(
+    x: Tensor, centroids: Tensor, iterations: int = ITERATIONS, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's iterations from `centroids` (changed in place); returns (centroids, assignments).
 
     An empty cluster is re-seeded with a point of the currently largest cluster, slightly perturbed, so all
     k clusters stay in use (DeepCluster's remedy for trivial solutions).
     """
-    n = len(x)
-    if n < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {n}")
-    centroids = x[torch.randperm(n, generator=generator, device="cpu")[:k].to(x.device)].clone()
-    assignments = torch.zeros(n, dtype=torch.long, device=x.device)
+    k = len(centroids)
     for _ in range(iterations):
         assignments = torch.cdist(x, centroids).argmin(1)
         counts = torch.bincount(assignments, minlength=k)
@@ -44,8 +75,41 @@ def kmeans(x: Tensor, k: int, iterations: int = 20, generator: torch.Generator |
     return centroids, torch.cdist(x, centroids).argmin(1)
 
 
+def inertia(x: Tensor, centroids: Tensor, assignments: Tensor) -> float:
+    """Sum of squared distances of the rows to their centroids."""
+    return float(((x - centroids[assignments]) ** 2).sum())
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    iterations: int = ITERATIONS,
+    generator: torch.Generator | None = None,
+    restarts: int = RESTARTS,
+) -> tuple[Tensor, Tensor]:
+    """k-means on rows of `x`: `restarts` k-means++ seedings, each followed by at most `iterations` Lloyd
+    iterations; the clustering of lowest inertia is returned as (centroids (k, D), assignments (N,))."""
+    n = len(x)
+    if n < k:
+        raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    best: tuple[float, Tensor, Tensor] | None = None
+    for _ in range(max(1, restarts)):
+        centroids, assignments = lloyd(x, kmeans_plus_plus(x, k, generator), iterations, generator)
+        score = inertia(x, centroids, assignments)
+        if best is None or score < best[0]:
+            best = (score, centroids, assignments)
+    assert best is not None
+    return best[1], best[2]
+
+
 def inverse_frequency_weights(assignments: Tensor, k: int) -> Tensor:
     """Per-cluster loss weights proportional to 1 / size (empty clusters weigh 0), mean weight 1 over samples."""
     counts = torch.bincount(assignments, minlength=k).float()
     weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
     return weights * len(assignments) / (weights[assignments].sum())
+
+
+def one_minus_frequency_weights(assignments: Tensor, k: int) -> Tensor:
+    """Per-cluster loss weights 1 - (cluster size / N): the authors' DeepCluster class weights."""
+    counts = torch.bincount(assignments, minlength=k).float()
+    return 1.0 - counts / max(len(assignments), 1)

@@ -38,7 +38,7 @@ from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.eval.report import STANDARD_COLUMNS, Cell, Table, columns_of, friendly, method_label, to_markdown
-from ssrr.methods.base import with_method_defaults
+from ssrr.methods.base import method_class, with_method_defaults
 from ssrr.train.config import CONFIG_FILE, RunConfig
 
 # ------------------------------------------------------------------------------------------ constants
@@ -55,8 +55,9 @@ HEAD_ROWS = {"dot": "(a) dot product", "encoder-dot": "(b) Encoder + dot product
 COMPARED_BACKBONES = ("conv4", "resnet32")
 EPOCHS = 200  # the paper's pretraining epochs
 EPOCHS_STL10 = 300
-# The paper pretrains on STL-10's train and 100k unlabeled images; supervised training has labels for train only.
-STL10_SPLIT: dict[str, str] = {method: "train+unlabeled" for method in SELF_SUPERVISED} | {"supervised": "train"}
+# The authors' code pretrains the self-supervised methods on STL-10's 100k unlabeled images only (the paper's text
+# says train + unlabeled); supervised training has labels for train only.
+STL10_SPLIT: dict[str, str] = {method: "unlabeled" for method in SELF_SUPERVISED} | {"supervised": "train"}
 TABLE_NAMES = ("table1", "table2", "k", "labels", "backbones")
 NAMES = ("paper", *TABLE_NAMES)
 
@@ -69,7 +70,7 @@ FIGURE_SIZE_IN = {"k": (8.0, 5.0), "labels": (8.0, 5.0), "backbones": (10.0, 5.0
 FIGURE_DPI = 100  # as ssrr.eval.common: 800 x 500 and 1000 x 500 pixels
 # Settings of a saved run that must equal the plan's (a different value is a conflict, never overwritten).
 COMPARED_SETTINGS: tuple[str, ...] = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation")
-COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps", "split")
+COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps", "split", "simclr_loss", "infomax_prior", "infomax_critic")
 
 Log = Callable[[str], None]
 
@@ -105,7 +106,7 @@ class Pretraining:
     k: int = K_DEFAULT
     head: str = "relation"
     epochs: int = EPOCHS
-    split: str = "train"  # STL-10's self-supervised runs: train+unlabeled, as the paper
+    split: str = "train"  # STL-10's self-supervised runs: unlabeled, as the authors' code
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ class Scale:
     fractions: tuple[float, ...] = FRACTIONS
     pretrain_epochs: int | None = None
     max_steps: int = 0
-    batch: int = 64
+    batch: int = 0  # 0: each method's (64 relational, 128 the baselines)
     linear_epochs: int = 100
     finetune_epochs: int = 100
     semi_epochs: int = 100
@@ -275,7 +276,9 @@ class Scale:
 
 
 SCALES: dict[str, Scale] = {
-    "full": Scale("full", "the paper: 200 epochs (300 STL-10), K=32, M=64, linear 100 epochs, seeds 1-3"),
+    "full": Scale(
+        "full", "the paper: 200 epochs (300 STL-10), K=32, M=64 (baselines 128), linear 100 epochs, seeds 1-3"
+    ),
     "small": Scale(
         "small",
         "the paper's runs on the real datasets, cut short: 2 epochs (at most 200 steps), linear 10 epochs",
@@ -500,7 +503,7 @@ def _run_for(
         dataset=dataset,
         backbone=backbone,
         k=pre.k,
-        batch=scale.batch,
+        batch=scale.batch or method_class(pre.method).default_batch,  # the authors': 64 relational, 128 baselines
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
         split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
@@ -668,7 +671,14 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
     args = ["--method", config.method, "--dataset", config.dataset, "--backbone", config.backbone]
     if config.method == "relational":
         args += ["--k", str(config.k), "--head", config.head]
-    args += ["--batch", str(config.batch), "--epochs", str(config.epochs), "--seed", str(config.seed)]
+    args += [
+        "--batch",
+        str(with_method_defaults(config).batch),
+        "--epochs",
+        str(config.epochs),
+        "--seed",
+        str(config.seed),
+    ]
     if config.split != "train":
         args += ["--split", config.split]
     if config.max_steps:

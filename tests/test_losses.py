@@ -17,6 +17,7 @@ from ssrr.losses import (
     infomax_prior,
     infomax_prior_encoder,
     nt_xent,
+    nt_xent_official,
     rotation_targets,
     weighted_cross_entropy,
 )
@@ -105,6 +106,27 @@ def test_nt_xent_lower_for_aligned_views() -> None:
     torch.manual_seed(0)
     z1 = torch.randn(8, 16)
     assert nt_xent(z1, z1 + 0.01 * torch.randn(8, 16)) < nt_xent(z1, torch.randn(8, 16))
+
+
+def _positive_probabilities(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """p_a of every anchor by a plain loop: exp(positive) / sum over the others of exp(similarity)."""
+    z = torch.cat([z1, z2]).double()
+    n2 = z.shape[0]
+    probabilities = []
+    for a in range(n2):
+        sims = torch.stack([F.cosine_similarity(z[a], z[b], dim=0) / temperature for b in range(n2) if b != a])
+        positive = F.cosine_similarity(z[a], z[(a + n2 // 2) % n2], dim=0) / temperature
+        probabilities.append(positive.exp() / sims.exp().sum())
+    return torch.stack(probabilities)
+
+
+def test_the_official_simclr_loss_is_minus_log_of_the_mean_probability() -> None:
+    torch.manual_seed(1)
+    z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
+    p = _positive_probabilities(z1, z2, 0.5)
+    torch.testing.assert_close(nt_xent_official(z1, z2, 0.5).double(), -p.mean().log())
+    torch.testing.assert_close(nt_xent(z1, z2, 0.5).double(), -p.log().mean())  # the standard form, for contrast
+    assert float(nt_xent_official(z1, z2)) < float(nt_xent(z1, z2))  # Jensen: strictly, the p_a differ
 
 
 def test_rotation_targets() -> None:

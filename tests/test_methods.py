@@ -91,28 +91,17 @@ def test_deepcluster_with_fewer_images_than_clusters_is_a_clear_error(synthetic_
         method.on_epoch_start(EpochContext(0, make_loader, Execution(torch.device("cpu")), 30))
 
 
-def test_infomax_scores_are_every_global_against_every_local_feature(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_infomax_dot_critic_scores_every_global_against_every_local_feature() -> None:
     """The folded computation (last local layer moved to the global side) gives the scores of the plain one:
     global_encoder(z)[m] . local_encoder(local_maps)[n, :, y, x] for every m, n, y, x."""
-    from types import SimpleNamespace
-
-    import ssrr.methods.infomax as infomax_module
-
     torch.manual_seed(0)
-    method = method_class("infomax")(RunConfig(method="infomax", backbone="conv4"), build_backbone("conv4"), 10)
+    config = RunConfig(method="infomax", backbone="conv4", infomax_critic="dot")
+    method = method_class("infomax")(config, build_backbone("conv4"), 10)
     method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     views = torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    captured = {}
-    real = infomax_module.infomax_jsd_all_pairs
-
-    def capture(scores: torch.Tensor) -> torch.Tensor:
-        captured["scores"] = scores
-        return real(scores)
-
-    monkeypatch.setattr(infomax_module, "infomax_jsd_all_pairs", capture)
-    method.eval()(SimpleNamespace(views=views, index=torch.arange(6)))
+    critic = method.critic
     local_maps, z = method.backbone.forward_with_local(views)
     expected = torch.einsum(
-        "me,nel->mnl", method.global_encoder(z), method.local_out(method.local_hidden(local_maps)).flatten(2)
+        "me,nel->mnl", critic.global_encoder(z), critic.local_out(critic.local_hidden(local_maps)).flatten(2)
     )
-    torch.testing.assert_close(captured["scores"], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(critic.scores(local_maps, z), expected, rtol=1e-4, atol=1e-4)

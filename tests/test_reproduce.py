@@ -229,13 +229,14 @@ def test_a_remote_shards_root_is_not_missing_data(tmp_path: Path) -> None:
     assert "missing" not in result.output
 
 
-def test_stl10_self_supervised_runs_pretrain_on_train_plus_unlabeled() -> None:
+def test_stl10_self_supervised_runs_pretrain_on_unlabeled_only() -> None:
+    """As the authors' code (issue 13): the 100k unlabeled images; supervised has labels for train only."""
     runs = {run.name: run for run in ex.plan("table1", "full", runs_dir="somewhere").runs}
     stl = {name: run.config for name, run in runs.items() if run.config and "stl10" in name}
     assert stl and all(config is not None for config in stl.values())
     for config in stl.values():
         assert config is not None
-        expected = "train" if config.method == "supervised" else "train+unlabeled"
+        expected = "train" if config.method == "supervised" else "unlabeled"
         assert config.split == expected, config.name
         args = ex.pretrain_args(config)
         assert ("--split" in args) == (expected != "train")

@@ -84,10 +84,19 @@ class Manifest:
     command: str
     encoding: str = ENCODING
     format_version: int = FORMAT_VERSION
+    # The labelled held-out split the evaluation protocols score by default (test for CIFAR and STL-10, val
+    # for tiny-ImageNet, whose test split has no labels). None in manifests written before it existed.
+    eval_split: str | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def held_out_split(self) -> str | None:
+        """The split evaluations score by default: `eval_split`, or for older manifests the rule of
+        `default_eval_split` (test if it exists and is labelled, else val if it is)."""
+        return self.eval_split or default_eval_split(self.splits)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -112,6 +121,14 @@ class Manifest:
         if split not in self.splits:
             raise SsrrError(f"{root}: no split '{split}' (has: {', '.join(self.splits)})")
         return [root / s.file for s in self.splits[split].shards]
+
+
+def default_eval_split(splits: dict[str, SplitInfo]) -> str | None:
+    """The labelled held-out split by rule: `test` if it exists and is labelled, else `val` if it does, else None."""
+    for name in ("test", "val"):
+        if name in splits and splits[name].labeled:
+            return name
+    return None
 
 
 def index_path(shard: Path) -> Path:

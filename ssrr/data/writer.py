@@ -60,6 +60,7 @@ class DatasetArrays:
     classes: list[str]
     coarse_classes: list[str]
     source: dict[str, str]
+    eval_split: str | None = None  # the source's labelled held-out split; None: by rule (formats.default_eval_split)
 
 
 def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -197,6 +198,7 @@ def write_dataset(
                 if progress:
                     progress(split, len(chunk))
             splits[split] = info
+        eval_split = _eval_split(dataset, splits)
         mean, std = channel_stats(dataset.splits["train"].images)
         height, width = dataset.splits["train"].images.shape[1:3]
         manifest = formats.Manifest(
@@ -212,6 +214,7 @@ def write_dataset(
             shard_size=shard_size,
             ssrr_version=__version__,
             command=command,
+            eval_split=eval_split,
         )
         (staging / formats.MANIFEST).write_text(manifest.to_json())
         _swap_into_place(staging, final)
@@ -219,6 +222,16 @@ def write_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _eval_split(dataset: DatasetArrays, splits: dict[str, formats.SplitInfo]) -> str | None:
+    """The manifest's `eval_split`: the source's, which must be a labelled split, or the rule's."""
+    if dataset.eval_split is None:
+        return formats.default_eval_split(splits)
+    info = splits.get(dataset.eval_split)
+    if info is None or not info.labeled:
+        raise SsrrError(f"{dataset.name}: evaluation split '{dataset.eval_split}' is missing or not fully labelled")
+    return dataset.eval_split
 
 
 def _swap_into_place(staging: Path, final: Path) -> None:

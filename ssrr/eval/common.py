@@ -99,20 +99,28 @@ def output_dir(loaded: LoadedBackbone, out: str | Path | None) -> Path:
     return (path if path.is_dir() else path.parent) / EVAL_DIR
 
 
-def result_stem(protocol: str, dataset: str, labels: str, seed: int) -> str:
-    """`<protocol>-<dataset>[-coarse]-s<seed>`: the file name of a result, without extension."""
-    suffix = "-coarse" if labels == "coarse" else ""
+def result_stem(protocol: str, dataset: str, labels: str, seed: int, split: str = "") -> str:
+    """`<protocol>-<dataset>[-coarse][-<split>]-s<seed>`: the file name of a result, without extension.
+    `split` is empty for the dataset's default held-out split (`ssrr.eval.features.split_tag`)."""
+    suffix = ("-coarse" if labels == "coarse" else "") + (f"-{split}" if split else "")
     return f"{protocol}-{dataset}{suffix}-s{seed}"
 
 
 def base_result(
-    protocol: str, loaded: LoadedBackbone, dataset: str, labels: str, seed: int, device: torch.device | Execution
+    protocol: str,
+    loaded: LoadedBackbone,
+    dataset: str,
+    labels: str,
+    seed: int,
+    device: torch.device | Execution,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """The fields every result JSON carries."""
+    """The fields every result JSON carries (`split`: the split scored, where the protocol scores one)."""
     execution = as_execution(device)
     return {
         "protocol": protocol,
         "dataset": dataset,
+        **({"split": split} if split else {}),
         "labels": labels,
         "backbone": loaded.name,
         "source": loaded.source,

@@ -94,6 +94,37 @@ def class_names(manifest: Manifest, labels: str) -> list[str]:
     return list(manifest.classes if labels == "fine" else manifest.coarse_classes)
 
 
+def held_out_split(
+    shard_dir: Path | str, manifest: Manifest, labels: str, split: str | None = None, *, train: str | None = "train"
+) -> str:
+    """The split a protocol scores: `split` (`--split`), else the dataset's labelled held-out split (the
+    manifest's `eval_split`: test for CIFAR and STL-10, val for tiny-ImageNet). It and `train` (when given)
+    are checked to exist and carry `labels` labels here, before any feature is computed: a wrong split is
+    one line at once, not after minutes of extraction."""
+    chosen = split or manifest.held_out_split
+    if chosen is None:
+        raise SsrrError(
+            f"{shard_dir}: no labelled held-out split (has: {', '.join(manifest.splits)}); name one with --split"
+        )
+    num_classes(manifest, labels)
+    for name in (chosen, train):
+        if name is None:
+            continue
+        if name not in manifest.splits:
+            raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
+        if not manifest.splits[name].labeled:
+            default = manifest.held_out_split
+            hint = f"; its labelled held-out split is '{default}' (--split {default})" if default else ""
+            raise SsrrError(f"{shard_dir}: split '{name}' has no {labels} labels for every sample{hint}")
+    return chosen
+
+
+def split_tag(manifest: Manifest, split: str) -> str:
+    """The result-file suffix of a split: empty for the dataset's default held-out split, else the split's
+    name (so scoring another split never overwrites the default result)."""
+    return "" if split == manifest.held_out_split else split
+
+
 def evaluation_loader(
     shard_dir: Path | str,
     split: str,

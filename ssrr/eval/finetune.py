@@ -1,11 +1,12 @@
 """Fine-tuning: the pretrained backbone and a new linear head trained together on labelled data (STL-10).
 
 Settings (the paper's): Adam with two parameter groups, backbone lr 1e-3 and head lr 1e-4, weight decay
-1e-5, cross-entropy; random-crop + horizontal-flip augmentation through the DALI pipeline (recipe
-`crop_flip`, shuffled, seeded); the test split is scored through the evaluation pipeline (normalise only,
-backbone in eval mode) every `eval_every` epochs and always at the end. After every epoch the output folder
-`<out>/<stem>/` holds `backbone.safetensors` (loadable with `load_backbone`, like a pretraining run's) and
-`head.safetensors`, both written atomically.
+1e-5, cross-entropy; the training images go through the DALI pipeline shuffled and seeded, normalised only
+as in the authors' code (their fine-tuning reuses the linear-evaluation transform; `augmentation="crop-flip"`
+adds random crop + horizontal flip, recipe `crop_flip`); the held-out split is scored through the evaluation
+pipeline (normalise only, backbone in eval mode) every `eval_every` epochs and always at the end. After every
+epoch the output folder `<out>/<stem>/` holds `backbone.safetensors` (loadable with `load_backbone`, like a
+pretraining run's) and `head.safetensors`, both written atomically.
 
 Semi-supervised fine-tuning passes `subset` (sample indices of the train split): every epoch reads the split
 through the pipeline and keeps only those samples, re-batched to full batches.
@@ -34,7 +35,14 @@ from ssrr.eval.common import (
     result_stem,
     write_result,
 )
-from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import (
+    class_names,
+    eval_image_size,
+    extract_features,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
 from ssrr.precision import Execution
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
@@ -45,6 +53,8 @@ BACKBONE_LR = 1e-3
 HEAD_LR = 1e-4
 WEIGHT_DECAY = 1e-5
 HEAD_FILE = "head.safetensors"
+# Training-image recipes of fine-tuning: "none" (normalise only) is the authors'.
+AUGMENTATIONS = ("none", "crop-flip")
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -115,17 +125,19 @@ def finetune(
     head_lr: float = HEAD_LR,
     weight_decay: float = WEIGHT_DECAY,
     eval_every: int = 0,
+    augmentation: str = "none",
     subset: torch.Tensor | None = None,
     protocol: str = "finetune",
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune `loaded.module` (in place) with a new head; score on the test split; write the result.
+    """Fine-tune `loaded.module` (in place) with a new head; score on the held-out split; write the result.
 
-    `eval_every` > 0 also scores the test split every that many epochs (recorded in `history`).
+    `test_split` None is the dataset's labelled held-out split (the manifest's `eval_split`); both splits are
+    checked before any work. `eval_every` > 0 also scores it every that many epochs (recorded in `history`).
     """
     from ssrr.pipelines import recipes
     from ssrr.pipelines.loader import ViewLoader
@@ -134,12 +146,13 @@ def finetune(
     check_labels(labels)
     if epochs < 1 or batch < 2:
         raise SsrrError(f"--epochs must be at least 1 and --batch at least 2, got {epochs} and {batch}")
+    if augmentation not in AUGMENTATIONS:
+        raise SsrrError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     execution = resolve_execution(device, precision)
     device = execution.device
     manifest = load_manifest(shard_dir)
+    test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
     names = class_names(manifest, labels)
-    if not names:
-        raise SsrrError(f"{manifest.name}: has no {labels} classes")
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
     )
@@ -152,7 +165,7 @@ def finetune(
     )
     loader = ViewLoader(
         shard_dir,
-        recipes.crop_flip(),
+        recipes.crop_flip() if augmentation == "crop-flip" else recipes.evaluation(),
         split=train_split,
         batch_size=batch,
         device=str(device),
@@ -168,7 +181,7 @@ def finetune(
         member = torch.zeros(manifest.splits[train_split].samples, dtype=torch.bool)
         member[subset.long().cpu()] = True
     out_dir = output_dir(loaded, out)
-    stem = result_stem(protocol, manifest.name, labels, seed)
+    stem = result_stem(protocol, manifest.name, labels, seed, split_tag(manifest, test_split))
     weights_dir = out_dir / stem
     history: list[dict[str, float]] = []
     metrics: dict[str, Any] = {}
@@ -203,7 +216,7 @@ def finetune(
             save_finetuned(weights_dir, backbone, head, loaded.name, epoch + 1, labels)
         if progress is not None:
             progress(epoch + 1, epochs, record["loss"])
-    result = base_result(protocol, loaded, manifest.name, labels, seed, execution)
+    result = base_result(protocol, loaded, manifest.name, labels, seed, execution, split=test_split)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -213,7 +226,7 @@ def finetune(
         backbone_lr=backbone_lr,
         head_lr=head_lr,
         weight_decay=weight_decay,
-        augmentation="crop_flip",
+        augmentation=augmentation,
         image_size=list(size) if size else list(manifest.image_size),
         train_samples=int(member.sum()) if member is not None else manifest.splits[train_split].samples,
         test_samples=metrics["test_samples"],

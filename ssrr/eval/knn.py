@@ -18,7 +18,7 @@ from torch import nn
 
 from ssrr.data.formats import load_manifest
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
-from ssrr.eval.features import Features, class_names, extract_features, num_classes
+from ssrr.eval.features import Features, class_names, extract_features, held_out_split, num_classes, split_tag
 from ssrr.eval.linear import extract_pair
 from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
@@ -78,16 +78,18 @@ def knn_probe(
     temperature: float = TEMPERATURE,
     batch: int = 256,
     execution: Execution | None = None,
-    test_split: str = "test",
+    test_split: str | None = None,
 ) -> float:
-    """k-NN top-1 (percent) of a backbone: train split as gallery, `test_split` as queries.
+    """k-NN top-1 (percent) of a backbone: train split as gallery, `test_split` as queries (None: the dataset's
+    labelled held-out split).
 
     Safe to call mid-training: the backbone is evaluated in eval mode without gradients and given back in
     the mode it came in. `execution` (the run's precision) replaces `device` when given.
     """
     where = execution or as_execution(device)
+    held_out = test_split or load_manifest(shard_dir).held_out_split or "test"
     train = extract_features(backbone, shard_dir, "train", device=where, batch=batch)
-    test = extract_features(backbone, shard_dir, test_split, device=where, batch=batch)
+    test = extract_features(backbone, shard_dir, held_out, device=where, batch=batch)
     return knn_accuracy(train, test, k, temperature)
 
 
@@ -105,23 +107,26 @@ def knn_eval(
     image_size: str | tuple[int, int] = "auto",
     feature_batch: int = 256,
     write: bool = True,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """`ssrr eval knn`: weighted k-NN top-1 and top-5 of one backbone on one dataset, written as a result."""
+    """`ssrr eval knn`: weighted k-NN top-1 and top-5 of one backbone on one dataset, written as a result.
+    The queries are `split`, by default the dataset's labelled held-out split (checked before any work)."""
     started = time.perf_counter()
     check_labels(labels)
     execution = resolve_execution(device, precision)
     device = execution.device
     manifest = load_manifest(shard_dir)
+    split = held_out_split(shard_dir, manifest, labels, split)
     classes = num_classes(manifest, labels)
     train, test, size, extract_s = extract_pair(
-        loaded, shard_dir, device=execution, image_size=image_size, feature_batch=feature_batch
+        loaded, shard_dir, device=execution, image_size=image_size, test_split=split, feature_batch=feature_batch
     )
     test_y = test.labels(labels)
     scores = knn_predict(train.z, train.labels(labels), test.z, classes, k=k, temperature=temperature)
     from ssrr.eval.linear import classification_metrics
 
     metrics = classification_metrics(scores, test_y, class_names(manifest, labels))
-    result = base_result("knn", loaded, manifest.name, labels, seed, execution)
+    result = base_result("knn", loaded, manifest.name, labels, seed, execution, split=split)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -137,4 +142,4 @@ def knn_eval(
     if not write:
         return result
     out_dir = output_dir(loaded, out)
-    return write_result(out_dir, result_stem("knn", manifest.name, labels, seed), result)
+    return write_result(out_dir, result_stem("knn", manifest.name, labels, seed, split_tag(manifest, split)), result)

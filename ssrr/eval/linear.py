@@ -49,8 +49,9 @@ from ssrr.eval.features import (
     class_names,
     eval_image_size,
     extract_features,
-    num_classes,
+    held_out_split,
     parse_image_size,
+    split_tag,
 )
 from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
@@ -311,14 +312,17 @@ def extract_pair(
     device: Execution | torch.device,
     image_size: str | tuple[int, int] = "auto",
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     feature_batch: int = 256,
     num_threads: int | None = None,
 ) -> tuple[Features, Features, tuple[int, int] | None, float]:
-    """Train and test representations of a dataset (once), the resize applied, and the seconds it took.
+    """Train and held-out representations of a dataset (once), the resize applied, and the seconds it took.
 
-    `device` may be an `Execution` (device and precision of the forward passes)."""
+    `device` may be an `Execution` (device and precision of the forward passes). `test_split` None is the
+    dataset's labelled held-out split (the manifest's `eval_split`); callers check the splits first with
+    `held_out_split`."""
     manifest = load_manifest(shard_dir)
+    test_split = test_split or manifest.held_out_split or "test"
     policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
     size = eval_image_size(loaded, manifest, policy)
     backbone = loaded.module.to(as_execution(device).device)
@@ -347,23 +351,24 @@ def linear_eval(
     lr: float = LR,
     feature_batch: int = 256,
     train_split: str = "train",
-    test_split: str = "test",
+    test_split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """The whole linear protocol for one backbone on one sharded dataset (any dataset: domain transfer).
 
-    Returns the result dict (top1, top5, per_class, ...) and, with `write`, writes
-    `<out>/linear-<dataset>[-coarse]-s<seed>.json`, its `.md` summary and `-confusion.png`.
+    `test_split` None scores the dataset's labelled held-out split (test for CIFAR and STL-10, val for
+    tiny-ImageNet). Returns the result dict (top1, top5, per_class, ...) and, with `write`, writes
+    `<out>/linear-<dataset>[-coarse][-<split>]-s<seed>.json`, its `.md` summary and `-confusion.png`.
     """
     started = time.perf_counter()
     check_labels(labels)
     execution = resolve_execution(device, precision)
     device = execution.device
     manifest = load_manifest(shard_dir)
+    test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
     names = class_names(manifest, labels)
-    num_classes(manifest, labels)
     train, test, size, extract_s = extract_pair(
         loaded,
         shard_dir,
@@ -377,7 +382,7 @@ def linear_eval(
     metrics, fit = fit_and_score(
         train, test, labels, names, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device, progress=progress
     )
-    result = base_result("linear", loaded, manifest.name, labels, seed, execution)
+    result = base_result("linear", loaded, manifest.name, labels, seed, execution, split=test_split)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -400,7 +405,7 @@ def linear_eval(
     if not write:
         return result
     out_dir = output_dir(loaded, out)
-    stem = result_stem("linear", manifest.name, labels, seed)
+    stem = result_stem("linear", manifest.name, labels, seed, split_tag(manifest, test_split))
     png = confusion_png(
         metrics["confusion"],
         names,

@@ -29,7 +29,7 @@ class KnnProbe:
     """k-NN top-1 of the eval split against the train split."""
 
     every: int
-    split: str = "test"
+    split: str | None = None  # None: the dataset's labelled held-out split
     name: str = "knn_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
@@ -41,15 +41,17 @@ class LinearProbe:
     """Linear-protocol top-1 of the eval split (a new head on the train split's frozen features)."""
 
     every: int
-    split: str = "test"
+    split: str | None = None  # None: the dataset's labelled held-out split
     epochs: int = EPOCHS
     seed: int = 1
     name: str = "linear_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
-        names = class_names(load_manifest(shard_dir), "fine")
+        manifest = load_manifest(shard_dir)
+        names = class_names(manifest, "fine")
+        split = self.split or manifest.held_out_split or "test"
         train = extract_features(backbone, shard_dir, "train", device=execution)
-        held_out = extract_features(backbone, shard_dir, self.split, device=execution)
+        held_out = extract_features(backbone, shard_dir, split, device=execution)
         metrics, _ = fit_and_score(
             train, held_out, "fine", names, epochs=self.epochs, seed=self.seed, device=execution.device
         )

@@ -1,7 +1,8 @@
 """Image retrieval in representation space: cosine nearest neighbours of queries in a gallery.
 
-Queries are the test split and the gallery the train split by default (`--gallery test` searches the test
-split itself, each query then excluded from its own results). Reported: precision@k (k = 1, 5, 10: the
+Queries are the dataset's labelled held-out split (test; val for tiny-ImageNet; `--split`) and the gallery the
+train split by default (`--gallery` naming the query split searches it itself, each query then excluded from
+its own results). Reported: precision@k (k = 1, 5, 10: the
 fraction of the top k that share the query's class), mean average precision over the full ranking of the
 gallery (overall and by class), and a PNG grid of some queries (red frame, as in the paper's poster) with
 their top 10 (green frame: same class, grey: another class), drawn from the raw pixels of the shards.
@@ -22,7 +23,15 @@ from ssrr.data.formats import load_manifest
 from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
-from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import (
+    Features,
+    class_names,
+    eval_image_size,
+    extract_features,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.train.checkpoint import LoadedBackbone
 
 KS = (1, 5, 10)
@@ -163,7 +172,7 @@ def retrieval_eval(
     shard_dir: Path | str,
     *,
     labels: str = "fine",
-    query_split: str = "test",
+    query_split: str | None = None,
     gallery_split: str = "train",
     show: int = 8,
     max_queries: int = 0,
@@ -178,13 +187,15 @@ def retrieval_eval(
     """`ssrr eval retrieval`: precision@k, mAP (overall and by class) and a grid PNG of `show` queries.
 
     `max_queries` > 0 scores a seeded subset of that many queries (the full ranking of a 50,000-image gallery
-    for every test image is the costly part on a CPU); 0 scores them all.
+    for every test image is the costly part on a CPU); 0 scores them all. `query_split` None is the dataset's
+    labelled held-out split; both splits are checked before any feature is computed.
     """
     started = time.perf_counter()
     check_labels(labels)
     execution = resolve_execution(device, precision)
     device = execution.device
     manifest = load_manifest(shard_dir)
+    query_split = held_out_split(shard_dir, manifest, labels, query_split, train=gallery_split)
     names = class_names(manifest, labels)
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
@@ -214,7 +225,7 @@ def retrieval_eval(
         for c in range(len(names))
         if bool((sub_labels == c).any())
     }
-    result = base_result("retrieval", loaded, manifest.name, labels, seed, execution)
+    result = base_result("retrieval", loaded, manifest.name, labels, seed, execution, split=query_split)
     result.update(
         map=100.0 * float(ap.mean()) if len(ap) else 0.0,
         precision_at=metrics["precision_at"],
@@ -230,7 +241,7 @@ def retrieval_eval(
     if not write:
         return result
     out_dir = output_dir(loaded, out)
-    stem = result_stem("retrieval", manifest.name, labels, seed)
+    stem = result_stem("retrieval", manifest.name, labels, seed, split_tag(manifest, query_split))
     files = []
     if show > 0:
         shown = pick_queries(q_labels, show, seed)

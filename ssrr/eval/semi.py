@@ -34,7 +34,7 @@ from ssrr.eval.common import (
     save_figure,
     write_result,
 )
-from ssrr.eval.features import class_names
+from ssrr.eval.features import class_names, held_out_split, split_tag
 from ssrr.eval.linear import BATCH, EPOCHS, extract_pair, fit_and_score
 from ssrr.train.checkpoint import LoadedBackbone
 
@@ -122,8 +122,11 @@ def semi_eval(
     batch: int = BATCH,
     feature_batch: int = 256,
     progress: Callable[[str], None] | None = None,
+    split: str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy at each labelled fraction (linear on cached features, or fine-tuning), written as one result."""
+    """Accuracy at each labelled fraction (linear on cached features, or fine-tuning), written as one result.
+
+    Scored on `split`, by default the dataset's labelled held-out split (checked before any work)."""
     started = time.perf_counter()
     check_labels(labels)
     if mode not in ("linear", "finetune"):
@@ -132,16 +135,15 @@ def semi_eval(
     device = execution.device
     fractions = parse_fractions(fractions)
     manifest = load_manifest(shard_dir)
+    split = held_out_split(shard_dir, manifest, labels, split)
     names = class_names(manifest, labels)
-    if not names:
-        raise SsrrError(f"{manifest.name}: has no {labels} classes")
     protocol = "semi" if mode == "linear" else "semi-finetune"
     out_dir = output_dir(loaded, out)
-    stem = result_stem(protocol, manifest.name, labels, seed)
+    stem = result_stem(protocol, manifest.name, labels, seed, split_tag(manifest, split))
     per_fraction: dict[str, dict[str, Any]] = {}
     if mode == "linear":
         train, test, _, _ = extract_pair(
-            loaded, shard_dir, device=execution, image_size=image_size, feature_batch=feature_batch
+            loaded, shard_dir, device=execution, image_size=image_size, test_split=split, feature_batch=feature_batch
         )
         subsets = nested_subsets(train.labels(labels), fractions, seed)
         for f in fractions:
@@ -171,12 +173,13 @@ def semi_eval(
                 batch=batch,
                 subset=index[subsets[f]],
                 protocol=f"finetune-f{f:g}",
+                test_split=split,
             )
             per_fraction[f"{f:g}"] = {"top1": result["top1"], "top5": result["top5"], "samples": len(subsets[f])}
             if progress:
                 progress(f"{100 * f:g}% labels: top-1 {result['top1']:.2f}%")
     largest = per_fraction[f"{fractions[-1]:g}"]
-    result = base_result(protocol, loaded, manifest.name, labels, seed, execution)
+    result = base_result(protocol, loaded, manifest.name, labels, seed, execution, split=split)
     result.update(
         mode=mode,
         fractions={k: v["top1"] for k, v in per_fraction.items()},

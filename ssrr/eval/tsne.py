@@ -32,7 +32,14 @@ from ssrr.eval.common import (
     save_figure,
     write_result,
 )
-from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.features import (
+    class_names,
+    eval_image_size,
+    extract_features,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.train.checkpoint import LoadedBackbone
 
 POINTS = 2000
@@ -192,7 +199,7 @@ def tsne_eval(
     shard_dir: Path | str,
     *,
     labels: str = "fine",
-    split: str = "test",
+    split: str | None = None,
     points: int = POINTS,
     perplexity: float = PERPLEXITY,
     iterations: int = ITERATIONS,
@@ -203,12 +210,14 @@ def tsne_eval(
     image_size: str | tuple[int, int] = "auto",
     feature_batch: int = 256,
 ) -> dict[str, Any]:
-    """`ssrr eval tsne`: a t-SNE PNG of `points` seeded test representations coloured by class."""
+    """`ssrr eval tsne`: a t-SNE PNG of `points` seeded representations of `split` (default: the dataset's
+    labelled held-out split, checked before any feature is computed) coloured by class."""
     started = time.perf_counter()
     check_labels(labels)
     execution = resolve_execution(device, precision)
     device = execution.device
     manifest = load_manifest(shard_dir)
+    split = held_out_split(shard_dir, manifest, labels, split, train=None)
     names = class_names(manifest, labels)
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
@@ -222,9 +231,8 @@ def tsne_eval(
     embed_started = time.perf_counter()
     y, kl = run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
     embed_s = time.perf_counter() - embed_started
-    result = base_result("tsne", loaded, manifest.name, labels, seed, execution)
+    result = base_result("tsne", loaded, manifest.name, labels, seed, execution, split=split)
     result.update(
-        split=split,
         points=len(rows),
         perplexity=perplexity,
         iterations=iterations,
@@ -232,7 +240,7 @@ def tsne_eval(
         embed_s=round(embed_s, 3),
     )
     out_dir = output_dir(loaded, out)
-    stem = result_stem("tsne", manifest.name, labels, seed)
+    stem = result_stem("tsne", manifest.name, labels, seed, split_tag(manifest, split))
     png = tsne_png(
         y,
         y_labels.cpu()[rows],

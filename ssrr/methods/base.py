@@ -35,6 +35,7 @@ class EpochContext:
     make_loader: Callable[..., Any]  # make_loader(recipe, split=..., training=...) -> ViewLoader
     execution: Execution  # how the run's forward passes run (device, precision, memory format): use it for every pass
     num_classes: int
+    image_size: tuple[int, int] | None = None  # (H, W) of the training images, when known
 
     @property
     def device(self) -> torch.device:
@@ -51,6 +52,7 @@ class Method(nn.Module):
     name: ClassVar[str]
     uses_labels: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3  # the learning rate when the run does not set one
+    default_batch: ClassVar[int] = 128  # images per step when the run does not set one (the authors' baselines)
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
@@ -59,8 +61,9 @@ class Method(nn.Module):
         self.num_classes = num_classes
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> Recipe:
-        """The pipeline recipe that produces this method's views."""
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> Recipe:
+        """The pipeline recipe that produces this method's views (`image_size`: the training images' (H, W),
+        for settings that scale with it, such as the crop padding)."""
         raise NotImplementedError
 
     @classmethod
@@ -108,10 +111,13 @@ def register(cls: MethodType) -> MethodType:
 
 
 def with_method_defaults(config: RunConfig) -> RunConfig:
-    """The config with what it leaves to the method filled in (the learning rate), as a run saves it."""
-    if config.lr is not None:
+    """The config with what it leaves to the method filled in (learning rate, batch), as a run saves it."""
+    if config.lr is not None and config.batch:
         return config
-    return replace(config, lr=method_class(config.method).default_lr)
+    cls = method_class(config.method)
+    return replace(
+        config, lr=cls.default_lr if config.lr is None else config.lr, batch=config.batch or cls.default_batch
+    )
 
 
 def method_class(name: str) -> type[Method]:

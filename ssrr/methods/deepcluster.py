@@ -1,14 +1,19 @@
-"""DeepCluster (Caron et al. 2018): each epoch, cluster the features, then learn to predict the clusters."""
+"""DeepCluster (Caron et al. 2018): each epoch, cluster the features, then learn to predict the clusters.
+
+As the authors ran it: the clustering pass embeds crop+flip images of the train split; the features are
+PCA-whitened to D dimensions (D/2 when D >= 512) and L2-normalised; k-means (k = 10 x classes) is seeded
+by k-means++ with 5 restarts of 30 iterations; the loss weighs each cluster by 1 - its frequency; and the
+classifier's last layer is re-initialised N(0, 0.01), bias 0, for the newly numbered clusters."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssrr.cluster import inverse_frequency_weights, kmeans, pca_whiten
+from ssrr.cluster import kmeans, one_minus_frequency_weights, pca_dims, pca_whiten
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
@@ -20,7 +25,7 @@ if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch
 
 CLUSTERS_PER_CLASS = 10
-PCA_DIM = 32
+LAST_LAYER_STD = 0.01  # the re-initialised last layer: N(0, 0.01), bias 0
 
 
 @register
@@ -35,8 +40,8 @@ class DeepCluster(Method):
         self.register_buffer("weights", torch.ones(self.k), persistent=False)
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> recipes.Recipe:
-        return recipes.crop_flip()
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+        return clustering_recipe(image_size)  # the authors train on the same crop (pad side / 8) + flip
 
     @classmethod
     def check_data(cls, config: RunConfig, train_samples: int, num_classes: int) -> None:
@@ -44,8 +49,8 @@ class DeepCluster(Method):
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
-        """Features of the whole train split (no augmentation), PCA-whitened and L2-normalised, k-means."""
-        loader = context.make_loader(recipes.evaluation(), training=False)
+        """Features of the whole train split (crop+flip images), PCA-whitened and L2-normalised, k-means."""
+        loader = clustering_loader(context, self.config.seed)
         was_training = self.backbone.training
         self.backbone.eval()
         features, indices = [], []
@@ -56,22 +61,47 @@ class DeepCluster(Method):
         z = torch.cat(features)
         index = torch.cat(indices)
         _check_enough_images(len(z), self.num_classes)  # again: corrupt samples may have been skipped
-        z = F.normalize(pca_whiten(z, min(PCA_DIM, z.shape[1])), dim=1)
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + context.epoch)
-        _, clusters = kmeans(z, self.k, generator=generator)
+        clusters = cluster_features(z, self.k, generator)
         assignments = torch.empty(int(index.max()) + 1, dtype=torch.long, device=z.device)
         assignments[index] = clusters
         self.assignments = assignments
-        self.weights = inverse_frequency_weights(clusters, self.k)
+        self.weights = one_minus_frequency_weights(clusters, self.k)
         last = self.head[-1]  # a fresh classifier for the new, arbitrarily numbered clusters
         assert isinstance(last, nn.Linear)
-        last.reset_parameters()
+        reinitialise_last_layer(last)
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         targets = self.assignments[batch.index]
         logits = self.head(self.backbone(batch.views)).float()
         loss = F.cross_entropy(logits, targets, weight=self.weights)
         return StepOutput(loss, {"acc": (logits.argmax(1) == targets).float().mean()})
+
+
+def clustering_recipe(image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+    """The images the clustering pass embeds: random crop (pad side / 8) + flip, as the authors' code."""
+    return recipes.crop_flip(recipes.pad_for(image_size))
+
+
+def clustering_loader(context: EpochContext, seed: int) -> Any:
+    """A loader that reads the train split once, in order, through `clustering_recipe`, with crops drawn
+    afresh every epoch (as the authors' DataLoader draws them): its seed moves with the epoch."""
+    loader = context.make_loader(clustering_recipe(context.image_size), training=False)
+    loader.seed = seed * 1000 + 1 + context.epoch  # read in `loader.epoch(...)`, never before
+    return loader
+
+
+def cluster_features(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Cluster assignments (N,) of features: PCA-whitened to `pca_dims(D)`, L2-normalised, k-means++ x 5."""
+    whitened = F.normalize(pca_whiten(z, pca_dims(z.shape[1])), dim=1)
+    _, clusters = kmeans(whitened, k, generator=generator)
+    return clusters
+
+
+def reinitialise_last_layer(layer: nn.Linear) -> None:
+    """Weights N(0, 0.01), bias 0: the authors' fresh classifier after each clustering."""
+    nn.init.normal_(layer.weight, 0.0, LAST_LAYER_STD)
+    nn.init.zeros_(layer.bias)
 
 
 def _check_enough_images(images: int, num_classes: int) -> None:

@@ -25,6 +25,7 @@ class Relational(Method):
     (a collision-free shuffle), score them with the relation head, focal/BCE loss."""
 
     name = "relational"
+    default_batch = 64  # M, the paper's (the baselines: 128)
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -37,7 +38,7 @@ class Relational(Method):
         self._schedules: dict[tuple[int, int, str], PairSchedule] = {}
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> recipes.Recipe:
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
         return recipes.relational(config.k)
 
     @staticmethod

@@ -26,8 +26,8 @@ class RotationNet(Method):
         self.classifier = nn.Linear(backbone.feature_dim, 4)
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> recipes.Recipe:
-        return recipes.rotation()  # crop + flip, then view r is rotated by r * 90 degrees
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+        return recipes.rotation(recipes.pad_for(image_size))  # crop (pad side/8) + flip, then r * 90 degrees
 
     @staticmethod
     def views_per_image(config: RunConfig) -> int:

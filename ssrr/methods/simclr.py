@@ -1,10 +1,11 @@
-"""SimCLR (Chen et al. 2020): two views, a projection head, NT-Xent with temperature 0.5."""
+"""SimCLR (Chen et al. 2020): two views, a projection head, NT-Xent with temperature 0.5 (the standard mean of
+-log p by default; `--simclr-loss official` is the authors' code's -log of the mean p, docs/fidelity.md)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ssrr.losses import nt_xent
+from ssrr.losses import SIMCLR_LOSSES
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
 from ssrr.models.backbones import Backbone
@@ -24,9 +25,10 @@ class SimCLR(Method):
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.projector = mlp_head(backbone.feature_dim, 64)
+        self.loss_fn = SIMCLR_LOSSES[config.simclr_loss]
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> recipes.Recipe:
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
         return recipes.simclr()
 
     @staticmethod
@@ -36,4 +38,4 @@ class SimCLR(Method):
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         m = batch.index.shape[0]
         p = self.projector(self.backbone(batch.views)).float()
-        return StepOutput(nt_xent(p[:m], p[m:], temperature=TEMPERATURE))
+        return StepOutput(self.loss_fn(p[:m], p[m:], temperature=TEMPERATURE))

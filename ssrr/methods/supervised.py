@@ -30,8 +30,8 @@ class Supervised(Method):
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
 
     @classmethod
-    def recipe(cls, config: RunConfig) -> recipes.Recipe:
-        return recipes.crop_flip()
+    def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+        return recipes.crop_flip(recipes.pad_for(image_size))  # pad side/8, the authors'
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.config.weight_decay)

@@ -22,10 +22,10 @@ class RunConfig:
 
     method: str = "relational"
     dataset: str = "cifar100"  # a name under shards/ or a shard folder
-    split: str = "train"  # the split trained on; "train+unlabeled" for STL-10 (the paper's pretraining set)
+    split: str = "train"  # the split trained on; "unlabeled" for STL-10 (the authors' pretraining set)
     backbone: str = "resnet32"
     k: int = 32  # augmentations (views) per image, relational only
-    batch: int = 64  # M images per step per process
+    batch: int = 0  # M images per step per process; 0: the method's (64 relational, 128 the baselines, as the authors)
     epochs: int = 200
     lr: float | None = None  # None: the method's own (Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)
     weight_decay: float = 0.0
@@ -45,24 +45,34 @@ class RunConfig:
     keep_checkpoints: int = 2
     checkpoint_every: int = 1  # epochs
     max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
-    knn_every: int = 0  # run a k-NN probe on the held-out split every N epochs (0: never)
+    knn_every: int = 0  # run a k-NN probe on the held-out split (test; val for tiny-ImageNet) every N epochs (0: never)
     eval_every: int = 0  # run the linear protocol on the held-out split every N epochs (0: never)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)
     skip_corrupt: bool = False  # skip (and count) corrupt samples instead of stopping with an error
     log_samples: bool = False  # write each rank's sample indices per step (samples-rank<R>.jsonl)
+    # The authors' form of what ssrr deliberately does otherwise (docs/fidelity.md), one option away:
+    simclr_loss: str = "nt-xent"  # simclr: nt-xent (mean of -log p) or official (-log of the mean p)
+    infomax_prior: str = "adversarial"  # infomax: adversarial (gradient reversal) or official (one loss for both)
+    infomax_critic: str = "concat"  # infomax: concat (the authors' concatenate-and-convolve) or dot (encode-and-dot)
 
     def validate(self) -> RunConfig:
         if self.method == "relational" and self.k < 2:
             raise SsrrError(f"--k must be at least 2 (pairs of views), got {self.k}")
-        if self.batch < 2:
+        if self.batch != 0 and self.batch < 2:
             raise SsrrError(f"--batch must be at least 2 (no collision-free shuffle of one image), got {self.batch}")
         for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise SsrrError(f"--lr must be positive, got {self.lr}")
+        if self.simclr_loss not in ("nt-xent", "official"):
+            raise SsrrError(f"--simclr-loss must be nt-xent or official, got {self.simclr_loss!r}")
+        if self.infomax_prior not in ("adversarial", "official"):
+            raise SsrrError(f"--infomax-prior must be adversarial or official, got {self.infomax_prior!r}")
+        if self.infomax_critic not in ("concat", "dot"):
+            raise SsrrError(f"--infomax-critic must be concat or dot, got {self.infomax_critic!r}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
         check_precision(self.precision)

@@ -137,7 +137,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
 
     `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for(config)`
     builds the ones `--knn-every` and `--eval-every` ask for."""
-    config = with_method_defaults(config.resolved().validate())
+    config = with_method_defaults(config.resolved().validate()).validate()
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
@@ -193,7 +193,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             skip_corrupt=config.skip_corrupt,
         )
 
-    loader = make_loader(cls.recipe(config))
+    loader = make_loader(cls.recipe(config, manifest.image_size))
     steps_per_epoch = len(loader)
     if loader.skipped and accelerator.is_main_process and show:
         console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}")
@@ -259,7 +259,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes))
+                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes, manifest.image_size))
                 model.train()
                 display.start_epoch(epoch, steps_per_epoch)
                 sums = {"loss": torch.zeros((), device=device)}

@@ -3,16 +3,18 @@
 `load_dataset` is the one entry point: it resolves the source (``--source`` path, or a checked download
 into the cache), records where the data came from (path or URL and sha256) and calls the dataset's loader.
 
-==============  =====================================================  =========================
-dataset         source                                                 splits
-==============  =====================================================  =========================
-cifar10         cifar-10-python.tar.gz or cifar-10-batches-py/         train, test
-cifar100        cifar-100-python.tar.gz or cifar-100-python/           train, test (+ coarse)
-stl10           stl10_binary.tar.gz or stl10_binary/                   train, test, unlabeled
-tiny-imagenet   tiny-imagenet-200.zip or tiny-imagenet-200/            train, val, test (no labels)
-imagefolder     <split>/<class>/<image> folder, .tar, .tar.gz or .zip  as found (needs train)
-synthetic       generated from --seed, no files                        train, test
-==============  =====================================================  =========================
+==============  =====================================================  ============================  ==========
+dataset         source                                                 splits                        evaluated
+==============  =====================================================  ============================  ==========
+cifar10         cifar-10-python.tar.gz or cifar-10-batches-py/         train, test                   test
+cifar100        cifar-100-python.tar.gz or cifar-100-python/           train, test (+ coarse)        test
+stl10           stl10_binary.tar.gz or stl10_binary/                   train, test, unlabeled        test
+tiny-imagenet   tiny-imagenet-200.zip or tiny-imagenet-200/            train, val, test (no labels)  val
+imagefolder     <split>/<class>/<image> folder, .tar, .tar.gz or .zip  as found (needs train)        test, else val
+synthetic       generated from --seed, no files                        train, test                   test
+==============  =====================================================  ============================  ==========
+
+"evaluated" is the manifest's `eval_split`: the labelled held-out split `ssrr eval` scores by default.
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ def resolve_source(
     return path, {"path": str(path.resolve()), "sha256": sha256}
 
 
+# The labelled held-out split each dataset is evaluated on (the manifest's `eval_split`); a dataset not listed
+# (imagefolder) gets the rule: test if it exists and is labelled, else val.
+EVAL_SPLITS: dict[str, str] = {
+    "cifar10": "test",
+    "cifar100": "test",
+    "stl10": "test",
+    "tiny-imagenet": "val",  # its test split has no labels; the authors evaluate on val
+    "synthetic": "test",
+}
+
 # Each file-backed dataset's reader: (path, size, workers, progress) -> (splits, classes, coarse classes).
 READERS: dict[str, Callable[[Path, int | None, int, ProgressFactory], Any]] = {
     "cifar10": lambda path, size, workers, progress: cifar.load_cifar10(path, progress),
@@ -133,10 +145,14 @@ def load_dataset(
             raise SsrrError("--train-per-class and --test-per-class must be at least 1")
         splits, classes, coarse = synthetic.generate(seed, train_per_class, test_per_class)
         generated: dict[str, Any] = {"generator": synthetic.GENERATOR, "seed": seed}  # the seed stays a number
-        return DatasetArrays(check_name(name or "synthetic"), splits, classes, coarse, generated)
+        return DatasetArrays(
+            check_name(name or "synthetic"), splits, classes, coarse, generated, EVAL_SPLITS.get(dataset)
+        )
     if dataset == "imagefolder" and source is None:
         raise SsrrError("imagefolder needs --source (a <split>/<class>/<image> folder or an archive of one)")
     path, source_entry = resolve_source(dataset, source, cache, progress)
     splits, classes, coarse = READERS[dataset](path, size, workers, progress)
     default_name = archive_stem(path.resolve()) if dataset == "imagefolder" else dataset
-    return DatasetArrays(check_name(name or default_name), splits, classes, coarse, source_entry)
+    return DatasetArrays(
+        check_name(name or default_name), splits, classes, coarse, source_entry, EVAL_SPLITS.get(dataset)
+    )
