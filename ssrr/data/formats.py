@@ -8,8 +8,10 @@ A dataset lives in one folder::
 
 Each sample in a shard has three members sharing the key ``<split>-<index:09d>``:
 
-- ``.rgb``: raw uint8 pixels, HWC, RGB, ``manifest.image_size`` (H, W); no decoder needed, so reading is
-  a memcpy. Raw pixels also keep lossless sources lossless.
+- the pixels, in the manifest's ``encoding`` (see :mod:`ssrr.data.codec`): ``.rgb`` raw uint8 pixels, HWC,
+  RGB, ``manifest.image_size`` (H, W) (encoding ``raw-uint8-hwc``: no decoder needed, so reading is a memcpy;
+  the default up to 64 px), or an encoded image of that size, ``.jpg`` / ``.png`` / ``.webp`` (encodings
+  ``jpeg``, ``png``, ``webp``; DALI decodes them, on the GPU with nvJPEG);
 - ``.lbl``: three little-endian int32: fine label, coarse label, sample index within the split
   (-1 where a label does not exist, e.g. the unlabeled STL-10 split, or coarse labels of CIFAR-10).
 - ``.cls``: the fine label as ASCII digits, the WebDataset convention, so ``webdataset`` decodes it to int.
@@ -23,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssrr.data import codec
 from ssrr.errors import SsrrError
 
 FORMAT_VERSION = 1
-ENCODING = "raw-uint8-hwc"
-PIXELS_EXT = "rgb"
+ENCODING = codec.RAW  # the default encoding (raw pixels); the manifest names the one used
+PIXELS_EXT = "rgb"  # the raw encoding's member; `Manifest.pixels_ext` gives any encoding's
 LABELS_EXT = "lbl"
 CLASS_EXT = "cls"
 MANIFEST = "manifest.json"
@@ -79,18 +82,34 @@ class Manifest:
     splits: dict[str, SplitInfo]
     source: dict[str, str]  # {"path" or "url": ..., "sha256": ...}
     seed: int
-    shard_size: int
+    shard_size: int | None  # the most samples per shard asked for (None: bytes alone decide)
     ssrr_version: str
     command: str
     encoding: str = ENCODING
     format_version: int = FORMAT_VERSION
+    quality: int | None = None  # lossy encodings: the quality images were encoded at (source files kept as is)
+    shard_bytes: int | None = None  # the most bytes per shard (the largest split's target when chosen automatically)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def pixels_ext(self) -> str:
+        """The tar member extension that holds a sample's pixels: rgb, jpg, png or webp."""
+        return codec.ENCODINGS[self.encoding].ext
+
+    @property
+    def encoded(self) -> bool:
+        """True when the pixels need a decoder (every encoding but raw)."""
+        return self.encoding != codec.RAW
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        data = asdict(self)
+        for optional in ("quality", "shard_bytes"):  # absent when unset, as in manifests written before them
+            if data[optional] is None:
+                del data[optional]
+        return json.dumps(data, indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> Manifest:
@@ -129,12 +148,17 @@ def load_manifest(root: Path | str) -> Manifest:
         manifest = Manifest.from_dict(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise SsrrError(f"{path}: malformed manifest ({exc})") from exc
-    if manifest.format_version != FORMAT_VERSION or manifest.encoding != ENCODING:
-        raise SsrrError(
-            f"{path}: format {manifest.format_version}/{manifest.encoding} is not readable by this ssrr "
-            f"(expects {FORMAT_VERSION}/{ENCODING})"
-        )
+    check_readable(manifest, path)
     return manifest
+
+
+def check_readable(manifest: Manifest, where: Path | str) -> None:
+    """A one-line SsrrError unless this ssrr reads the manifest's format version and encoding."""
+    if manifest.format_version != FORMAT_VERSION or manifest.encoding not in codec.ENCODINGS:
+        raise SsrrError(
+            f"{where}: format {manifest.format_version}/{manifest.encoding} is not readable by this ssrr "
+            f"(expects format {FORMAT_VERSION} with encoding {' / '.join(codec.ENCODINGS)})"
+        )
 
 
 def resolve_dataset(name_or_dir: str | Path, shards_root: str | Path = "shards") -> Path:
