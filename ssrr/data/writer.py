@@ -215,14 +215,19 @@ def auto_shard_bytes(split_bytes: int) -> int:
     return max(MIN_AUTO_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, -(-split_bytes // MIN_SHARDS)))
 
 
+def tar_bytes(members: int) -> int:
+    """The size of a tar whose samples take `members` bytes: two zero blocks, then padding to a whole record."""
+    return -(-(members + 2 * tarfile.BLOCKSIZE) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def cut_shards(sizes: Sequence[int], shard_bytes: int, shard_size: int | None) -> list[tuple[int, int]]:
-    """(start, stop) of each shard over samples of `sizes` tar bytes, in order: a shard holds up to `shard_bytes`
-    (one larger sample gets a shard of its own) and at most `shard_size` samples."""
+    """(start, stop) of each shard over samples of `sizes` tar bytes, in order: a shard's tar holds up to
+    `shard_bytes` (one larger sample gets a shard of its own) and at most `shard_size` samples."""
     cuts = []
     start, filled = 0, 0
     for i, size in enumerate(sizes):
         full = shard_size is not None and i - start >= shard_size
-        if i > start and (filled + size > shard_bytes or full):
+        if i > start and (tar_bytes(filled + size) > shard_bytes or full):
             cuts.append((start, i))
             start, filled = i, 0
         filled += size
