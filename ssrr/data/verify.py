@@ -56,7 +56,7 @@ def _check_sample(
 ) -> tuple[list[str], int | None]:
     """Problems with one sample's members, and the index it carries (None if unreadable)."""
     problems = []
-    members = (manifest.pixels_ext, formats.LABELS_EXT, formats.CLASS_EXT)
+    members = manifest.members
     for ext in members:
         if ext not in parts:
             problems.append(f"{where}: {key}: no .{ext} member")

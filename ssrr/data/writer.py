@@ -133,13 +133,13 @@ class _HashingWriter:
         self.offset += len(data)
 
 
-def sample_bytes(payload_size: int, fine: int) -> int:
-    """Bytes one sample takes in a tar: three 512-byte headers and the members padded to whole blocks."""
+def sample_bytes(payload_size: int, fine: int, with_class: bool) -> int:
+    """Bytes one sample takes in a tar: a 512-byte header per member, each member padded to whole blocks."""
 
     def padded(n: int) -> int:
-        return -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        return tarfile.BLOCKSIZE + -(-n // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
 
-    return 3 * tarfile.BLOCKSIZE + padded(payload_size) + padded(12) + padded(len(str(fine)))
+    return padded(payload_size) + padded(12) + (padded(len(str(fine))) if with_class else 0)
 
 
 def write_shard(
@@ -149,8 +149,10 @@ def write_shard(
     payloads: Sequence[bytes],
     labels: Sequence[tuple[int, int]],
     first_index: int,
+    with_class: bool = True,
 ) -> formats.ShardInfo:
-    """One tar of samples (pixel member `ext` holding `payloads`, labels (fine, coarse)), and its DALI index."""
+    """One tar of samples (pixel member `ext` holding `payloads`, labels (fine, coarse), and with `with_class`
+    the WebDataset ``.cls``), and its DALI index."""
     index_lines = []
     with open(path, "wb") as raw:
         out = _HashingWriter(raw)
@@ -161,7 +163,7 @@ def write_shard(
                 (ext, payload),
                 (formats.LABELS_EXT, formats.encode_labels(fine, coarse, sample_index)),
                 (formats.CLASS_EXT, str(fine).encode()),
-            )
+            )[: 3 if with_class else 2]
             entry = []
             for member_ext, data in components:
                 name = f"{key}.{member_ext}"
@@ -282,10 +284,12 @@ def _write_split(
 ) -> tuple[formats.SplitInfo, int]:
     """Write one split's shards into `staging`; its SplitInfo and the shard bytes target used."""
     ext = codec.ENCODINGS[settings.encoding].ext
+    with_class = settings.encoding == codec.RAW  # see formats: encoded shards leave out the 1 KB `.cls`
     payloads = encode_split(arrays, order, settings.encoding, settings.quality, settings.workers)
     raw_size = int(np.prod(arrays.images.shape[1:]))
     fine = [int(arrays.fine[p]) for p in order]
-    sizes = [sample_bytes(raw_size if payloads is None else len(payloads[i]), fine[i]) for i in range(len(order))]
+    stored = [raw_size] * len(order) if payloads is None else [len(payload) for payload in payloads]
+    sizes = [sample_bytes(stored[i], fine[i], with_class) for i in range(len(order))]
     target = settings.shard_bytes or auto_shard_bytes(sum(sizes))
     info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled)
     for number, (start, stop) in enumerate(cut_shards(sizes, target, settings.shard_size)):
@@ -296,7 +300,7 @@ def _write_split(
             data = payloads[start:stop]
         labels = [(fine[i], int(arrays.coarse[order[i]])) for i in range(start, stop)]
         path = staging / formats.shard_name(split, number)
-        info.shards.append(write_shard(path, split, ext, data, labels, first_index=start))
+        info.shards.append(write_shard(path, split, ext, data, labels, first_index=start, with_class=with_class))
         if progress:
             progress(split, len(chunk))
     return info, target
