@@ -46,7 +46,8 @@ def pipeline(
     shard_dir = resolve_dataset(dataset)
     device = "cuda" if device == "gpu" else device  # the DALI pipeline on the GPU, batches left there
     result = bench_pipeline(shard_dir, k=k, batch=batch, device=device, repeats=repeats, steps=steps, workers=workers)
-    _emit(f"pipeline-{device}-k{k}-m{batch}", result, as_json, write)
+    dataset_tag = "" if shard_dir.name == "cifar10-jpeg" else f"-{shard_dir.name}"  # other data: its own record
+    _emit(f"pipeline-{device}-k{k}-m{batch}{dataset_tag}", result, as_json, write)
 
 
 @bench_app.command("step")

@@ -163,3 +163,20 @@ def test_pretrain_and_linear_eval_read_jpeg_shards(tmp_path: Path) -> None:
     evaluated = run_ssrr(*args)
     assert evaluated.exit_code == 0, evaluated.output
     assert 0 <= json.loads(evaluated.stdout.strip().splitlines()[-1])["top1"] <= 100
+
+
+@pytest.mark.gpu
+def test_nvjpeg_mixed_decoder_matches_the_cpu_decoder(pairs: dict[str, tuple[Path, Path]]) -> None:
+    """device="cuda": JPEG shards decode on the GPU (nvJPEG, DALI's mixed decoder) to the CPU decoder's pixels up to
+    a few levels (different IDCT and chroma upsampling), views on the device."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    encoded_dir = pairs["jpeg"][1]
+    gpu = next(
+        iter(ViewLoader(encoded_dir, recipes.evaluation(), batch_size=16, training=False, device="cuda").epoch(0))
+    )
+    cpu = next(iter(ViewLoader(encoded_dir, recipes.evaluation(), batch_size=16, training=False).epoch(0)))
+    assert gpu.views.is_cuda and torch.equal(gpu.index.cpu(), cpu.index)
+    std255 = torch.tensor(formats.load_manifest(encoded_dir).std).view(1, 3, 1, 1) * 255
+    levels = (gpu.views.cpu().float() - cpu.views).abs() * std255
+    assert levels.mean() < 1.0 and levels.max() <= 8
