@@ -147,10 +147,10 @@ def make(
         show_default=False,
     ),
     shard_bytes: str = typer.Option(
-        "auto",
+        "256MB",
         "--shard-bytes",
-        help="Most bytes per shard: e.g. 256MB, 1GB, 1000000 (auto: 256MB, less for small "
-        "splits so that each has 8 shards of at least 4MB).",
+        help="Most bytes per shard: e.g. 256MB, 1GB, 1000000. A split under 8 such shards is cut into 8 smaller "
+        "ones (of at least 4MB each), so that every rank of a multi-process run reads several.",
     ),
     shard_size: int | None = typer.Option(
         None, "--shard-size", min=1, help="At most this many samples per shard (default: no limit).", show_default=False

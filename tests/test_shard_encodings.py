@@ -17,10 +17,10 @@ from ssrr.data.sources import load_dataset
 from ssrr.data.writer import (
     DatasetArrays,
     SplitArrays,
-    auto_shard_bytes,
     cut_shards,
     iter_samples,
     parse_bytes,
+    split_shard_bytes,
     write_dataset,
 )
 from ssrr.errors import SsrrError
@@ -98,17 +98,17 @@ def test_shard_bytes_parsing_and_cutting() -> None:
     assert parse_bytes("1.5gb") == 1_500_000_000
     assert parse_bytes("512MiB") == 512 * 2**20
     assert parse_bytes("123456") == 123456
-    assert parse_bytes("auto") is None
-    for bad in ("lots", "12XB", "-5MB", "0"):
+    for bad in ("lots", "12XB", "-5MB", "0", "auto"):
         with pytest.raises(SsrrError, match="--shard-bytes"):
             parse_bytes(bad)
     # a tar adds two zero blocks and pads to a whole 10240-byte record: 4 samples of 4096 fit in 20480, not 5
     assert cut_shards([4096] * 10, 20480, None) == [(0, 4), (4, 8), (8, 10)]
     assert cut_shards([4096] * 10, 20480, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
     assert cut_shards([512, 50_000, 512], 20480, None) == [(0, 1), (1, 2), (2, 3)]  # a large sample alone
-    assert auto_shard_bytes(10**12) == 256_000_000
-    assert auto_shard_bytes(160_000_000) == 20_000_000  # 8 shards
-    assert auto_shard_bytes(1000) == 4_000_000  # a tiny split: one shard
+    assert split_shard_bytes(256_000_000, 10**12) == 256_000_000
+    assert split_shard_bytes(256_000_000, 160_000_000) == 20_000_000  # 8 shards, whatever the bound
+    assert split_shard_bytes(10_000_000, 160_000_000) == 10_000_000  # the bound gives more
+    assert split_shard_bytes(256_000_000, 1000) == 4_000_000  # a tiny split: one shard
 
 
 # --------------------------------------------------------------------------------------------- writer
@@ -145,11 +145,11 @@ def test_encoded_shards_reproducible_and_read_back(encoding: str, tmp_path: Path
     assert run_ssrr("shard", "verify", root).exit_code == 0
 
 
-def test_raw_manifest_has_no_new_fields_when_unset(tmp_path: Path) -> None:
-    write_dataset(arrays(), tmp_path, encoding="raw", shard_bytes=None)
+def test_raw_manifest_records_encoding_and_bound_but_no_quality(tmp_path: Path) -> None:
+    write_dataset(arrays(), tmp_path, encoding="raw")
     data = json.loads((tmp_path / "enc" / "manifest.json").read_text())
     assert data["encoding"] == "raw-uint8-hwc" and "quality" not in data
-    assert data["shard_bytes"] == 4_000_000  # auto, for this tiny dataset
+    assert data["shard_bytes"] == 256_000_000 and data["shard_size"] is None
 
 
 def test_source_jpegs_are_stored_unchanged_unless_a_quality_is_asked(tmp_path: Path) -> None:

@@ -90,7 +90,7 @@ class Manifest:
     encoding: str = ENCODING
     format_version: int = FORMAT_VERSION
     quality: int | None = None  # lossy encodings: the quality images were encoded at (source files kept as is)
-    shard_bytes: int | None = None  # the most bytes per shard (the largest split's target when chosen automatically)
+    shard_bytes: int | None = None  # the most bytes per shard asked for (small splits get smaller shards)
 
     @property
     def num_classes(self) -> int:

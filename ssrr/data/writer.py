@@ -25,9 +25,9 @@ from ssrr import __version__
 from ssrr.data import codec, formats
 from ssrr.errors import SsrrError
 
-DEFAULT_SHARD_BYTES = 256_000_000  # --shard-bytes: the most a shard holds (auto: less for small splits)
-MIN_SHARDS = 8  # auto: a split is cut into at least this many shards ...
-MIN_AUTO_SHARD_BYTES = 4_000_000  # ... of at least this size
+DEFAULT_SHARD_BYTES = 256_000_000  # --shard-bytes: the most a shard holds
+MIN_SHARDS = 8  # a split is cut into at least this many shards ...
+MIN_SPLIT_SHARD_BYTES = 4_000_000  # ... as long as each still holds this much
 
 
 @dataclass
@@ -197,24 +197,23 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k
 _UNITS |= {"gib": 2**30, "tib": 2**40, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
-def parse_bytes(text: str) -> int | None:
-    """``--shard-bytes``: "auto" (None), a plain integer, or a number with a unit: 256MB, 1.5GB, 512MiB."""
+def parse_bytes(text: str) -> int:
+    """``--shard-bytes``: a plain integer, or a number with a unit: 256MB, 1.5GB, 512MiB."""
     value = text.strip().lower()
-    if value == "auto":
-        return None
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value)
     if match is None or match.group(2) not in _UNITS:
-        raise SsrrError(f"--shard-bytes {text!r}: give auto, a number of bytes, or e.g. 256MB, 1GB, 512MiB")
+        raise SsrrError(f"--shard-bytes {text!r}: give a number of bytes, or e.g. 256MB, 1GB, 512MiB")
     count = int(float(match.group(1)) * _UNITS[match.group(2)])
     if count < 1:
         raise SsrrError(f"--shard-bytes {text!r}: must be at least 1 byte")
     return count
 
 
-def auto_shard_bytes(split_bytes: int) -> int:
-    """``--shard-bytes auto``: 256 MB, or less so that a split of under 8 x 256 MB still has `MIN_SHARDS`
-    shards (each at least 4 MB): every rank of a multi-process run then reads several shards."""
-    return max(MIN_AUTO_SHARD_BYTES, min(DEFAULT_SHARD_BYTES, -(-split_bytes // MIN_SHARDS)))
+def split_shard_bytes(shard_bytes: int, split_bytes: int) -> int:
+    """The shard size used for a split of `split_bytes`: at most `shard_bytes`, and small enough that the split has
+    `MIN_SHARDS` shards unless they would hold under 4 MB each: every rank of a multi-process run then reads
+    several shards, whatever the upper bound asked for."""
+    return min(shard_bytes, max(MIN_SPLIT_SHARD_BYTES, -(-split_bytes // MIN_SHARDS)))
 
 
 def tar_bytes(members: int) -> int:
@@ -244,7 +243,7 @@ class _Settings:
 
     encoding: str
     quality: int | None
-    shard_bytes: int | None
+    shard_bytes: int
     shard_size: int | None
     workers: int
 
@@ -281,8 +280,8 @@ def _write_split(
     order: np.ndarray,
     settings: _Settings,
     progress: ProgressHook | None,
-) -> tuple[formats.SplitInfo, int]:
-    """Write one split's shards into `staging`; its SplitInfo and the shard bytes target used."""
+) -> formats.SplitInfo:
+    """Write one split's shards into `staging`; its SplitInfo."""
     ext = codec.ENCODINGS[settings.encoding].ext
     with_class = settings.encoding == codec.RAW  # see formats: encoded shards leave out the 1 KB `.cls`
     payloads = encode_split(arrays, order, settings.encoding, settings.quality, settings.workers)
@@ -290,7 +289,7 @@ def _write_split(
     fine = [int(arrays.fine[p]) for p in order]
     stored = [raw_size] * len(order) if payloads is None else [len(payload) for payload in payloads]
     sizes = [sample_bytes(stored[i], fine[i], with_class) for i in range(len(order))]
-    target = settings.shard_bytes or auto_shard_bytes(sum(sizes))
+    target = split_shard_bytes(settings.shard_bytes, sum(sizes))
     info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled)
     for number, (start, stop) in enumerate(cut_shards(sizes, target, settings.shard_size)):
         chunk = order[start:stop]
@@ -303,7 +302,7 @@ def _write_split(
         info.shards.append(write_shard(path, split, ext, data, labels, first_index=start, with_class=with_class))
         if progress:
             progress(split, len(chunk))
-    return info, target
+    return info
 
 
 def write_dataset(
@@ -312,7 +311,7 @@ def write_dataset(
     *,
     seed: int = 0,
     shard_size: int | None = None,
-    shard_bytes: int | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     encoding: str | None = None,
     quality: int | None = None,
     workers: int = 1,
@@ -324,11 +323,12 @@ def write_dataset(
     `encoding`: ``raw`` / ``jpeg`` / ``png`` / ``webp`` (or a manifest value); None picks
     `ssrr.data.codec.default_encoding`. `quality` (lossy encodings): None keeps source files already in the
     encoding unchanged and encodes the rest at `codec.DEFAULT_QUALITY`; a number re-encodes every image at it.
-    Shards hold up to `shard_bytes` (None: `auto_shard_bytes` of each split) and at most `shard_size` samples.
+    Shards hold up to `shard_bytes` (less for a split that would get under `MIN_SHARDS`, see `split_shard_bytes`)
+    and at most `shard_size` samples.
     """
     if shard_size is not None and shard_size < 1:
         raise SsrrError(f"--shard-size must be at least 1, got {shard_size}")
-    if shard_bytes is not None and shard_bytes < 1:
+    if shard_bytes < 1:
         raise SsrrError(f"--shard-bytes must be at least 1, got {shard_bytes}")
     if quality is not None and not 1 <= quality <= 100:
         raise SsrrError(f"--quality must be in 1..100, got {quality}")
@@ -346,12 +346,10 @@ def write_dataset(
     try:
         rng = np.random.default_rng(seed)
         splits: dict[str, formats.SplitInfo] = {}
-        targets = []
         for split in sorted(dataset.splits):
             arrays = dataset.splits[split]
             order = rng.permutation(len(arrays.images))
-            splits[split], target = _write_split(staging, split, arrays, order, settings, progress)
-            targets.append(target)
+            splits[split] = _write_split(staging, split, arrays, order, settings, progress)
         mean, std = channel_stats(dataset.splits["train"].images)
         manifest = formats.Manifest(
             name=dataset.name,
@@ -368,7 +366,7 @@ def write_dataset(
             command=command,
             encoding=chosen,
             quality=(quality or codec.DEFAULT_QUALITY) if codec.ENCODINGS[chosen].lossy else None,
-            shard_bytes=shard_bytes or max(targets),
+            shard_bytes=shard_bytes,
         )
         (staging / formats.MANIFEST).write_text(manifest.to_json())
         _swap_into_place(staging, final)
