@@ -27,6 +27,7 @@ from ssrr.cli.common import DefaultCommandGroup, console, new_app
 
 from ssrr.data import formats
 from ssrr.data.codec import CHOICES, DEFAULT_QUALITY, RAW_MAX_SIDE
+from ssrr.data.codec import get as get_encoding
 from ssrr.data.sources import DATASETS, load_dataset
 from ssrr.data.sources.base import DEFAULT_WORKERS, ProgressFactory, Tick
 from ssrr.data.sources.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS
@@ -164,7 +165,9 @@ def make(
     size: int | None = typer.Option(
         None, "--size", min=1, help="imagefolder/tiny-imagenet: image side (default: most common in train)."
     ),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes."),
+    workers: int = typer.Option(
+        DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes and image-encoding threads."
+    ),
     train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", min=1, help="synthetic only."),
     test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", min=1, help="synthetic only."),
 ) -> None:
@@ -202,6 +205,8 @@ def make(
         raise SsrrError(f"two sources given: {source_arg} and --source {source}")
     source = source or source_arg
     target_bytes = parse_bytes(shard_bytes)
+    if encoding != "auto":
+        get_encoding(encoding)  # an unknown one fails before the dataset is read
     started = time.perf_counter()
     with _progress_bars() as factory:
         arrays = load_dataset(

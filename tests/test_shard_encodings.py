@@ -211,3 +211,6 @@ def test_cli_imagefolder_jpeg_by_bytes_then_info_and_verify(tmp_path: Path) -> N
     assert any(shard.name in line and name.partition(".")[0] in line and "header" in line for line in problems)
     bad = run_ssrr(*args, "--shard-bytes", "lots")
     assert bad.exit_code == 1 and "--shard-bytes 'lots'" in error_lines(bad)[0]
+    unknown = run_ssrr("shard", "imagefolder", folder, "--name", "x", "--out", out, "--encoding", "gif")
+    assert unknown.exit_code == 1 and "unknown encoding 'gif'" in error_lines(unknown)[0]
+    assert not (out / "x").exists()
