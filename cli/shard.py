@@ -28,11 +28,12 @@ from ssrr.cli.common import DefaultCommandGroup, console, new_app
 from ssrr.data import formats
 from ssrr.data.codec import CHOICES, DEFAULT_QUALITY, RAW_MAX_SIDE
 from ssrr.data.codec import get as get_encoding
+from ssrr.data.sizing import parse_bytes
 from ssrr.data.sources import DATASETS, load_dataset
 from ssrr.data.sources.base import DEFAULT_WORKERS, ProgressFactory, Tick
 from ssrr.data.sources.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS
 from ssrr.data.verify import verify_report
-from ssrr.data.writer import parse_bytes, write_dataset
+from ssrr.data.writer import write_dataset
 from ssrr.errors import SsrrError
 
 shard_app = new_app(

@@ -13,16 +13,9 @@ from fixtures_data import error_lines, run_ssrr
 from PIL import Image
 
 from ssrr.data import codec, formats
+from ssrr.data.sizing import cut_shards, parse_bytes, split_shard_bytes
 from ssrr.data.sources import load_dataset
-from ssrr.data.writer import (
-    DatasetArrays,
-    SplitArrays,
-    cut_shards,
-    iter_samples,
-    parse_bytes,
-    split_shard_bytes,
-    write_dataset,
-)
+from ssrr.data.writer import DatasetArrays, SplitArrays, iter_samples, write_dataset
 from ssrr.errors import SsrrError
 
 
