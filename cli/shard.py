@@ -318,8 +318,8 @@ def info(
     table.add_column("value")
     height, width = manifest.image_size
     table.add_row("name", escape(manifest.name))
-    quality = f", quality {manifest.quality}" if manifest.quality is not None else ""
-    table.add_row("image size", f"{height}x{width} RGB ({manifest.encoding}{quality})")
+    table.add_row("image size", f"{height}x{width} RGB")
+    table.add_row("encoding", _encoding_text(manifest))
     table.add_row("classes", escape(f"{manifest.num_classes}: {_names(manifest.classes)}"))
     if manifest.coarse_classes:
         table.add_row("coarse classes", escape(f"{len(manifest.coarse_classes)}: {_names(manifest.coarse_classes)}"))
@@ -339,6 +339,15 @@ def info(
     table.add_row("command", escape(manifest.command))
     table.add_row("made by", f"ssrr {manifest.ssrr_version}, format {manifest.format_version}")
     console.print(table)
+
+
+def _encoding_text(manifest: formats.Manifest) -> str:
+    """'jpeg, quality 95 (240 of 240 source files stored unchanged)': the quality applies to re-encoded images."""
+    text = manifest.encoding + (f", quality {manifest.quality}" if manifest.quality is not None else "")
+    if manifest.source_files_kept:
+        total = sum(split.samples for split in manifest.splits.values())
+        text += f" ({manifest.source_files_kept:,} of {total:,} source files stored unchanged)"
+    return text
 
 
 def _names(names: list[str], shown: int = 10) -> str:

@@ -158,8 +158,11 @@ def test_source_jpegs_are_stored_unchanged_unless_a_quality_is_asked(tmp_path: P
         if name.endswith(".jpg")
     ]
     assert len(stored) == 24 and set(stored) == files  # byte for byte: no re-encoding
+    assert manifest.source_files_kept == 24
+    shown = " ".join(run_ssrr("shard", "info", tmp_path / "out" / "big").output.replace("│", " ").split())
+    assert "jpeg, quality 95 (24 of 24 source files stored unchanged)" in shown
     requantised = write_dataset(data, tmp_path / "q", quality=50)
-    assert requantised.quality == 50
+    assert requantised.quality == 50 and requantised.source_files_kept == 0
     sizes = sum(s.bytes for s in requantised.splits["train"].shards)
     assert sizes < sum(s.bytes for s in manifest.splits["train"].shards)
 

@@ -91,6 +91,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     quality: int | None = None  # lossy encodings: the quality images were encoded at (source files kept as is)
     shard_bytes: int | None = None  # the most bytes per shard asked for (small splits get smaller shards)
+    source_files_kept: int | None = None  # encoded shards: samples whose source file is stored byte for byte
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +114,11 @@ class Manifest:
 
     def to_json(self) -> str:
         data = asdict(self)
-        for optional in ("quality", "shard_bytes"):  # absent when unset, as in manifests written before them
+        for optional in (
+            "quality",
+            "shard_bytes",
+            "source_files_kept",
+        ):  # absent when unset, as in manifests written before them
             if data[optional] is None:
                 del data[optional]
         return json.dumps(data, indent=2) + "\n"

@@ -223,11 +223,13 @@ def _write_split(
     order: np.ndarray,
     settings: _Settings,
     progress: ProgressHook | None,
-) -> formats.SplitInfo:
-    """Write one split's shards into `staging`; its SplitInfo."""
+) -> tuple[formats.SplitInfo, int]:
+    """Write one split's shards into `staging`; its SplitInfo, and how many source files were kept unchanged."""
     ext = codec.ENCODINGS[settings.encoding].ext
     with_class = settings.encoding == codec.RAW  # see formats: encoded shards leave out the 1 KB `.cls`
     payloads = encode_split(arrays, order, settings.encoding, settings.quality, settings.workers)
+    originals = arrays.originals or []
+    kept = sum(payloads[i] is originals[p] for i, p in enumerate(order)) if payloads and originals else 0
     raw_size = int(np.prod(arrays.images.shape[1:]))
     fine = [int(arrays.fine[p]) for p in order]
     stored = [raw_size] * len(order) if payloads is None else [len(payload) for payload in payloads]
@@ -245,7 +247,7 @@ def _write_split(
         info.shards.append(write_shard(path, split, ext, data, labels, first_index=start, with_class=with_class))
         if progress:
             progress(split, len(chunk))
-    return info
+    return info, kept
 
 
 def write_dataset(
@@ -289,10 +291,12 @@ def write_dataset(
     try:
         rng = np.random.default_rng(seed)
         splits: dict[str, formats.SplitInfo] = {}
+        kept = 0
         for split in sorted(dataset.splits):
             arrays = dataset.splits[split]
             order = rng.permutation(len(arrays.images))
-            splits[split] = _write_split(staging, split, arrays, order, settings, progress)
+            splits[split], split_kept = _write_split(staging, split, arrays, order, settings, progress)
+            kept += split_kept
         mean, std = channel_stats(dataset.splits["train"].images)
         manifest = formats.Manifest(
             name=dataset.name,
@@ -310,6 +314,7 @@ def write_dataset(
             encoding=chosen,
             quality=(quality or codec.DEFAULT_QUALITY) if codec.ENCODINGS[chosen].lossy else None,
             shard_bytes=shard_bytes,
+            source_files_kept=kept if chosen != codec.RAW else None,
         )
         (staging / formats.MANIFEST).write_text(manifest.to_json())
         _swap_into_place(staging, final)
