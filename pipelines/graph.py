@@ -177,13 +177,10 @@ def _pixels(stored, spec: GraphSpec):
         image = fn.reshape(stored, shape=[height, width, 3], layout="HWC")
         return image.gpu() if spec.gpu else image
     # EXIF orientation is ignored, as Pillow does when `ssrr shard` computes the statistics (and the shards hold
-    # SIZE x SIZE images whatever the tag says). On the GPU, fancy upsampling matches the CPU decoder's chroma.
+    # SIZE x SIZE images whatever the tag says). On the GPU, nvJPEG's own chroma upsampling is kept (the CPU's
+    # "fancy" one, `jpeg_fancy_upsampling`, may keep images off the hardware JPEG decoder): a level or two apart.
     return fn.decoders.image(
-        stored,
-        device="mixed" if spec.gpu else "cpu",
-        output_type=types.RGB,
-        adjust_orientation=False,
-        **({"jpeg_fancy_upsampling": True} if spec.gpu else {}),
+        stored, device="mixed" if spec.gpu else "cpu", output_type=types.RGB, adjust_orientation=False
     )
 
 
