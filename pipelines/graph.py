@@ -177,8 +177,8 @@ def _pixels(stored, spec: GraphSpec):
         image = fn.reshape(stored, shape=[height, width, 3], layout="HWC")
         return image.gpu() if spec.gpu else image
     # EXIF orientation is ignored, as Pillow does when `ssrr shard` computes the statistics (and the shards hold
-    # SIZE x SIZE images whatever the tag says). On the GPU, nvJPEG's own chroma upsampling is kept (the CPU's
-    # "fancy" one, `jpeg_fancy_upsampling`, may keep images off the hardware JPEG decoder): a level or two apart.
+    # SIZE x SIZE images whatever the tag says). On the GPU, nvJPEG keeps its default chroma upsampling: a few
+    # levels from the CPU decoder's at most (the -m gpu test in tests/test_pipeline_encoded.py checks it).
     return fn.decoders.image(
         stored, device="mixed" if spec.gpu else "cpu", output_type=types.RGB, adjust_orientation=False
     )
