@@ -26,6 +26,7 @@ shard-cifar10:
 # then the summary table there and in the README is regenerated from those records.
 bench: shard-cifar10
     ssrr bench shard --source ../shared/data/cifar10-jpeg.tar.gz --json
+    ssrr bench shard --encodings raw,jpeg,png,webp --side 224 --per-class 30 --steps 6 --repeats 3 --json
     ssrr bench pipeline --dataset shards/cifar10-jpeg --k 32 --batch 64 --device cpu --json
     ssrr bench step --backbone conv4 --k 32 --batch 64 --json
     ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json

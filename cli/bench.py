@@ -46,7 +46,8 @@ def pipeline(
     shard_dir = resolve_dataset(dataset)
     device = "cuda" if device == "gpu" else device  # the DALI pipeline on the GPU, batches left there
     result = bench_pipeline(shard_dir, k=k, batch=batch, device=device, repeats=repeats, steps=steps, workers=workers)
-    _emit(f"pipeline-{device}-k{k}-m{batch}", result, as_json, write)
+    dataset_tag = "" if shard_dir.name == "cifar10-jpeg" else f"-{shard_dir.name}"  # other data: its own record
+    _emit(f"pipeline-{device}-k{k}-m{batch}{dataset_tag}", result, as_json, write)
 
 
 @bench_app.command("step")
@@ -214,13 +215,35 @@ def shard(
     source: Path = typer.Option(Path("../shared/data/cifar10-jpeg.tar.gz"), help="ImageFolder archive to shard."),
     out: Path = typer.Option(Path("/tmp/ssrr-bench-shards"), help="Scratch output folder."),
     repeats: int = typer.Option(1, help="Repeats (median)."),
+    encodings: str = typer.Option(
+        "",
+        "--encodings",
+        help="Compare these shard encodings (e.g. raw,jpeg,png,webp) on the source upscaled to --side px: "
+        "shard size, sharding time, pipeline views/s. Empty: time sharding the source as it is.",
+    ),
+    side: int = typer.Option(96, "--side", min=8, help="--encodings: image side of the upscaled source."),
+    per_class: int = typer.Option(100, "--per-class", min=1, help="--encodings: train images per class."),
+    k: int = typer.Option(4, "--k", min=1, help="--encodings: views per image in the pipeline."),
+    steps: int = typer.Option(10, "--steps", min=1, help="--encodings: pipeline steps timed per repeat."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
 ) -> None:
-    """Time to shard an ImageFolder archive, and the read speed of the raw encoding vs PNG and JPEG.
+    """Time to shard an ImageFolder archive, and the read speed of the raw encoding vs PNG and JPEG; or, with
+    --encodings, the encodings compared on larger images.
 
     Example: ssrr bench shard --source ../shared/data/cifar10-jpeg.tar.gz --json
+
+    Example: ssrr bench shard --encodings raw,jpeg,png,webp --side 96 --per-class 100 --json
     """
+    if encodings:
+        from ssrr.bench.encodings import bench_encodings
+
+        names = tuple(name.strip() for name in encodings.split(",") if name.strip())
+        result = bench_encodings(
+            source, out, side=side, per_class=per_class, encodings=names, k=k, steps=steps, repeats=max(repeats, 1)
+        )
+        _emit(f"shard-encodings-{side}px", result, as_json, write)
+        return
     from ssrr.bench.shard import bench_shard
 
     _emit("shard", bench_shard(source, out, repeats=repeats), as_json, write)

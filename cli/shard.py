@@ -26,11 +26,14 @@ from rich.text import Text
 from ssrr.cli.common import DefaultCommandGroup, console, new_app
 
 from ssrr.data import formats
+from ssrr.data.codec import CHOICES, DEFAULT_QUALITY, RAW_MAX_SIDE
+from ssrr.data.codec import get as get_encoding
+from ssrr.data.sizing import parse_bytes
 from ssrr.data.sources import DATASETS, load_dataset
 from ssrr.data.sources.base import DEFAULT_WORKERS, ProgressFactory, Tick
 from ssrr.data.sources.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS
 from ssrr.data.verify import verify_report
-from ssrr.data.writer import DEFAULT_SHARD_SIZE, write_dataset
+from ssrr.data.writer import write_dataset
 from ssrr.errors import SsrrError
 
 shard_app = new_app(
@@ -130,7 +133,30 @@ def make(
     ),
     out: Path = typer.Option(Path("shards"), "--out", help="Folder that receives NAME/ with the shards."),
     seed: int = typer.Option(0, "--seed", min=0, help="Shuffle seed (and the synthetic generator's)."),
-    shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", min=1, help="Samples per shard."),
+    encoding: str = typer.Option(
+        "auto",
+        "--encoding",
+        help=f"How pixels are stored: auto, {', '.join(CHOICES)} (auto: raw up to {RAW_MAX_SIDE} px, above it the "
+        "source's own encoding; lossless sources stay lossless).",
+    ),
+    quality: int | None = typer.Option(
+        None,
+        "--quality",
+        min=1,
+        max=100,
+        help=f"jpeg/webp quality; given, every image is re-encoded at it (default {DEFAULT_QUALITY}, and source "
+        "files already in the encoding are stored unchanged).",
+        show_default=False,
+    ),
+    shard_bytes: str = typer.Option(
+        "256MB",
+        "--shard-bytes",
+        help="Most bytes per shard: e.g. 256MB, 1GB, 1000000. A split under 8 such shards is cut into 8 smaller "
+        "ones (of at least 4MB each), so that every rank of a multi-process run reads several.",
+    ),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", min=1, help="At most this many samples per shard (default: no limit).", show_default=False
+    ),
     name: str | None = typer.Option(
         None, "--name", help="Dataset folder name (default: DATASET, or the folder/archive name for imagefolder)."
     ),
@@ -140,11 +166,13 @@ def make(
     size: int | None = typer.Option(
         None, "--size", min=1, help="imagefolder/tiny-imagenet: image side (default: most common in train)."
     ),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes."),
+    workers: int = typer.Option(
+        DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes and image-encoding threads."
+    ),
     train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", min=1, help="synthetic only."),
     test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", min=1, help="synthetic only."),
 ) -> None:
-    """Shard DATASET into OUT/NAME/: WebDataset tars of raw RGB pixels, DALI indexes, manifest.json.
+    """Shard DATASET into OUT/NAME/: WebDataset tars of RGB images, DALI indexes, manifest.json.
 
     Datasets: [bold]cifar10[/], [bold]cifar100[/] (python archives), [bold]stl10[/] (binary archive),
     [bold]tiny-imagenet[/] (zip or folder): downloaded from their official URLs and checked against the
@@ -156,6 +184,11 @@ def make(
     else the most common min(height, width) of the train split; an image of another size is resized so
     that its shorter side is SIZE (bilinear, antialiased) and centre-cropped.
 
+    Encoding (--encoding): raw pixels up to 64 px (fastest to read, no decoder); above that the source's own
+    encoding, its files stored unchanged where they need no resizing (JPEG, PNG, WebP), PNG for lossless
+    sources (pixel arrays, BMP, TIFF), JPEG at quality 95 for mixed lossy ones. DALI decodes encoded shards,
+    on the GPU with nvJPEG. Shards are cut by bytes (--shard-bytes), optionally capped by --shard-size.
+
     The output appears only when complete (an interrupted run leaves nothing); the same input and seed give
     byte-identical shards.
 
@@ -166,10 +199,15 @@ def make(
       [cyan]ssrr shard imagefolder ../shared/data/cifar10-jpeg.tar.gz --name cifar10-jpeg[/]
 
       [cyan]ssrr shard synthetic --seed 1[/]
+
+      [cyan]ssrr shard imagefolder ~/data/imagenette --name imagenette --encoding jpeg --shard-bytes 256MB[/]
     """
     if source_arg is not None and source is not None and source_arg != source:
         raise SsrrError(f"two sources given: {source_arg} and --source {source}")
     source = source or source_arg
+    target_bytes = parse_bytes(shard_bytes)
+    if encoding != "auto":
+        get_encoding(encoding)  # an unknown one fails before the dataset is read
     started = time.perf_counter()
     with _progress_bars() as factory:
         arrays = load_dataset(
@@ -191,6 +229,10 @@ def make(
             out,
             seed=seed,
             shard_size=shard_size,
+            shard_bytes=target_bytes,
+            encoding=None if encoding == "auto" else encoding,
+            quality=quality,
+            workers=workers,
             command=_command_line(ctx),
             progress=lambda _split, n: tick(n),
         )
@@ -219,7 +261,8 @@ def _summary(root: Path, manifest: formats.Manifest, total: int, elapsed: float)
     height, width = manifest.image_size
     coarse = f" ({len(manifest.coarse_classes)} coarse)" if manifest.coarse_classes else ""
     console.print(
-        f"{manifest.num_classes} classes{coarse}, {height}x{width} RGB; {total:,} images in {elapsed:.1f} s "
+        f"{manifest.num_classes} classes{coarse}, {height}x{width} RGB as {manifest.encoding}; "
+        f"{total:,} images in {elapsed:.1f} s "
         f"({total / max(elapsed, 1e-9):,.0f} images/s) -> [bold]{escape(str(root))}[/]",
         highlight=False,
     )
@@ -275,7 +318,8 @@ def info(
     table.add_column("value")
     height, width = manifest.image_size
     table.add_row("name", escape(manifest.name))
-    table.add_row("image size", f"{height}x{width} RGB ({manifest.encoding})")
+    table.add_row("image size", f"{height}x{width} RGB")
+    table.add_row("encoding", _encoding_text(manifest))
     table.add_row("classes", escape(f"{manifest.num_classes}: {_names(manifest.classes)}"))
     if manifest.coarse_classes:
         table.add_row("coarse classes", escape(f"{len(manifest.coarse_classes)}: {_names(manifest.coarse_classes)}"))
@@ -289,11 +333,22 @@ def info(
         )
     table.add_row("evaluated on", str(manifest.held_out_split or "-") + ("" if manifest.eval_split else " (by rule)"))
     table.add_row("seed", str(manifest.seed))
-    table.add_row("shard size", f"{manifest.shard_size:,}")
+    cap = f", at most {manifest.shard_size:,} samples" if manifest.shard_size else ""
+    limit = _human_bytes(manifest.shard_bytes) if manifest.shard_bytes else "unset"
+    table.add_row("shard size", f"up to {limit}{cap}")
     table.add_row("source", escape(json.dumps(manifest.source)))
     table.add_row("command", escape(manifest.command))
     table.add_row("made by", f"ssrr {manifest.ssrr_version}, format {manifest.format_version}")
     console.print(table)
+
+
+def _encoding_text(manifest: formats.Manifest) -> str:
+    """'jpeg, quality 95 (240 of 240 source files stored unchanged)': the quality applies to re-encoded images."""
+    text = manifest.encoding + (f", quality {manifest.quality}" if manifest.quality is not None else "")
+    if manifest.source_files_kept:
+        total = sum(split.samples for split in manifest.splits.values())
+        text += f" ({manifest.source_files_kept:,} of {total:,} source files stored unchanged)"
+    return text
 
 
 def _names(names: list[str], shown: int = 10) -> str:

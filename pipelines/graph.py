@@ -1,13 +1,19 @@
 """The DALI graph: shards in, V augmented views of each image out, as one V-frame sequence per image.
 
-One ``@pipeline_def`` serves the CPU (``device_id=None``) and the GPU (``device_id`` = CUDA index; the pixels
-move to the device with ``.gpu()`` right after reading). The shard format stores raw uint8 HWC pixels, so
-there is no image decoder: reading a sample is a copy, reshaped to (H, W, 3) with the manifest's image size
-(measured faster than any decoder for 32x32 images).
+One ``@pipeline_def`` serves the CPU (``device_id=None``) and the GPU (``device_id`` = CUDA index). Raw shards
+(``.rgb``, the default up to 64 px) need no decoder: reading a sample is a copy, reshaped to (H, W, 3) with the
+manifest's image size (measured faster than any decoder for 32x32 images), and on the GPU the pixels move to
+the device with ``.gpu()`` right after reading. Encoded shards (``.jpg``, ``.png``, ``.webp``) go through
+``fn.decoders.image``: ``device="cpu"`` (libjpeg-turbo, libpng, libwebp) on the CPU, ``device="mixed"`` on the
+GPU (nvJPEG: the Huffman stage on the host, the rest on the device, the output a GPU image). Either way each
+image is decoded once, and its V views are all cut from that one decode by the steps below.
+DALI's fused decode-and-crop (one partial decode per view) was measured against this: faster for one view (1.3x
+at 224 px), even at two, 1.7x slower at four (docs/benchmarks.md), and every multi-view recipe has V >= 2.
 
 Per pipeline run (B images, V views each):
 
-- ``fn.readers.webdataset`` reads ``.rgb`` (uint8) and ``.lbl`` (int32 fine, coarse, index);
+- ``fn.readers.webdataset`` reads the pixels (``.rgb`` or the encoded member, uint8) and ``.lbl`` (int32 fine,
+  coarse, index); encoded pixels are decoded (see above);
 - the random parameters of the run come from one ``fn.external_source`` (numpy, torchvision's sampling
   rules, see :mod:`ssrr.pipelines.sampling`);
 - the geometric step runs once per view (V operator calls over the batch, each with its own per-sample
@@ -54,6 +60,8 @@ from nvidia.dali import math as dmath
 from ssrr.pipelines.recipes import Recipe
 from ssrr.pipelines.sampling import LUMA, draw
 
+from ssrr.data import codec
+
 READER = "Reader"
 
 
@@ -76,6 +84,7 @@ class GraphSpec:
     reader_seed: int
     gpu: bool
     contrast: str = "fused"  # "fused" (CPU default), "centre" (fn.brightness_contrast), "arith" (the GPU form)
+    encoding: str = codec.RAW  # the manifest's: raw pixels, or jpeg / png / webp decoded by DALI
 
     @property
     def crop_views(self) -> int:
@@ -161,15 +170,29 @@ def _stack(views: Sequence) -> object:
     return fn.stack(*views, axis=0, axis_name="F")
 
 
+def _pixels(stored, spec: GraphSpec):
+    """The (H, W, 3) uint8 image of each sample, on the pipeline's device: raw bytes reshaped, or decoded once."""
+    if spec.encoding == codec.RAW:
+        height, width = spec.source_size
+        image = fn.reshape(stored, shape=[height, width, 3], layout="HWC")
+        return image.gpu() if spec.gpu else image
+    # EXIF orientation is ignored, as Pillow does when `ssrr shard` computes the statistics (and the shards hold
+    # SIZE x SIZE images whatever the tag says). On the GPU, nvJPEG keeps its default chroma upsampling: a few
+    # levels from the CPU decoder's at most (the -m gpu test in tests/test_pipeline_encoded.py checks it).
+    return fn.decoders.image(
+        stored, device="mixed" if spec.gpu else "cpu", output_type=types.RGB, adjust_orientation=False
+    )
+
+
 @pipeline_def
 def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
     """Outputs: views (B x [V, H, W, 3], FHWC, normalised; float32 and not yet clamped for colour recipes) and
     labels (B x [3] int32)."""
     recipe = spec.recipe
-    rgb, labels = fn.readers.webdataset(
+    stored, labels = fn.readers.webdataset(
         paths=list(spec.paths),
         index_paths=list(spec.index_paths),
-        ext=["rgb", "lbl"],
+        ext=[codec.ENCODINGS[spec.encoding].ext, "lbl"],
         dtypes=[types.UINT8, types.INT32],
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -181,10 +204,7 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
         missing_component_behavior="error",
         name=READER,
     )
-    height, width = spec.source_size
-    image = fn.reshape(rgb, shape=[height, width, 3], layout="HWC")
-    if spec.gpu:
-        image = image.gpu()
+    image = _pixels(stored, spec)
     names = spec.param_names()
     p = (
         dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True), strict=True))

@@ -6,8 +6,14 @@ and vectorised (a memory map of each tar, one pass over its index):
 
 - the tar and its index exist, and the index lists the manifest's number of samples;
 - the tar has the manifest's size (a shorter one is truncated);
-- every sample has ``.rgb`` and ``.lbl`` members of the right sizes (H*W*3 and 12 bytes) that lie inside the
-  file, 512-byte aligned, each preceded by a tar header that names that member with that size;
+- every sample has a pixel member (``.rgb`` for raw pixels, ``.jpg``/``.png``/``.webp`` for encoded images) and
+  an ``.lbl`` member of the right sizes (raw: H*W*3; labels: 12 bytes) that lie inside the file, 512-byte
+  aligned, each preceded by a tar header that names that member with that size;
+- an encoded image has its format's signature and end marker, and its header states the manifest's size (no
+  decoding: a few microseconds a sample). With ``skip_corrupt`` every encoded image is also decoded once
+  (Pillow, in threads), so an undecodable one is dropped and counted before DALI meets it; without it, an image
+  that passes these checks but that DALI's decoder rejects stops the run with a one-line error naming the
+  shard and the sample (`find_undecodable`);
 - the labels are sane: the sample index stored in ``.lbl`` is the one in the member's name, labels lie in
   range.
 
@@ -20,18 +26,19 @@ start costs more than the check itself).
 
 from __future__ import annotations
 
+import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ssrr.data import formats
+from ssrr.data import codec, formats
 from ssrr.errors import SsrrError
 
 BLOCK = 512
 LABEL_BYTES = 12
-NEEDED = (formats.PIXELS_EXT, formats.LABELS_EXT)
 
 
 @dataclass
@@ -60,7 +67,7 @@ class _Index:
     sizes: dict[str, np.ndarray]
 
 
-def _parse_index(path: Path, shard: Path) -> _Index:
+def _parse_index(path: Path, shard: Path, needed: tuple[str, ...]) -> _Index:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -71,8 +78,8 @@ def _parse_index(path: Path, shard: Path) -> _Index:
         raise SsrrError(f"{shard}: malformed DALI index {path.name} (header {rows[0] if rows else 'missing'!r})")
     lines = [row for row in rows[1:] if row.strip()]
     n = len(lines)
-    offsets = {ext: np.full(n, -1, np.int64) for ext in NEEDED}
-    sizes = {ext: np.full(n, -1, np.int64) for ext in NEEDED}
+    offsets = {ext: np.full(n, -1, np.int64) for ext in needed}
+    sizes = {ext: np.full(n, -1, np.int64) for ext in needed}
     keys = []
     for i, line in enumerate(lines):
         tokens = line.split()
@@ -106,17 +113,25 @@ def _octal_fields(headers: np.ndarray) -> np.ndarray:
 
 
 def _check_shard(
-    shard: Path, info: formats.ShardInfo, manifest: formats.Manifest, split: str, *, no_labels: bool = False
+    shard: Path,
+    info: formats.ShardInfo,
+    manifest: formats.Manifest,
+    split: str,
+    *,
+    no_labels: bool = False,
+    decode: bool = False,
 ) -> tuple[_Index | None, np.ndarray, list[str], str | None]:
     """(index, ok mask, per-sample problems (without the shard's name), shard-level problem) of one shard.
 
-    ``no_labels``: the split is read as unlabelled beside a labelled one, so a fine label is a problem too."""
+    ``no_labels``: the split is read as unlabelled beside a labelled one, so a fine label is a problem too.
+    ``decode``: encoded images are decoded as well (see `_check_encoded`)."""
     if not shard.is_file():
         return None, np.zeros(0, bool), [], f"{shard}: missing shard (listed in {formats.MANIFEST})"
     idx_path = formats.index_path(shard)
     if not idx_path.is_file():
         return None, np.zeros(0, bool), [], f"{shard}: missing DALI index {idx_path.name}; re-create the shards"
-    index = _parse_index(idx_path, shard)
+    pixels_ext = manifest.pixels_ext
+    index = _parse_index(idx_path, shard, (pixels_ext, formats.LABELS_EXT))
     n = len(index.keys)
     shard_problem = None
     if index.count != n or n != info.samples:
@@ -128,17 +143,20 @@ def _check_shard(
         what = "truncated" if file_size < info.bytes else "altered"
         shard_problem = f"{shard}: {what} ({file_size} bytes, the manifest says {info.bytes})"
     height, width = manifest.image_size
-    expected = {formats.PIXELS_EXT: height * width * 3, formats.LABELS_EXT: LABEL_BYTES}
+    expected = {pixels_ext: height * width * 3, formats.LABELS_EXT: LABEL_BYTES}
     ok = np.ones(n, bool)
     reasons = np.full(n, "", dtype=object)
     data = np.memmap(shard, np.uint8, mode="r") if file_size else np.zeros(0, np.uint8)
     labels = None
-    for ext in NEEDED:
+    for ext in (pixels_ext, formats.LABELS_EXT):
         off, size = index.offsets[ext], index.sizes[ext]
         bad = off < 0
         _flag(ok, reasons, bad, f"no .{ext} member")
-        bad = ~bad & (size != expected[ext])
-        _flag(ok, reasons, bad, f".{ext} has {{size}} bytes, expected {expected[ext]}", size)
+        if ext == pixels_ext and manifest.encoded:
+            _flag(ok, reasons, ~bad & (size < 1), f".{ext} is empty")
+        else:
+            bad = ~bad & (size != expected[ext])
+            _flag(ok, reasons, bad, f".{ext} has {{size}} bytes, expected {expected[ext]}", size)
         inside = (off >= BLOCK) & (off + size <= file_size) & (off % BLOCK == 0)
         _flag(ok, reasons, (off >= 0) & ~inside, f".{ext} lies past the end of the file (truncated)")
         rows = np.flatnonzero(inside & (off >= 0))
@@ -184,8 +202,56 @@ def _check_shard(
             mask = np.zeros(n, bool)
             mask[rows[fine != formats.NO_LABEL]] = True
             _flag(ok, reasons, mask, f"a labelled sample in '{split}', which is read as the unlabelled split")
+    if manifest.encoded:
+        _check_encoded(data, index, ok, reasons, manifest, decode)
     problems = [f"corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
     return index, ok, problems, shard_problem
+
+
+def _check_encoded(
+    data: np.ndarray, index: _Index, ok: np.ndarray, reasons: np.ndarray, manifest: formats.Manifest, decode: bool
+) -> None:
+    """Encoded pixels: the signature, end marker and stated size of every sample still ok (no decoding, a few us
+    each); with `decode`, every such image is decoded too (Pillow, in threads), so no sample fails in DALI."""
+    ext = manifest.pixels_ext
+    offsets, sizes = index.offsets[ext], index.sizes[ext]
+
+    def problem(i: int) -> str | None:
+        payload = data[offsets[i] : offsets[i] + sizes[i]].tobytes()
+        found = codec.structure_problem(payload, manifest.encoding, manifest.image_size)
+        if found is None and decode:
+            try:
+                codec.decode(payload, manifest.encoding, manifest.image_size)
+            except ValueError as exc:
+                found = str(exc)
+        return found
+
+    rows = [int(i) for i in np.flatnonzero(ok)]
+    if decode:
+        with ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0))))) as pool:
+            found = list(pool.map(problem, rows, chunksize=64))
+    else:
+        found = [problem(i) for i in rows]
+    for i, reason in zip(rows, found, strict=True):
+        if reason is not None:
+            reasons[i] = f".{ext}: {reason}"
+            ok[i] = False
+
+
+def find_undecodable(plan: ShardPlan, manifest: formats.Manifest) -> str | None:
+    """'<shard>: corrupt sample <key> (<why>)' for the first sample of the plan that Pillow cannot decode, or None.
+
+    Used after DALI's decoder failed, to name the sample (the structural checks let it through)."""
+    for path, index_file in zip(plan.paths, plan.index_paths, strict=True):
+        index = _parse_index(Path(index_file), Path(path), (manifest.pixels_ext,))
+        data = np.memmap(path, np.uint8, mode="r")
+        offsets, sizes = index.offsets[manifest.pixels_ext], index.sizes[manifest.pixels_ext]
+        for i, key in enumerate(index.keys):
+            try:
+                codec.decode(data[offsets[i] : offsets[i] + sizes[i]].tobytes(), manifest.encoding, manifest.image_size)
+            except ValueError as exc:
+                return f"{path}: corrupt sample {key} ({exc})"
+    return None
 
 
 def _flag(ok: np.ndarray, reasons: np.ndarray, bad: np.ndarray, message: str, sizes: np.ndarray | None = None) -> None:
@@ -220,7 +286,9 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
     for name, info in shards:
         shard = root / info.file
         no_labels = len(names) > 1 and not manifest.splits[name].labeled
-        index, ok, problems, shard_problem = _check_shard(shard, info, manifest, name, no_labels=no_labels)
+        index, ok, problems, shard_problem = _check_shard(
+            shard, info, manifest, name, no_labels=no_labels, decode=skip_corrupt
+        )
         if not skip_corrupt:
             if problems:
                 first = problems[0]

@@ -60,8 +60,10 @@ def write_synthetic(
     coarse_classes: int = 0,
     seed: int = 0,
     shard_size: int = 100,
+    encoding: str = "raw",
+    quality: int | None = None,
 ) -> Path:
-    """Write ``<out>/<name>/`` with train/test splits of synthetic images; return the folder."""
+    """Write ``<out>/<name>/`` with train/test splits of synthetic images (stored in `encoding`); return the folder."""
     rng = np.random.default_rng(seed)
     splits = {}
     for split, count in (("train", train), ("test", test)):
@@ -78,5 +80,5 @@ def write_synthetic(
         coarse_classes=[f"super{i}" for i in range(coarse_classes)],
         source={"path": f"synthetic:{kind}"},
     )
-    write_dataset(dataset, out, seed=seed, shard_size=shard_size)
+    write_dataset(dataset, out, seed=seed, shard_size=shard_size, encoding=encoding, quality=quality)
     return Path(out) / name

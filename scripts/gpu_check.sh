@@ -15,6 +15,12 @@ mkdir -p "$OUT"
 [ "$DEVICE" = cpu ] || pytest -q -m gpu | tail -3 | tee "$OUT/gpu-tests.txt"
 PIPE_DEVICE=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
 ssrr bench pipeline --dataset "$SHARDS" --k 32 --batch 64 --device "$PIPE_DEVICE" --steps "$STEPS" "$RECORD" --json | tee "$OUT/pipeline.json"
+# Encoded shards: the same CIFAR-10 JPEGs at 96 px stored as JPEG, decoded by nvJPEG (DALI's mixed decoder) on the GPU
+JPEG_SHARDS=${JPEG_SHARDS:-shards/cifar10-jpeg96}
+[ -d "$JPEG_SHARDS" ] || ssrr shard imagefolder ../shared/data/cifar10-jpeg.tar.gz --name "$(basename "$JPEG_SHARDS")" \
+  --out "$(dirname "$JPEG_SHARDS")" --size 96 --encoding jpeg --workers "$(nproc)"
+ssrr bench pipeline --dataset "$JPEG_SHARDS" --k 32 --batch 64 --device "$PIPE_DEVICE" --steps "$STEPS" "$RECORD" --json \
+  | tee "$OUT/pipeline-jpeg96.json"
 for BACKBONE in conv4 resnet32; do
   ssrr bench e2e --dataset "$SHARDS" --backbone "$BACKBONE" --k 32 --batch 64 --amp --device "$DEVICE" \
     --steps "$STEPS" --repeats 3 --baseline-steps 0 "$RECORD" --json | tee "$OUT/e2e-$BACKBONE.json"
@@ -27,6 +33,8 @@ import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 pipe = json.loads((out / "pipeline.json").read_text())
 print(f"pipeline: {pipe['views_per_s']:,.0f} views/s on {pipe['device']}")
+jpeg = json.loads((out / "pipeline-jpeg96.json").read_text())
+print(f"pipeline, 96-px JPEG shards (nvJPEG on the GPU): {jpeg['views_per_s']:,.0f} views/s on {jpeg['device']}")
 for name in ("conv4", "resnet32"):
     e = json.loads((out / f"e2e-{name}.json").read_text())
     mem = e.get("peak_gpu_memory_mb")

@@ -211,11 +211,7 @@ def _parse_manifest(raw: bytes, url: str) -> formats.Manifest:
         manifest = formats.Manifest.from_dict(json.loads(raw))
     except (ValueError, KeyError, TypeError) as exc:
         raise SsrrError(f"{url}: malformed manifest ({exc})") from None
-    if manifest.format_version != formats.FORMAT_VERSION or manifest.encoding != formats.ENCODING:
-        raise SsrrError(
-            f"{url}: format {manifest.format_version}/{manifest.encoding} is not readable by this ssrr "
-            f"(expects {formats.FORMAT_VERSION}/{formats.ENCODING})"
-        )
+    formats.check_readable(manifest, url)
     return manifest
 
 

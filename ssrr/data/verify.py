@@ -1,5 +1,6 @@
 """Check a shard folder against its manifest: hashes, sample counts, members, labels, indices, DALI indexes.
 
+Encoded pixels (jpeg, png, webp) are decoded in full with Pillow: verification finds any undecodable sample.
 `verify_dataset` returns a list of problems (`verify_report` the same per split, with counts), each one
 line naming the shard file (and sample key where there is one); an empty list means the folder is intact.
 `ssrr shard verify` prints them.
@@ -15,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ssrr.data import formats
+from ssrr.data import codec, formats
 from ssrr.data.writer import sha256_file
 from ssrr.errors import SsrrError
-
-MEMBERS = (formats.PIXELS_EXT, formats.LABELS_EXT, formats.CLASS_EXT)
 
 
 @dataclass
@@ -32,26 +31,41 @@ class SplitReport:
     problems: list[str] = field(default_factory=list)
 
 
+def _pixel_problem(data: bytes, manifest: formats.Manifest) -> str | None:
+    """What is wrong with a sample's pixel member: its size (raw), or its structure and decode (encoded)."""
+    height, width = manifest.image_size
+    if not manifest.encoded:
+        expected = height * width * 3
+        return None if len(data) == expected else f"has {len(data)} bytes, expected {expected}"
+    problem = codec.structure_problem(data, manifest.encoding, manifest.image_size)
+    if problem is None:
+        try:
+            codec.decode(data, manifest.encoding, manifest.image_size)
+        except ValueError as exc:
+            problem = str(exc)
+    return problem
+
+
 def _check_sample(
     where: str,
     key: str,
     parts: dict[str, bytes],
     split: str,
-    pixels: int,
     manifest: formats.Manifest,
     labeled: bool,
 ) -> tuple[list[str], int | None]:
     """Problems with one sample's members, and the index it carries (None if unreadable)."""
     problems = []
-    for ext in MEMBERS:
+    members = manifest.members
+    for ext in members:
         if ext not in parts:
             problems.append(f"{where}: {key}: no .{ext} member")
-    for ext in sorted(set(parts) - set(MEMBERS)):
+    for ext in sorted(set(parts) - set(members)):
         problems.append(f"{where}: {key}: unexpected member .{ext}")
-    if formats.PIXELS_EXT in parts and len(parts[formats.PIXELS_EXT]) != pixels:
-        problems.append(
-            f"{where}: {key}: .{formats.PIXELS_EXT} has {len(parts[formats.PIXELS_EXT])} bytes, expected {pixels}"
-        )
+    if manifest.pixels_ext in parts:
+        problem = _pixel_problem(parts[manifest.pixels_ext], manifest)
+        if problem:
+            problems.append(f"{where}: {key}: .{manifest.pixels_ext} {problem}")
     raw = parts.get(formats.LABELS_EXT)
     if raw is None:
         return problems, None
@@ -110,8 +124,6 @@ def verify_report(
     """
     root = Path(root)
     manifest = formats.load_manifest(root)
-    height, width = manifest.image_size
-    pixels = height * width * 3
     reports: dict[str, SplitReport] = {}
     key_pattern = re.compile(r"(.+)-(\d{9})")
     for split, info in manifest.splits.items():
@@ -150,7 +162,7 @@ def verify_report(
                 match = key_pattern.fullmatch(key)
                 if match is None or match.group(1) != split:
                     report.problems.append(f"{where}: {key}: key is not '{split}-<9 digits>'")
-                problems, index = _check_sample(where, key, parts, split, pixels, manifest, info.labeled)
+                problems, index = _check_sample(where, key, parts, split, manifest, info.labeled)
                 report.problems += problems
                 if index is None:
                     continue

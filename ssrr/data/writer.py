@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,19 +21,24 @@ from typing import BinaryIO
 import numpy as np
 
 from ssrr import __version__
-from ssrr.data import formats
+from ssrr.data import codec, formats
+from ssrr.data.sizing import DEFAULT_SHARD_BYTES, cut_shards, sample_bytes, split_shard_bytes
 from ssrr.errors import SsrrError
-
-DEFAULT_SHARD_SIZE = 10_000
 
 
 @dataclass
 class SplitArrays:
-    """One split held in memory: N images of one size and their labels."""
+    """One split held in memory: N images of one size and their labels.
+
+    ``originals`` optionally holds each image's source file bytes where decoding them gives exactly the stored
+    pixels (else None): shards in the source's own encoding store those bytes unchanged. ``source_formats``:
+    the Pillow formats of the source files (empty for pixel-array sources, which are lossless)."""
 
     images: np.ndarray  # (N, H, W, 3) uint8
     fine: np.ndarray  # (N,) int; formats.NO_LABEL where unlabeled
     coarse: np.ndarray  # (N,) int; formats.NO_LABEL where absent
+    originals: list[bytes | None] | None = None
+    source_formats: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -40,6 +46,8 @@ class SplitArrays:
             raise ValueError(f"images must be (N, H, W, 3) uint8, got {self.images.shape} {self.images.dtype}")
         if len(self.fine) != n or len(self.coarse) != n:
             raise ValueError("labels and images differ in length")
+        if self.originals is not None and len(self.originals) != n:
+            raise ValueError("originals and images differ in length")
 
     @classmethod
     def unlabeled(cls, images: np.ndarray) -> SplitArrays:
@@ -61,6 +69,11 @@ class DatasetArrays:
     coarse_classes: list[str]
     source: dict[str, str]
     eval_split: str | None = None  # the source's labelled held-out split; None: by rule (formats.default_eval_split)
+
+    @property
+    def source_formats(self) -> frozenset[str]:
+        """The Pillow formats of the source files over all splits (empty for pixel-array sources)."""
+        return frozenset().union(*(split.source_formats for split in self.splits.values()))
 
 
 def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -120,39 +133,41 @@ class _HashingWriter:
 def write_shard(
     path: Path,
     split: str,
-    arrays: SplitArrays,
-    order: Sequence[int] | np.ndarray,
+    ext: str,
+    payloads: Sequence[bytes],
+    labels: Sequence[tuple[int, int]],
     first_index: int,
+    with_class: bool = True,
 ) -> formats.ShardInfo:
-    """One tar of the samples `order` (positions in `arrays`), and its DALI index beside it."""
+    """One tar of samples (pixel member `ext` holding `payloads`, labels (fine, coarse), and with `with_class`
+    the WebDataset ``.cls``), and its DALI index."""
     index_lines = []
     with open(path, "wb") as raw:
         out = _HashingWriter(raw)
-        for offset, position in enumerate(order):
+        for offset, (payload, (fine, coarse)) in enumerate(zip(payloads, labels, strict=True)):
             sample_index = first_index + offset
             key = formats.sample_key(split, sample_index)
-            fine, coarse = int(arrays.fine[position]), int(arrays.coarse[position])
             components = (
-                (formats.PIXELS_EXT, np.ascontiguousarray(arrays.images[position]).tobytes()),
+                (ext, payload),
                 (formats.LABELS_EXT, formats.encode_labels(fine, coarse, sample_index)),
                 (formats.CLASS_EXT, str(fine).encode()),
-            )
+            )[: 3 if with_class else 2]
             entry = []
-            for ext, payload in components:
-                name = f"{key}.{ext}"
-                out.write(_ustar_header(name.encode("ascii"), len(payload)))
+            for member_ext, data in components:
+                name = f"{key}.{member_ext}"
+                out.write(_ustar_header(name.encode("ascii"), len(data)))
                 # USTAR with a short name is one 512-byte header block, then the data.
-                entry.append(f"{ext} {out.offset} {len(payload)} {name}")
-                out.write(payload)
-                if len(payload) % tarfile.BLOCKSIZE:
-                    out.write(_ZEROS[: tarfile.BLOCKSIZE - len(payload) % tarfile.BLOCKSIZE])
+                entry.append(f"{member_ext} {out.offset} {len(data)} {name}")
+                out.write(data)
+                if len(data) % tarfile.BLOCKSIZE:
+                    out.write(_ZEROS[: tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE])
             index_lines.append(" ".join(entry))
         # end of archive: two zero blocks, then zeros up to a whole record (as tarfile does)
         out.write(_ZEROS[: 2 * tarfile.BLOCKSIZE])
         if out.offset % tarfile.RECORDSIZE:
             out.write(_ZEROS[: tarfile.RECORDSIZE - out.offset % tarfile.RECORDSIZE])
     formats.index_path(path).write_text(f"v1.2 {len(index_lines)}\n" + "\n".join(index_lines) + "\n")
-    return formats.ShardInfo(file=path.name, samples=len(order), sha256=out.digest.hexdigest(), bytes=out.offset)
+    return formats.ShardInfo(file=path.name, samples=len(payloads), sha256=out.digest.hexdigest(), bytes=out.offset)
 
 
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
@@ -166,20 +181,110 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 ProgressHook = Callable[[str, int], None]  # (split, samples just written)
 
 
+@dataclass
+class _Settings:
+    """How `write_dataset` stores the samples of every split."""
+
+    encoding: str
+    quality: int | None
+    shard_bytes: int
+    shard_size: int | None
+    workers: int
+
+
+def encode_split(
+    arrays: SplitArrays, order: np.ndarray, encoding: str, quality: int | None, workers: int
+) -> list[bytes] | None:
+    """The stored bytes of the samples `order` in `encoding` (None for raw: written straight from the arrays).
+
+    Source files already in `encoding` whose decode is exactly the stored pixels are kept byte for byte, unless
+    a `quality` is asked for; the rest are encoded (Pillow releases the GIL: `workers` threads)."""
+    if encoding == codec.RAW:
+        return None
+    height, width = arrays.images.shape[1:3]
+    originals = arrays.originals if quality is None else None
+
+    def one(position: int) -> bytes:
+        original = originals[position] if originals is not None else None
+        if original is not None and codec.structure_problem(original, encoding, (height, width)) is None:
+            return original
+        return codec.encode(arrays.images[position], encoding, quality or codec.DEFAULT_QUALITY)
+
+    positions = [int(p) for p in order]
+    if workers <= 1 or len(positions) < 64:
+        return [one(p) for p in positions]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, positions, chunksize=64))
+
+
+def _write_split(
+    staging: Path,
+    split: str,
+    arrays: SplitArrays,
+    order: np.ndarray,
+    settings: _Settings,
+    progress: ProgressHook | None,
+) -> tuple[formats.SplitInfo, int]:
+    """Write one split's shards into `staging`; its SplitInfo, and how many source files were kept unchanged."""
+    ext = codec.ENCODINGS[settings.encoding].ext
+    with_class = settings.encoding == codec.RAW  # see formats: encoded shards leave out the 1 KB `.cls`
+    payloads = encode_split(arrays, order, settings.encoding, settings.quality, settings.workers)
+    originals = arrays.originals or []
+    kept = sum(payloads[i] is originals[p] for i, p in enumerate(order)) if payloads and originals else 0
+    raw_size = int(np.prod(arrays.images.shape[1:]))
+    fine = [int(arrays.fine[p]) for p in order]
+    stored = [raw_size] * len(order) if payloads is None else [len(payload) for payload in payloads]
+    sizes = [sample_bytes(stored[i], fine[i], with_class) for i in range(len(order))]
+    target = split_shard_bytes(settings.shard_bytes, sum(sizes))
+    info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled)
+    for number, (start, stop) in enumerate(cut_shards(sizes, target, settings.shard_size)):
+        chunk = order[start:stop]
+        if payloads is None:
+            data = [np.ascontiguousarray(arrays.images[p]).tobytes() for p in chunk]
+        else:
+            data = payloads[start:stop]
+        labels = [(fine[i], int(arrays.coarse[order[i]])) for i in range(start, stop)]
+        path = staging / formats.shard_name(split, number)
+        info.shards.append(write_shard(path, split, ext, data, labels, first_index=start, with_class=with_class))
+        if progress:
+            progress(split, len(chunk))
+    return info, kept
+
+
 def write_dataset(
     dataset: DatasetArrays,
     out: Path | str,
     *,
     seed: int = 0,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    encoding: str | None = None,
+    quality: int | None = None,
+    workers: int = 1,
     command: str = "",
     progress: ProgressHook | None = None,
 ) -> formats.Manifest:
-    """Shuffle each split with `seed`, write `<out>/<name>/` atomically, return its manifest."""
-    if shard_size < 1:
+    """Shuffle each split with `seed`, write `<out>/<name>/` atomically, return its manifest.
+
+    `encoding`: ``raw`` / ``jpeg`` / ``png`` / ``webp`` (or a manifest value); None picks
+    `ssrr.data.codec.default_encoding`. `quality` (lossy encodings): None keeps source files already in the
+    encoding unchanged and encodes the rest at `codec.DEFAULT_QUALITY`; a number re-encodes every image at it.
+    Shards hold up to `shard_bytes` (less for a split that would get under `MIN_SHARDS`, see `split_shard_bytes`)
+    and at most `shard_size` samples.
+    """
+    if shard_size is not None and shard_size < 1:
         raise SsrrError(f"--shard-size must be at least 1, got {shard_size}")
+    if shard_bytes < 1:
+        raise SsrrError(f"--shard-bytes must be at least 1, got {shard_bytes}")
+    if quality is not None and not 1 <= quality <= 100:
+        raise SsrrError(f"--quality must be in 1..100, got {quality}")
     if "train" not in dataset.splits:
         raise SsrrError(f"{dataset.name}: no train split to compute the normalisation statistics from")
+    height, width = dataset.splits["train"].images.shape[1:3]
+    chosen = (
+        codec.get(encoding).name if encoding else codec.default_encoding(max(height, width), dataset.source_formats)
+    )
+    settings = _Settings(chosen, quality, shard_bytes, shard_size, workers)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = out / dataset.name
@@ -187,20 +292,14 @@ def write_dataset(
     try:
         rng = np.random.default_rng(seed)
         splits: dict[str, formats.SplitInfo] = {}
+        kept = 0
         for split in sorted(dataset.splits):
             arrays = dataset.splits[split]
             order = rng.permutation(len(arrays.images))
-            info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled)
-            for number, start in enumerate(range(0, len(order), shard_size)):
-                chunk = order[start : start + shard_size]
-                path = staging / formats.shard_name(split, number)
-                info.shards.append(write_shard(path, split, arrays, chunk, first_index=start))
-                if progress:
-                    progress(split, len(chunk))
-            splits[split] = info
+            splits[split], split_kept = _write_split(staging, split, arrays, order, settings, progress)
+            kept += split_kept
         eval_split = _eval_split(dataset, splits)
         mean, std = channel_stats(dataset.splits["train"].images)
-        height, width = dataset.splits["train"].images.shape[1:3]
         manifest = formats.Manifest(
             name=dataset.name,
             image_size=(int(height), int(width)),
@@ -215,6 +314,10 @@ def write_dataset(
             ssrr_version=__version__,
             command=command,
             eval_split=eval_split,
+            encoding=chosen,
+            quality=(quality or codec.DEFAULT_QUALITY) if codec.ENCODINGS[chosen].lossy else None,
+            shard_bytes=shard_bytes,
+            source_files_kept=kept if chosen != codec.RAW else None,
         )
         (staging / formats.MANIFEST).write_text(manifest.to_json())
         _swap_into_place(staging, final)
@@ -247,19 +350,23 @@ def _swap_into_place(staging: Path, final: Path) -> None:
 
 
 def iter_samples(root: Path | str, split: str) -> Iterable[tuple[str, np.ndarray, tuple[int, int, int]]]:
-    """(key, image HWC uint8, (fine, coarse, index)) of every sample of a split, with the plain tarfile module."""
+    """(key, image HWC uint8, (fine, coarse, index)) of every sample of a split, with the plain tarfile module
+    (encoded images are decoded with Pillow)."""
     root = Path(root)
     manifest = formats.load_manifest(root)
-    height, width = manifest.image_size
+    ext = manifest.pixels_ext
     for shard in manifest.shard_paths(root, split):
         with tarfile.open(shard) as tar:
             members: dict[str, dict[str, bytes]] = {}
             for member in tar:
-                key, _, ext = member.name.partition(".")
+                key, _, member_ext = member.name.partition(".")
                 handle = tar.extractfile(member)
                 if handle is None:
                     raise SsrrError(f"{shard}: member {member.name} is not a regular file")
-                members.setdefault(key, {})[ext] = handle.read()
+                members.setdefault(key, {})[member_ext] = handle.read()
             for key, parts in members.items():
-                image = np.frombuffer(parts[formats.PIXELS_EXT], np.uint8).reshape(height, width, 3)
+                try:
+                    image = codec.decode(parts[ext], manifest.encoding, manifest.image_size)
+                except ValueError as exc:
+                    raise SsrrError(f"{shard}: {key}: {exc}") from None
                 yield key, image, formats.decode_labels(parts[formats.LABELS_EXT])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ssrr.data.codec import probe_size as probe_size  # re-exported (the header probe lives in codec)
 from ssrr.errors import SsrrError
 
 Tick = Callable[[int], None]  # advance a progress task by n units
@@ -43,35 +43,6 @@ def image_extensions() -> frozenset[str]:
     """File extensions (lower case, with the dot) of every image format this Pillow can read."""
     Image.init()
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
-
-
-def probe_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding; None for other or odd files."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", data[16:24])
-        return int(width), int(height)
-    if data[:2] == b"\xff\xd8":
-        pos = 2
-        end = len(data)
-        while pos + 4 <= end:
-            if data[pos] != 0xFF:
-                return None
-            marker = data[pos + 1]
-            if marker == 0xFF:  # fill byte
-                pos += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
-                pos += 2
-                continue
-            (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if pos + 9 > end:
-                    return None
-                height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-                return int(width), int(height)
-            pos += 2 + length
-    return None
 
 
 def image_size(data: bytes, origin: str) -> tuple[int, int]:
@@ -111,17 +82,22 @@ def to_square(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, int, str]:
-    """Pool task: decode a chunk into (images, index of the first failure or -1, its error)."""
+def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, int, str, list[str], list[bool]]:
+    """Pool task: decode a chunk into (images, index of the first failure or -1, its error, each image's Pillow
+    format, whether each image's pixels are exactly its file's decode: RGB, already SIZE x SIZE)."""
     blobs, size = args
     out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+    kinds: list[str] = []
+    untouched: list[bool] = []
     for i, data in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(data)) as image:
+                kinds.append(image.format or "")
+                untouched.append(image.mode == "RGB" and image.size == (size, size))
                 out[i] = to_square(image, size)
         except Exception as exc:
-            return out, i, f"{type(exc).__name__}: {exc}"
-    return out, -1, ""
+            return out, i, f"{type(exc).__name__}: {exc}", kinds, untouched
+    return out, -1, "", kinds, untouched
 
 
 class ImageDecoder:
@@ -158,6 +134,9 @@ class ImageDecoder:
         self.pool: Any = None
         self.pending: list[tuple[int, int, Any]] = []  # (first position, SIZE, AsyncResult)
         self.submitted = 0
+        self.kinds: list[str] = []  # each file's Pillow format (filled by `result`)
+        self.untouched: list[bool] = []  # each file: decoded to the stored pixels exactly (RGB, SIZE x SIZE)
+        self._position: dict[str, int] = {}
 
     def __enter__(self) -> ImageDecoder:
         return self
@@ -198,20 +177,27 @@ class ImageDecoder:
         return image_size(self.blobs[position], f"{self.origin}: {self.names[position]}")
 
     def result(self, groups: dict[str, list[str]]) -> tuple[dict[str, np.ndarray], int]:
-        """Decoded (N, SIZE, SIZE, 3) uint8 arrays for each group of names (in the order given), and SIZE."""
+        """Decoded (N, SIZE, SIZE, 3) uint8 arrays for each group of names (in the order given), and SIZE.
+
+        Afterwards `formats` holds the Pillow formats of the files, and `originals` gives each group's file
+        bytes where they decode to exactly the stored pixels (for shards that keep the source's encoding)."""
         position = {name: i for i, name in enumerate(self.names)}
         size = self.size
         if size is None:
             train = [position[name] for name in groups.get("train", [])]
             size = common_side([self._size_of(i) for i in train], self.origin)
         total = len(self.names)
+        self.kinds = [""] * total
+        self.untouched = [False] * total
         tick = self.progress("decoding images", total)
         decoded = np.empty((total, size, size, 3), dtype=np.uint8)
 
-        def store(start: int, images: np.ndarray, bad: int, error: str) -> None:
+        def store(start: int, images: np.ndarray, bad: int, error: str, kinds: list[str], same: list[bool]) -> None:
             if bad >= 0:
                 raise SsrrError(f"{self.origin}: {self.names[start + bad]}: cannot decode image ({error})")
             decoded[start : start + len(images)] = images
+            self.kinds[start : start + len(images)] = kinds
+            self.untouched[start : start + len(images)] = same
             tick(len(images))
 
         if self.pool is not None:
@@ -219,11 +205,11 @@ class ImageDecoder:
                 self._submit(self.submitted, total, self.guess or size)
             redo = []
             for start, chunk_size, pending in self.pending:
-                images, bad, error = pending.get()
+                chunk = pending.get()
                 if chunk_size == size:
-                    store(start, images, bad, error)
+                    store(start, *chunk)
                 else:  # the guess was wrong: decode this chunk again at the right size
-                    stop = start + len(images)
+                    stop = start + len(chunk[0])
                     redo.append((start, self.pool.apply_async(_decode_chunk, ((self.blobs[start:stop], size),))))
             for start, pending in redo:
                 store(start, *pending.get())
@@ -235,4 +221,15 @@ class ImageDecoder:
             order = np.fromiter((position[name] for name in names), dtype=np.int64, count=len(names))
             in_place = len(order) == total and bool((order == np.arange(total)).all())
             arrays[split] = decoded if in_place else decoded[order]
+        self._position = position
         return arrays, size
+
+    @property
+    def formats(self) -> frozenset[str]:
+        """The Pillow format names of the decoded files (after `result`)."""
+        return frozenset(self.kinds)
+
+    def originals(self, names: list[str]) -> list[bytes | None]:
+        """Each named file's bytes where its decode is exactly the stored pixels, else None (after `result`)."""
+        at = [self._position[name] for name in names]
+        return [self.blobs[i] if self.untouched[i] else None for i in at]

@@ -70,10 +70,12 @@ def load_imagefolder(
         if "train" not in grouped:
             raise SsrrError(f"{path}: no train split (found: {', '.join(sorted(grouped))}; expected {LAYOUT})")
         arrays, _ = decoder.result({split: [name for _, name in items] for split, items in grouped.items()})
-    classes = sorted({label for items in grouped.values() for label, _ in items})
-    index = {label: i for i, label in enumerate(classes)}
-    splits = {}
-    for split, items in grouped.items():
-        fine = np.array([index[label] for label, _ in items], dtype=np.int64)
-        splits[split] = SplitArrays(arrays[split], fine, np.full(len(fine), formats.NO_LABEL, dtype=np.int64))
+        classes = sorted({label for items in grouped.values() for label, _ in items})
+        index = {label: i for i, label in enumerate(classes)}
+        splits = {}
+        for split, items in grouped.items():
+            fine = np.array([index[label] for label, _ in items], dtype=np.int64)
+            missing = np.full(len(fine), formats.NO_LABEL, dtype=np.int64)
+            originals = decoder.originals([name for _, name in items])
+            splits[split] = SplitArrays(arrays[split], fine, missing, originals, decoder.formats)
     return splits, classes, []

@@ -36,10 +36,12 @@ def load_tiny_imagenet(
         texts, images = _read(path, decoder, progress)
         classes, groups, labels = _layout(path, texts, images)
         arrays, _ = decoder.result(groups)
-    splits = {}
-    for split in groups:
-        fine = np.array(labels[split], dtype=np.int64)
-        splits[split] = SplitArrays(arrays[split], fine, np.full(len(fine), formats.NO_LABEL, dtype=np.int64))
+        splits = {}
+        for split in groups:
+            fine = np.array(labels[split], dtype=np.int64)
+            missing = np.full(len(fine), formats.NO_LABEL, dtype=np.int64)
+            originals = decoder.originals(groups[split])
+            splits[split] = SplitArrays(arrays[split], fine, missing, originals, decoder.formats)
     return splits, classes, []
 
 
