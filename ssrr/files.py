@@ -4,7 +4,8 @@
   leftover temp file of a killed writer is replaced by the next write of the same file.
 - `save_safetensors`: safetensors with its header's keys sorted, so the same tensors and metadata give the
   same bytes (the library writes its metadata map in a per-process random order), written atomically.
-- `append_line`: appends to a log, refusing a symbolic link (a planted link must not send writes elsewhere).
+- `open_log` / `append_line`: append to a log, refusing a symbolic link (a planted link must not send writes
+  elsewhere); `keep_lines` drops a log's half-written last line (and lines the caller no longer wants).
 - `replace_dir`: moves a finished folder over an existing one with one atomic exchange where the system has
   it (Linux `renameat2(RENAME_EXCHANGE)`), so the old folder is complete under its name until the new one is.
 - `writer_tag` / `remove_stale`: hidden work folders carry their writer's host and process id; a later run
@@ -22,7 +23,9 @@ import os
 import shutil
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -66,8 +69,9 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dic
     write_bytes_atomic(path, deterministic_safetensors(tensors, metadata))
 
 
-def append_line(path: Path, line: str) -> None:
-    """Append one line (a newline is added) to a log file; a symbolic link in its place is refused."""
+def open_log(path: Path) -> TextIO:
+    """A log file opened for appending; a symbolic link in its place is refused (a planted link must not
+    send the writes elsewhere)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(path, flags, 0o644)
@@ -75,8 +79,26 @@ def append_line(path: Path, line: str) -> None:
         if exc.errno == errno.ELOOP:
             raise SsrrError(f"{path}: a symbolic link; refusing to write through it") from None
         raise
-    with os.fdopen(fd, "a") as handle:
+    return os.fdopen(fd, "a")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line (a newline is added) to a log file, refusing a symbolic link."""
+    with open_log(path) as handle:
         handle.write(line + "\n")
+
+
+def keep_lines(path: Path, keep: Callable[[str], bool]) -> None:
+    """Re-write a line log atomically with only its whole lines (ending in a newline) that `keep` accepts:
+    drops the half-written last line of a killed writer, and whatever the caller no longer wants."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink():
+        raise SsrrError(f"{path}: a symbolic link; refusing to write through it")
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and keep(line)]
+    if kept != lines:
+        write_text_atomic(path, "".join(kept))
 
 
 def _exchange(a: Path, b: Path) -> bool:

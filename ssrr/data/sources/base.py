@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -74,6 +75,9 @@ def probe_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def image_size(data: bytes, origin: str) -> tuple[int, int]:
     """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow."""
     size = probe_size(data)
@@ -83,7 +87,14 @@ def image_size(data: bytes, origin: str) -> tuple[int, int]:
         with Image.open(io.BytesIO(data)) as image:
             return image.size
     except Exception as exc:
-        raise SsrrError(f"{origin}: not an image Pillow can read ({exc})") from None
+        raise SsrrError(f"{origin}: not an image Pillow can read ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as text without the in-memory buffer's repr (`<_io.BytesIO object at 0x...>`), which
+    names nothing: the caller names the member."""
+    text = _BUFFER_REPR.sub("", str(exc)).strip()
+    return text if isinstance(exc, SsrrError) else f"{type(exc).__name__}: {text}"
 
 
 def common_side(sizes: Sequence[tuple[int, int]], origin: str) -> int:
@@ -120,7 +131,7 @@ def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, int, str]:
             with Image.open(io.BytesIO(data)) as image:
                 out[i] = to_square(image, size)
         except Exception as exc:
-            return out, i, f"{type(exc).__name__}: {exc}"
+            return out, i, _reason(exc)
     return out, -1, ""
 
 
