@@ -92,6 +92,7 @@ def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
         if name in {f.name for f in fields(RunConfig)} and _given(ctx, name)
     }
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
+    merged["out"], merged["name"] = config.out, resolved.name  # the folder the config came from, never its own
     merged["log_with"] = list(merged.get("log_with") or [])
     return RunConfig(**merged)
 

@@ -129,8 +129,8 @@ def make(
         None, "--source", help="A local archive or extracted folder to use instead of downloading."
     ),
     out: Path = typer.Option(Path("shards"), "--out", help="Folder that receives NAME/ with the shards."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Shuffle seed (and the synthetic generator's)."),
-    shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", min=1, help="Samples per shard."),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed (and the synthetic generator's)."),
+    shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", help="Samples per shard."),
     name: str | None = typer.Option(
         None, "--name", help="Dataset folder name (default: DATASET, or the folder/archive name for imagefolder)."
     ),
@@ -138,11 +138,11 @@ def make(
         None, "--cache", help="Download cache (default: $SSRR_CACHE or ~/.cache/ssrr).", show_default=False
     ),
     size: int | None = typer.Option(
-        None, "--size", min=1, help="imagefolder/tiny-imagenet: image side (default: most common in train)."
+        None, "--size", help="imagefolder/tiny-imagenet: image side (default: most common in train)."
     ),
-    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes."),
-    train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", min=1, help="synthetic only."),
-    test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", min=1, help="synthetic only."),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", help="Image-decoding processes."),
+    train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", help="synthetic only."),
+    test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", help="synthetic only."),
 ) -> None:
     """Shard DATASET into OUT/NAME/: WebDataset tars of raw RGB pixels, DALI indexes, manifest.json.
 

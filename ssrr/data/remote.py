@@ -50,6 +50,7 @@ from typing import IO, Any
 from ssrr.data import formats
 from ssrr.data.download import cache_dir
 from ssrr.errors import SsrrError
+from ssrr.options import require_scheme
 
 BLOCK = 1 << 20
 TIMEOUT_S = 60
@@ -320,6 +321,7 @@ def fetch_shards(
     folder = cache_folder(url, cache)
     if not refresh and _complete(folder) is not None:
         return folder
+    require_scheme(url)  # before the cache folder is made: s3:// without fsspec names the extra to install
     try:
         with _locked(folder):
             if not refresh and (manifest := _complete(folder)) is not None:  # another process finished it
