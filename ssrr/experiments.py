@@ -38,6 +38,7 @@ from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.eval.report import STANDARD_COLUMNS, Cell, Table, columns_of, friendly, method_label, to_markdown
+from ssrr.files import replacing, write_text_atomic
 from ssrr.methods.base import with_method_defaults
 from ssrr.train.config import CONFIG_FILE, RunConfig
 
@@ -1006,7 +1007,8 @@ def _save(fig: Any, path: Path) -> Path:
 
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
     return path
 
 
@@ -1037,7 +1039,7 @@ def write_report(plan: Plan) -> Path:
     for spec in plan.tables:
         table = built[spec.name]
         markdown = to_markdown(table)
-        (folder / f"{spec.name}.md").write_text(f"# {spec.title}\n\n{markdown}")
+        write_text_atomic(folder / f"{spec.name}.md", f"# {spec.title}\n\n{markdown}")
         lines += [f"## {spec.title}", "", markdown.rstrip("\n")]
         if spec.note and not plan.scale.backbones:  # notes speak of the paper's backbones
             lines += ["", spec.note]
@@ -1051,7 +1053,7 @@ def write_report(plan: Plan) -> Path:
                 target.unlink(missing_ok=True)
                 lines += ["", "(figure: no results yet)"]
         lines.append("")
-    (folder / "report.md").write_text("\n".join(lines))
+    write_text_atomic(folder / "report.md", "\n".join(lines))
     summary = {
         "name": plan.name,
         "scale": plan.scale.name,
@@ -1059,5 +1061,5 @@ def write_report(plan: Plan) -> Path:
         "tables": {name: table.as_dict() for name, table in built.items()},
         "figures": figures,
     }
-    (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "report.json", json.dumps(summary, indent=2) + "\n")
     return folder

@@ -13,7 +13,6 @@ through the pipeline and keeps only those samples, re-batched to full batches.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from ssrr.data.formats import load_manifest
@@ -36,6 +34,7 @@ from ssrr.eval.common import (
 )
 from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
+from ssrr.files import save_safetensors
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
 
 EPOCHS = 100
@@ -50,9 +49,7 @@ ProgressFn = Callable[[int, int, float], None]
 
 def _save(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_safetensors(tensors, path, metadata)  # atomic, byte-reproducible
 
 
 def save_finetuned(folder: Path, backbone: nn.Module, head: nn.Module, name: str, epoch: int, labels: str) -> None:

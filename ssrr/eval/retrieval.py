@@ -23,6 +23,7 @@ from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_device, result_stem, write_result
 from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.files import replacing
 from ssrr.train.checkpoint import LoadedBackbone
 
 KS = (1, 5, 10)
@@ -126,7 +127,8 @@ def retrieval_grid(
             x = cell + GAP + c * (cell + 2)
             canvas[y : y + cell, x : x + cell] = _frame(image, GREEN if same else GREY)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, format="PNG")
+    with replacing(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
     return path
 
 
