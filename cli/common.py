@@ -16,7 +16,8 @@ console = Console(stderr=True)  # progress and tables; stdout stays clean for --
 
 
 class SsrrGroup(TyperGroup):
-    """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback."""
+    """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback; an
+    option value of the wrong kind (`--epochs nan`) becomes one `Error:` line and exit code 2."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
         try:
@@ -25,6 +26,9 @@ class SsrrGroup(TyperGroup):
             # typer bundles its own click: exit through typer so the message is not lost in a traceback.
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except typer.BadParameter as exc:  # a value of the wrong kind (`--epochs nan`): one line too, exit 2
+            typer.echo(f"Error: {exc.format_message()}", err=True)
+            raise typer.Exit(2) from None
 
 
 class DefaultCommandGroup(TyperGroup):
