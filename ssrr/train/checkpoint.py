@@ -78,13 +78,13 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoints/step-NNNNNNNN atomically (temp folder, then rename) and prune to the last `keep`.
 
-    Work folders of a killed earlier save (`.step-NNNNNNNN-<host>-<pid>-...`) are removed first.
+    Work folders of a killed earlier save (`.step-<host>-<pid>-NNNNNNNN-...`) are removed first.
     """
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     remove_stale(root, ".step-")
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-{writer_tag()}-", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{writer_tag()}-{step:08d}-", dir=root))
     try:
         metadata = {"backbone": backbone_name, "step": str(step)}
         save_safetensors(_state_dict_for_save(method), staging / MODEL_FILE, metadata)
