@@ -31,8 +31,20 @@ def config(shards: Path, out: Path, **changes) -> RunConfig:  # type: ignore[no-
 
 
 def resume_args(shards: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", "--dataset", str(shards), "--backbone", "conv4", "--k", "3", "--batch", "32",
-            "--seed", "3", "--num-threads", "1", "--out", str(out), "--name", "run", "--resume", "--quiet", *extra]  # fmt: skip
+    common = ["--backbone", "conv4", "--k", "3", "--batch", "32", "--seed", "3", "--num-threads", "1"]
+    return [
+        "pretrain",
+        "--dataset",
+        str(shards),
+        *common,
+        "--out",
+        str(out),
+        "--name",
+        "run",
+        "--resume",
+        "--quiet",
+        *extra,
+    ]
 
 
 def tree(folder: Path) -> dict[str, str]:
