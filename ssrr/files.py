@@ -171,7 +171,7 @@ def _writer_gone(tag: str) -> bool:
 
 def remove_stale(parent: Path, prefix: str) -> list[Path]:
     """Remove `parent/<prefix><host>-<pid>-...` entries whose writer process is gone; return what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
