@@ -175,3 +175,29 @@ def test_a_corrupt_image_is_named_by_its_member_not_a_buffer(tmp_path: Path) -> 
     (line,) = error_lines(result)
     assert "train/cat/evil.png" in line and "BytesIO" not in line and "0x" not in line
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels over a few bytes of data (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    )
+
+
+def test_an_image_claiming_a_huge_size_is_refused_before_any_allocation(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        (tmp_path / "src" / split / "cat").mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "src" / split / "cat" / f"{i}.png").write_bytes(_png_header_only(60_000, 60_000))
+    result = run_ssrr("shard", "imagefolder", tmp_path / "src", "--out", tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    (line,) = error_lines(result)
+    assert "cat/0.png: an image of 60000x60000 pixels" in line
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

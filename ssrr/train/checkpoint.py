@@ -39,7 +39,7 @@ from ssrr.train.safe_state import JSON_FILE, load_state, save_state
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = JSON_FILE
-LEGACY_STATE_FILE = "state.pt"  # ssrr before 0.2 pickled the training state: refused, never unpickled
+LEGACY_STATE_FILE = "state.pt"  # earlier ssrr versions pickled the training state: refused, never unpickled
 BACKBONE_FILE = "backbone.safetensors"
 _CHECKPOINT_DIR = re.compile(r"step-(\d{8,})$")
 

@@ -75,19 +75,25 @@ def probe_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+MAX_SIDE = 8192  # the largest image side read from a source (and the largest --size)
 _BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 def image_size(data: bytes, origin: str) -> tuple[int, int]:
-    """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow."""
+    """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow.
+
+    An image larger than `MAX_SIDE` on a side (a hostile header, a decompression bomb) is refused here,
+    before any pixel buffer is allocated for it."""
     size = probe_size(data)
-    if size is not None and size[0] > 0 and size[1] > 0:
-        return size
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception as exc:
-        raise SsrrError(f"{origin}: not an image Pillow can read ({_reason(exc)})") from None
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                size = image.size
+        except Exception as exc:
+            raise SsrrError(f"{origin}: not an image Pillow can read ({_reason(exc)})") from None
+    if max(size) > MAX_SIDE:
+        raise SsrrError(f"{origin}: an image of {size[0]}x{size[1]} pixels; ssrr takes at most {MAX_SIDE} a side")
+    return size
 
 
 def _reason(exc: Exception) -> str:
@@ -187,6 +193,8 @@ class ImageDecoder:
         self.names.append(name)
         self.blobs.append(data)
         header = probe_size(data)
+        if header is not None and max(header) > MAX_SIDE:  # before any buffer of that size exists
+            image_size(data, f"{self.origin}: {name}")
         self.sizes.append(header)
         if self.guess is None and header is not None and min(header) > 0:
             self.guess = min(header)
