@@ -116,7 +116,14 @@ class Extra:
     extra: str
 
     def missing(self) -> list[str]:
-        return [m for m in self.modules if importlib.util.find_spec(m) is None]
+        return [m for m in self.modules if not _importable(m)]
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules, or a broken package
+        return False
 
 
 TRACKERS: dict[str, Extra] = {
@@ -135,7 +142,8 @@ SCHEMES: dict[str, Extra] = {
 def _require(extra: Extra, what: str) -> None:
     missing = extra.missing()
     if missing:
-        raise SsrrError(f'{what} needs {", ".join(missing)}, not installed: pip install "ssrr[{extra.extra}]"')
+        packages = f"the optional {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}"
+        raise SsrrError(f'{what} needs {packages}, not installed: pip install "ssrr[{extra.extra}]"')
 
 
 def require_tracker(names: Iterable[str]) -> None:

@@ -108,7 +108,8 @@ def test_a_tracker_that_is_not_installed_names_its_extra(empty_cwd: Path, monkey
     result = run_ssrr("pretrain", "--dataset", "synthetic", "--log-with", "tensorboard")
     assert result.exit_code == 1
     assert error_lines(result) == [
-        'Error: --log-with tensorboard needs ssrr_no_such_module, not installed: pip install "ssrr[tensorboard]"'
+        "Error: --log-with tensorboard needs the optional ssrr_no_such_module package, not installed: "
+        'pip install "ssrr[tensorboard]"'
     ]
     unknown = run_ssrr("pretrain", "--dataset", "synthetic", "--log-with", "nosuch")
     assert unknown.exit_code == 1 and "--log-with 'nosuch'" in error_lines(unknown)[0]
