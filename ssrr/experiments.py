@@ -565,6 +565,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _count(record: dict[str, Any], key: str) -> int:
+    """A whole number from a record read back from a run folder; anything else (a damaged or planted file)
+    counts as 0, so the run is resumed rather than taken as done."""
+    value = record.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def pretrain_status(run: Run) -> tuple[str, str]:
     """(state, what differs) of a run's pretraining, from its folder."""
     if run.config is None:
@@ -587,7 +594,7 @@ def pretrain_status(run: Run) -> tuple[str, str]:
         return "conflict", "; ".join(differs)
     throughput = _read_json(run.folder / THROUGHPUT_FILE)
     if throughput is not None and (run.folder / BACKBONE_FILE).is_file():
-        epochs, steps = int(throughput.get("epochs", 0)), int(throughput.get("steps", 0))
+        epochs, steps = _count(throughput, "epochs"), _count(throughput, "steps")
         if epochs >= config.epochs or (config.max_steps and steps >= config.max_steps):
             return "done", ""
     return "partial", ""
@@ -603,7 +610,8 @@ def eval_status(run: Run, job: EvalJob, pretrained: str) -> tuple[str, str]:
     if result.get("epochs") != job.epochs:
         return "conflict", f"{job.result.name}: epochs {result.get('epochs')} != {job.epochs}"
     if job.protocol == "semi":
-        have = set((result.get("fractions") or {}).keys())
+        fractions = result.get("fractions")
+        have = set(fractions) if isinstance(fractions, dict) else set()
         if not {f"{f:g}" for f in job.fractions} <= have:
             return "todo", ""
     weights = run.folder / BACKBONE_FILE
