@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from ssrr.errors import SsrrError
+from ssrr.options import check_name, check_numbers
 
 console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
 
 
 class SsrrGroup(TyperGroup):
-    """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback."""
+    """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback; an
+    option value of the wrong kind (`--epochs nan`) becomes one `Error:` line and exit code 2."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
         try:
@@ -21,6 +26,9 @@ class SsrrGroup(TyperGroup):
             # typer bundles its own click: exit through typer so the message is not lost in a traceback.
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except typer.BadParameter as exc:  # a value of the wrong kind (`--epochs nan`): one line too, exit 2
+            typer.echo(f"Error: {exc.format_message()}", err=True)
+            raise typer.Exit(2) from None
 
 
 class DefaultCommandGroup(TyperGroup):
@@ -37,8 +45,27 @@ class DefaultCommandGroup(TyperGroup):
         return super().parse_args(ctx, args)
 
 
+class CheckedCommand(TyperCommand):
+    """A command whose options are checked before it runs: every number finite and in its range, every
+    `--name` a plain folder name (`ssrr.options`). A bad one is an SsrrError: one line, exit 1, nothing written."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        check_numbers(ctx.params)
+        if ctx.params.get("name"):
+            check_name(str(ctx.params["name"]))
+        return super().invoke(ctx)
+
+
+class _CheckedTyper(typer.Typer):
+    """A Typer app whose commands are `CheckedCommand`s unless told otherwise."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:  # type: ignore[override]
+        kwargs.setdefault("cls", CheckedCommand)
+        return super().command(*args, **kwargs)
+
+
 def new_app(help: str, group: type[TyperGroup] | None = None) -> typer.Typer:
-    return typer.Typer(
+    return _CheckedTyper(
         help=help,
         cls=group,
         no_args_is_help=True,

@@ -114,6 +114,7 @@ def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
     if _given(ctx, "amp") or _given(ctx, "precision"):
         explicit["precision"] = config.precision
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
+    merged["out"], merged["name"] = config.out, resolved.name  # the folder the config came from, never its own
     merged["log_with"] = list(merged.get("log_with") or [])
     return RunConfig(**merged)
 

@@ -51,6 +51,7 @@ def _report(runs: list[str], markdown: Path | None, as_json: bool, all_columns: 
 
     from ssrr.errors import SsrrError
     from ssrr.eval.report import build_table, find_results, to_markdown, to_rich
+    from ssrr.files import write_text_atomic
 
     results = find_results(runs)
     if not results:
@@ -58,7 +59,7 @@ def _report(runs: list[str], markdown: Path | None, as_json: bool, all_columns: 
     table = build_table(results)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(to_markdown(table))
+        write_text_atomic(markdown, to_markdown(table))
         console.print(f"wrote {markdown}")
     if as_json:
         typer.echo(json.dumps(table.as_dict()))

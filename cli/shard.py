@@ -132,7 +132,7 @@ def make(
         None, "--source", help="A local archive or extracted folder to use instead of downloading."
     ),
     out: Path = typer.Option(Path("shards"), "--out", help="Folder that receives NAME/ with the shards."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Shuffle seed (and the synthetic generator's)."),
+    seed: int = typer.Option(0, "--seed", help="Shuffle seed (and the synthetic generator's)."),
     encoding: str = typer.Option(
         "auto",
         "--encoding",
@@ -142,8 +142,6 @@ def make(
     quality: int | None = typer.Option(
         None,
         "--quality",
-        min=1,
-        max=100,
         help=f"jpeg/webp quality; given, every image is re-encoded at it (default {DEFAULT_QUALITY}, and source "
         "files already in the encoding are stored unchanged).",
         show_default=False,
@@ -155,7 +153,7 @@ def make(
         "ones (of at least 4MB each), so that every rank of a multi-process run reads several.",
     ),
     shard_size: int | None = typer.Option(
-        None, "--shard-size", min=1, help="At most this many samples per shard (default: no limit).", show_default=False
+        None, "--shard-size", help="At most this many samples per shard (default: no limit).", show_default=False
     ),
     name: str | None = typer.Option(
         None, "--name", help="Dataset folder name (default: DATASET, or the folder/archive name for imagefolder)."
@@ -164,13 +162,13 @@ def make(
         None, "--cache", help="Download cache (default: $SSRR_CACHE or ~/.cache/ssrr).", show_default=False
     ),
     size: int | None = typer.Option(
-        None, "--size", min=1, help="imagefolder/tiny-imagenet: image side (default: most common in train)."
+        None, "--size", help="imagefolder/tiny-imagenet: image side (default: most common in train)."
     ),
     workers: int = typer.Option(
-        DEFAULT_WORKERS, "--workers", min=1, help="Image-decoding processes and image-encoding threads."
+        DEFAULT_WORKERS, "--workers", help="Image-decoding processes and image-encoding threads."
     ),
-    train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", min=1, help="synthetic only."),
-    test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", min=1, help="synthetic only."),
+    train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", help="synthetic only."),
+    test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", help="synthetic only."),
 ) -> None:
     """Shard DATASET into OUT/NAME/: WebDataset tars of RGB images, DALI indexes, manifest.json.
 

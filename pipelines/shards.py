@@ -129,7 +129,7 @@ def _check_shard(
         return None, np.zeros(0, bool), [], f"{shard}: missing shard (listed in {formats.MANIFEST})"
     idx_path = formats.index_path(shard)
     if not idx_path.is_file():
-        return None, np.zeros(0, bool), [], f"{shard}: missing DALI index {idx_path.name}; re-create the shards"
+        return None, np.zeros(0, bool), [], f"{shard}: missing DALI index {idx_path.name}"
     pixels_ext = manifest.pixels_ext
     index = _parse_index(idx_path, shard, (pixels_ext, formats.LABELS_EXT))
     n = len(index.keys)

@@ -38,6 +38,7 @@ from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.eval.report import STANDARD_COLUMNS, Cell, Table, columns_of, friendly, method_label, to_markdown
+from ssrr.files import replacing, write_text_atomic
 from ssrr.methods.base import method_class, with_method_defaults
 from ssrr.train.config import CONFIG_FILE, RunConfig
 
@@ -567,6 +568,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _count(record: dict[str, Any], key: str) -> int:
+    """A whole number from a record read back from a run folder; anything else (a damaged or planted file)
+    counts as 0, so the run is resumed rather than taken as done."""
+    value = record.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def pretrain_status(run: Run) -> tuple[str, str]:
     """(state, what differs) of a run's pretraining, from its folder."""
     if run.config is None:
@@ -589,7 +597,7 @@ def pretrain_status(run: Run) -> tuple[str, str]:
         return "conflict", "; ".join(differs)
     throughput = _read_json(run.folder / THROUGHPUT_FILE)
     if throughput is not None and (run.folder / BACKBONE_FILE).is_file():
-        epochs, steps = int(throughput.get("epochs", 0)), int(throughput.get("steps", 0))
+        epochs, steps = _count(throughput, "epochs"), _count(throughput, "steps")
         if epochs >= config.epochs or (config.max_steps and steps >= config.max_steps):
             return "done", ""
     return "partial", ""
@@ -605,7 +613,8 @@ def eval_status(run: Run, job: EvalJob, pretrained: str) -> tuple[str, str]:
     if result.get("epochs") != job.epochs:
         return "conflict", f"{job.result.name}: epochs {result.get('epochs')} != {job.epochs}"
     if job.protocol == "semi":
-        have = set((result.get("fractions") or {}).keys())
+        fractions = result.get("fractions")
+        have = set(fractions) if isinstance(fractions, dict) else set()
         if not {f"{f:g}" for f in job.fractions} <= have:
             return "todo", ""
     weights = run.folder / BACKBONE_FILE
@@ -1017,7 +1026,8 @@ def _save(fig: Any, path: Path) -> Path:
 
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, format="png")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
     return path
 
 
@@ -1048,7 +1058,7 @@ def write_report(plan: Plan) -> Path:
     for spec in plan.tables:
         table = built[spec.name]
         markdown = to_markdown(table)
-        (folder / f"{spec.name}.md").write_text(f"# {spec.title}\n\n{markdown}")
+        write_text_atomic(folder / f"{spec.name}.md", f"# {spec.title}\n\n{markdown}")
         lines += [f"## {spec.title}", "", markdown.rstrip("\n")]
         if spec.note and not plan.scale.backbones:  # notes speak of the paper's backbones
             lines += ["", spec.note]
@@ -1062,7 +1072,7 @@ def write_report(plan: Plan) -> Path:
                 target.unlink(missing_ok=True)
                 lines += ["", "(figure: no results yet)"]
         lines.append("")
-    (folder / "report.md").write_text("\n".join(lines))
+    write_text_atomic(folder / "report.md", "\n".join(lines))
     summary = {
         "name": plan.name,
         "scale": plan.scale.name,
@@ -1070,5 +1080,5 @@ def write_report(plan: Plan) -> Path:
         "tables": {name: table.as_dict() for name, table in built.items()},
         "figures": figures,
     }
-    (folder / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(folder / "report.json", json.dumps(summary, indent=2) + "\n")
     return folder

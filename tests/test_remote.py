@@ -176,6 +176,6 @@ def test_other_schemes_go_through_fsspec(tmp_path: Path) -> None:
 
 def test_without_fsspec_another_scheme_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "fsspec", None)  # `import fsspec` now fails
-    with pytest.raises(SsrrError, match="needs the optional fsspec package"):
+    with pytest.raises(SsrrError, match=r'needs the optional fsspec( and s3fs)? packages?, .*pip install "ssrr\[s3\]"'):
         fetch_shards("s3://bucket/shards/cifar10", tmp_path / "cache", show=False)
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)

@@ -50,6 +50,8 @@ from typing import IO, Any
 from ssrr.data import formats
 from ssrr.data.download import cache_dir
 from ssrr.errors import SsrrError
+from ssrr.files import remove_stale, writer_tag
+from ssrr.options import require_scheme
 
 BLOCK = 1 << 20
 TIMEOUT_S = 60
@@ -176,7 +178,9 @@ def _download(url: str, target: Path, tick: Tick, expected_bytes: int | None = N
 
 
 def _part(target: Path) -> Path:
-    return target.with_name(f".{target.name}.part-{os.getpid()}")
+    """Where `target` is downloaded to before its rename; a killed download's part is removed by the next
+    fetch of the same folder (`remove_stale`: its writer is gone)."""
+    return target.with_name(f".{target.name}.part-{writer_tag()}")
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -316,6 +320,7 @@ def fetch_shards(
     folder = cache_folder(url, cache)
     if not refresh and _complete(folder) is not None:
         return folder
+    require_scheme(url)  # before the cache folder is made: s3:// without fsspec names the extra to install
     try:
         with _locked(folder):
             if not refresh and (manifest := _complete(folder)) is not None:  # another process finished it
@@ -337,6 +342,10 @@ def _fetch_into(url: str, folder: Path, show: bool, stats: FetchStats) -> None:
     for _, shard in shards:
         _plain(shard.file, manifest_url)
     (folder / formats.MANIFEST).unlink(missing_ok=True)  # the copy is incomplete until the end
+    for name in [formats.MANIFEST] + [
+        n for _, shard in shards for n in (shard.file, formats.index_path(Path(shard.file)).name)
+    ]:
+        remove_stale(folder, f".{name}.part-")  # what killed fetches left
     to_get = []
     for split, shard in shards:
         path = folder / shard.file
@@ -376,7 +385,7 @@ def _fetch_into(url: str, folder: Path, show: bool, stats: FetchStats) -> None:
             os.replace(_part(index), index)
             stats.downloaded += 1
             stats.bytes += size
-    tmp = folder / f".{formats.MANIFEST}.part-{os.getpid()}"
+    tmp = _part(folder / formats.MANIFEST)
     tmp.write_bytes(raw)
     os.replace(tmp, folder / formats.MANIFEST)
     (folder / ".source").write_text(json.dumps({"url": url, "fetched": time.time()}) + "\n")

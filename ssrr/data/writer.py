@@ -1,7 +1,9 @@
 """Write a dataset as deterministic WebDataset shards, DALI index files and a manifest, atomically.
 
-Everything is written into a hidden temporary folder beside the destination and renamed into place only
-when complete: an interrupted or failed run leaves no partial dataset and never harms an existing one.
+Everything is written into a hidden work folder beside the destination (`.NAME.partial-<host>-<pid>-...`)
+and moved into place only when complete, over an existing dataset in one atomic exchange where the system
+allows (see `ssrr.files.replace_dir`): an interrupted or failed run leaves no partial dataset and never
+harms an existing one. Work folders of killed writers are removed by the next run of the same name.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ssrr import __version__
 from ssrr.data import codec, formats
 from ssrr.data.sizing import DEFAULT_SHARD_BYTES, cut_shards, sample_bytes, split_shard_bytes
 from ssrr.errors import SsrrError
+from ssrr.files import recover_retired, remove_stale, replace_dir, writer_tag
 
 
 @dataclass
@@ -288,7 +290,8 @@ def write_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     final = out / dataset.name
-    staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.partial-", dir=out))
+    clean_leftovers(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dataset.name}.partial-{writer_tag()}-", dir=out))
     try:
         rng = np.random.default_rng(seed)
         splits: dict[str, formats.SplitInfo] = {}
@@ -338,15 +341,16 @@ def _eval_split(dataset: DatasetArrays, splits: dict[str, formats.SplitInfo]) ->
 
 
 def _swap_into_place(staging: Path, final: Path) -> None:
-    """Rename the finished folder over `final`; an existing dataset is replaced only after success."""
+    """Move the finished folder over `final`; an existing dataset is replaced only after success."""
     os.chmod(staging, 0o755)
-    if final.exists():
-        retired = final.with_name(f".{final.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-        final.rename(retired)
-        staging.rename(final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(final)
+    replace_dir(staging, final)
+
+
+def clean_leftovers(final: Path) -> None:
+    """Undo what a killed writer of `final` left: put back a dataset it had moved aside, remove its work folders."""
+    recover_retired(final)
+    for prefix in (".partial-", ".old-"):
+        remove_stale(final.parent, f".{final.name}{prefix}")
 
 
 def iter_samples(root: Path | str, split: str) -> Iterable[tuple[str, np.ndarray, tuple[int, int, int]]]:

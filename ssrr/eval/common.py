@@ -12,7 +12,6 @@ For `random:<backbone>` sources the folder is `--out` (default `runs/random-<bac
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from ssrr.errors import SsrrError
+from ssrr.files import replacing, write_text_atomic
 from ssrr.precision import Execution, as_execution
 from ssrr.precision import resolve as resolve_precision
 from ssrr.train.checkpoint import BACKBONE_FILE, MODEL_FILE, LoadedBackbone
@@ -133,9 +133,7 @@ def base_result(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def write_result(out_dir: Path, stem: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +188,8 @@ def new_figure(width_in: float, height_in: float):  # type: ignore[no-untyped-de
 def save_figure(fig: Any, path: Path) -> Path:
     """Save at FIGURE_DPI without a tight bounding box, so the PNG is exactly figsize x dpi pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=FIGURE_DPI, format="png")
+    with replacing(path) as tmp:  # whole or not at all
+        fig.savefig(tmp, dpi=FIGURE_DPI, format="png")
     return path
 
 

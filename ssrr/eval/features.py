@@ -55,6 +55,9 @@ class Features:
         return Features(self.z[rows], self.fine[rows], self.coarse[rows], self.index[rows])
 
 
+MAX_IMAGE_SIDE = 8192
+
+
 def parse_image_size(text: str | None) -> str | tuple[int, int]:
     """`auto` (the policy above), `native`, `32` or `96x96`."""
     if text is None or text in ("auto", "native"):
@@ -65,8 +68,8 @@ def parse_image_size(text: str | None) -> str | tuple[int, int]:
         parts = []
     if len(parts) == 1:
         parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise SsrrError(f"--image-size must be auto, native, N or HxW, got {text!r}")
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > MAX_IMAGE_SIDE:
+        raise SsrrError(f"--image-size must be auto, native, N or HxW (1 to {MAX_IMAGE_SIDE}), got {text!r}")
     return (parts[0], parts[1])
 
 

@@ -14,7 +14,6 @@ through the pipeline and keeps only those samples, re-batched to full batches.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from ssrr.data.formats import load_manifest
@@ -44,6 +42,7 @@ from ssrr.eval.features import (
     split_tag,
 )
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
+from ssrr.files import save_safetensors
 from ssrr.precision import Execution
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
 
@@ -61,9 +60,7 @@ ProgressFn = Callable[[int, int, float], None]
 
 def _save(module: nn.Module, path: Path, metadata: dict[str, str]) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_safetensors(tensors, path, metadata)  # atomic, byte-reproducible
 
 
 def save_finetuned(folder: Path, backbone: nn.Module, head: nn.Module, name: str, epoch: int, labels: str) -> None:

@@ -32,6 +32,7 @@ from ssrr.eval.features import (
     parse_image_size,
     split_tag,
 )
+from ssrr.files import replacing
 from ssrr.train.checkpoint import LoadedBackbone
 
 KS = (1, 5, 10)
@@ -135,7 +136,8 @@ def retrieval_grid(
             x = cell + GAP + c * (cell + 2)
             canvas[y : y + cell, x : x + cell] = _frame(image, GREEN if same else GREY)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path, format="PNG")
+    with replacing(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG")
     return path
 
 

@@ -4,7 +4,8 @@ Layout of a run folder::
 
     runs/NAME/config.json                 the resolved RunConfig
     runs/NAME/checkpoints/step-00000390/ model.safetensors (method: backbone + heads)
-                                          state.pt (optimizer, scheduler, RNG, epoch, step)
+                                          state.json + state.safetensors (optimizer, scheduler,
+                                          RNG, epoch, step: no pickle, see `ssrr.train.safe_state`)
     runs/NAME/backbone.safetensors        the latest backbone alone, loadable by plain torch code:
                                           build_backbone(meta["backbone"]).load_state_dict(load_file(path))
 
@@ -15,7 +16,6 @@ Layout of a run folder::
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -27,16 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ssrr.errors import SsrrError
+from ssrr.files import remove_stale, replace_dir, save_safetensors, writer_tag
 from ssrr.models.backbones import build_backbone
 from ssrr.train.config import RunConfig
+from ssrr.train.safe_state import JSON_FILE, load_state, save_state
 
 CHECKPOINTS = "checkpoints"
 MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.pt"
+STATE_FILE = JSON_FILE
+LEGACY_STATE_FILE = "state.pt"  # earlier ssrr versions pickled the training state: refused, never unpickled
 BACKBONE_FILE = "backbone.safetensors"
 _CHECKPOINT_DIR = re.compile(r"step-(\d{8,})$")
 
@@ -73,32 +76,28 @@ def save_checkpoint(
     step: int,
     keep: int,
 ) -> Path:
-    """Write checkpoints/step-NNNNNNNN atomically (temp folder, then rename) and prune to the last `keep`."""
+    """Write checkpoints/step-NNNNNNNN atomically (temp folder, then rename) and prune to the last `keep`.
+
+    Work folders of a killed earlier save (`.step-<host>-<pid>-NNNNNNNN-...`) are removed first.
+    """
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
+    remove_stale(root, ".step-")
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{writer_tag()}-{step:08d}-", dir=root))
     try:
         metadata = {"backbone": backbone_name, "step": str(step)}
-        save_file(_state_dict_for_save(method), str(staging / MODEL_FILE), metadata=metadata)
-        torch.save(training_state, staging / STATE_FILE)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        save_safetensors(_state_dict_for_save(method), staging / MODEL_FILE, metadata)
+        save_state(staging, training_state)
+        replace_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     backbone = getattr(method, "backbone", method)
-    _atomic_save(_state_dict_for_save(backbone), run_dir / BACKBONE_FILE, metadata)
+    save_safetensors(_state_dict_for_save(backbone), run_dir / BACKBONE_FILE, metadata)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -106,7 +105,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _CHECKPOINT_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in root.iterdir()
+        if _CHECKPOINT_DIR.match(p.name) and ((p / STATE_FILE).is_file() or (p / LEGACY_STATE_FILE).is_file())
+    ]
     return sorted(found, key=lambda p: int(_CHECKPOINT_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
@@ -120,11 +123,16 @@ def load_method_weights(method: nn.Module, checkpoint: Path) -> None:
 
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / STATE_FILE
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise SsrrError(f"{path}: unreadable training state ({exc})") from exc
+    """The optimizer/scheduler/RNG/progress state of a checkpoint, read without pickle.
+
+    A checkpoint of an older ssrr (a pickled `state.pt`) is refused, not unpickled: a pickle can run code.
+    """
+    if not (checkpoint / STATE_FILE).is_file() and (checkpoint / LEGACY_STATE_FILE).is_file():
+        raise SsrrError(
+            f"{checkpoint / LEGACY_STATE_FILE}: a pickled training state (older ssrr) is never loaded, since "
+            "a pickle can run code; its weights still evaluate (ssrr eval), or start a new run with another --name"
+        )
+    return load_state(checkpoint)
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -216,8 +224,10 @@ def _metadata(path: Path) -> dict[str, str]:
 
 def _image_size_of(run_dir: Path) -> tuple[int, int] | None:
     env = run_dir / "environment.json"
-    if env.is_file():
+    if not env.is_file():
+        return None
+    try:
         size = json.loads(env.read_text()).get("image_size")
-        if size:
-            return (int(size[0]), int(size[1]))
-    return None
+        return (int(size[0]), int(size[1])) if size else None
+    except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise SsrrError(f"{env}: malformed environment record ({exc})") from None

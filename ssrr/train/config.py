@@ -8,12 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from ssrr.errors import SsrrError
+from ssrr.options import check_name, check_number, require_tracker
 from ssrr.precision import check_precision
 
 CONFIG_FILE = "config.json"
 
 # Settings that define the model: a checkpoint can only be resumed or loaded with the same values.
 MODEL_DEFINING = ("method", "backbone", "head", "aggregation")
+# Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
+NUMERIC = (
+    "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
+    "max_steps", "knn_every", "eval_every", "num_threads",
+)  # fmt: skip
 
 
 @dataclass
@@ -65,8 +71,11 @@ class RunConfig:
         for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise SsrrError(f"--lr must be positive, got {self.lr}")
+        for name in NUMERIC:
+            check_number(name, getattr(self, name))  # finite and in range: `--lr nan` never reaches torch
+        if self.name:
+            check_name(self.name)
+        require_tracker(self.log_with)
         if self.simclr_loss not in ("nt-xent", "official"):
             raise SsrrError(f"--simclr-loss must be nt-xent or official, got {self.simclr_loss!r}")
         if self.infomax_prior not in ("adversarial", "official"):
@@ -107,10 +116,17 @@ class RunConfig:
             data: dict[str, Any] = json.loads(path.read_text())
         except ValueError as exc:
             raise SsrrError(f"{path}: malformed config ({exc})") from exc
+        if not isinstance(data, dict):
+            raise SsrrError(f"{path}: malformed config (not a JSON object)")
         if "precision" not in data and "amp" in data:  # run folders from before --precision
             data["precision"] = "auto" if data["amp"] else "fp32"
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        defaults = cls()
+        values = {}
+        for key in {f.name for f in fields(cls)} & set(data):
+            if not _same_type(data[key], getattr(defaults, key), key):
+                raise SsrrError(f"{path}: malformed config ({key} = {data[key]!r})")
+            values[key] = data[key]
+        return cls(**values)
 
     def model_mismatch(self, other: RunConfig) -> list[str]:
         """The model-defining settings on which two configs disagree, as `name: a != b`."""
@@ -119,3 +135,16 @@ class RunConfig:
             for key in MODEL_DEFINING
             if getattr(self, key) != getattr(other, key)
         ]
+
+
+def _same_type(value: Any, default: Any, key: str) -> bool:
+    """Whether a value read from config.json has the type of the field's default (ints pass as floats)."""
+    if key == "lr":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, list):
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    return isinstance(value, type(default)) and not isinstance(value, bool)

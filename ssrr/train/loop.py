@@ -31,6 +31,7 @@ from ssrr import __version__
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
+from ssrr.files import append_line, keep_lines, open_log, write_text_atomic
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods.base import EpochContext, Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
@@ -195,8 +196,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
 
     loader = make_loader(cls.recipe(config, manifest.image_size))
     steps_per_epoch = len(loader)
-    if loader.skipped and accelerator.is_main_process and show:
-        console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}")
+    if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
+        console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}", highlight=False)
     if steps_per_epoch == 0:
         raise SsrrError(
             f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
@@ -219,7 +220,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir)
             env = _environment(accelerator, config, execution, manifest.image_size)
-            (run_dir / ENVIRONMENT_FILE).write_text(json.dumps(env, indent=2) + "\n")
+            write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
+            _trim_metrics(run_dir, int(state.get("step", 0)))
         if config.log_with:
             accelerator.init_trackers(config.name, config={k: str(v) for k, v in asdict(config).items()})
 
@@ -256,7 +258,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
         sample_log = None
         if config.log_samples:
             run_dir.mkdir(parents=True, exist_ok=True)
-            sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
+            sample_log = open_log(run_dir / f"samples-rank{accelerator.process_index}.jsonl")
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
                 unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes, manifest.image_size))
@@ -324,14 +326,14 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
                 metrics = _reduce_across_ranks(accelerator, metrics)
                 next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
                 record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
+                record["skipped"] = loader.skipped  # corrupt samples left out (--skip-corrupt)
                 probe_started = time.perf_counter()
                 if epoch_done and accelerator.is_main_process:
                     record.update(_run_probes(probes, epoch + 1, unwrapped.backbone, shard_dir, execution))
                 probe_s += time.perf_counter() - probe_started
                 record["elapsed_s"] = round(elapsed_before + time.perf_counter() - started - probe_s, 3)
                 if accelerator.is_main_process:
-                    with open(run_dir / METRICS_FILE, "a") as log:  # appended: resuming never loses history
-                        log.write(json.dumps(record) + "\n")
+                    append_line(run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
                     if config.log_with:
                         accelerator.log(
                             {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step
@@ -362,8 +364,9 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
                 "weights_in_sync": in_sync,
                 **execution.record(),
                 "projected_run_s": _projected_run_s(throughput, config, steps_per_epoch, accelerator.num_processes),
+                "skipped": loader.skipped,
             }
-            (run_dir / THROUGHPUT_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomic(run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
             if show:
                 extra = {
                     "run": str(run_dir),
@@ -405,6 +408,20 @@ def _train_step(
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return out
+
+
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Before a run (re)starts at `step`: drop a half-written last line of metrics.jsonl and the records of
+    steps after the checkpoint resumed from (a kill between a record and its checkpoint), which the resumed
+    run writes again; a fresh run (step 0) keeps none."""
+
+    def before(line: str) -> bool:
+        try:
+            return int(json.loads(line).get("step", 0)) <= step
+        except (ValueError, TypeError, AttributeError):
+            return False
+
+    keep_lines(run_dir / METRICS_FILE, before)
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:

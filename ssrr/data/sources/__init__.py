@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,18 +31,11 @@ from ssrr.data.sources import cifar, imagefolder, stl10, synthetic, tiny_imagene
 from ssrr.data.sources.base import DEFAULT_WORKERS, ProgressFactory, no_progress
 from ssrr.data.writer import DatasetArrays
 from ssrr.errors import SsrrError
+from ssrr.options import check_name
 
 DATASETS = ("cifar10", "cifar100", "stl10", "tiny-imagenet", "imagefolder", "synthetic")
 DOWNLOADABLE = tuple(download.ARCHIVES)
 RESIZABLE = ("imagefolder", "tiny-imagenet")  # sources whose images are decoded and resized (--size)
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-
-
-def check_name(name: str) -> str:
-    """A dataset name is one plain folder name: letters, digits, '.', '_', '+', '-'."""
-    if not NAME_PATTERN.fullmatch(name):
-        raise SsrrError(f"--name {name!r}: use letters, digits, '.', '_', '+' and '-' (one folder name)")
-    return name
 
 
 def folder_digest(root: Path, progress: ProgressFactory = no_progress) -> str:

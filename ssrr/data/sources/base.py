@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,16 +46,32 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
+MAX_SIDE = 8192  # the largest image side read from a source (and the largest --size)
+_BUFFER_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def image_size(data: bytes, origin: str) -> tuple[int, int]:
-    """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow."""
+    """(width, height) of an encoded image: from the header when possible, else by opening it with Pillow.
+
+    An image larger than `MAX_SIDE` on a side (a hostile header, a decompression bomb) is refused here,
+    before any pixel buffer is allocated for it."""
     size = probe_size(data)
-    if size is not None and size[0] > 0 and size[1] > 0:
-        return size
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except Exception as exc:
-        raise SsrrError(f"{origin}: not an image Pillow can read ({exc})") from None
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                size = image.size
+        except Exception as exc:
+            raise SsrrError(f"{origin}: not an image Pillow can read ({_reason(exc)})") from None
+    if max(size) > MAX_SIDE:
+        raise SsrrError(f"{origin}: an image of {size[0]}x{size[1]} pixels; ssrr takes at most {MAX_SIDE} a side")
+    return size
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as text without the in-memory buffer's repr (`<_io.BytesIO object at 0x...>`), which
+    names nothing: the caller names the member."""
+    text = _BUFFER_REPR.sub("", str(exc)).strip()
+    return text if isinstance(exc, SsrrError) else f"{type(exc).__name__}: {text}"
 
 
 def common_side(sizes: Sequence[tuple[int, int]], origin: str) -> int:
@@ -96,7 +113,7 @@ def _decode_chunk(args: tuple[list[bytes], int]) -> tuple[np.ndarray, int, str, 
                 untouched.append(image.mode == "RGB" and image.size == (size, size))
                 out[i] = to_square(image, size)
         except Exception as exc:
-            return out, i, f"{type(exc).__name__}: {exc}", kinds, untouched
+            return out, i, _reason(exc), kinds, untouched
     return out, -1, "", kinds, untouched
 
 
@@ -155,6 +172,8 @@ class ImageDecoder:
         self.names.append(name)
         self.blobs.append(data)
         header = probe_size(data)
+        if header is not None and max(header) > MAX_SIDE:  # before any buffer of that size exists
+            image_size(data, f"{self.origin}: {name}")
         self.sizes.append(header)
         if self.guess is None and header is not None and min(header) > 0:
             self.guess = min(header)
