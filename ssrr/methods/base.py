@@ -35,6 +35,8 @@ class EpochContext:
     device: torch.device
     num_classes: int
     image_size: tuple[int, int] | None = None  # (H, W) of the training images, when known
+    mean: tuple[float, float, float] | None = None  # the normalisation of the views, when known
+    std: tuple[float, float, float] | None = None
 
 
 class Method(nn.Module):

@@ -243,7 +243,11 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             sample_log = open(run_dir / f"samples-rank{accelerator.process_index}.jsonl", "a")  # noqa: SIM115
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes, manifest.image_size))
+                unwrapped.on_epoch_start(
+                    EpochContext(
+                        epoch, make_loader, device, num_classes, manifest.image_size, manifest.mean, manifest.std
+                    )
+                )
                 model.train()
                 display.start_epoch(epoch, steps_per_epoch)
                 sums = {"loss": torch.zeros((), device=device)}
