@@ -33,6 +33,7 @@ class Supervised(Method):
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
+        # affine-erase parameters: seeded by the run (a resumed run draws a new stream, as after any restart)
         self.augment_generator = torch.Generator().manual_seed(config.seed)
         self.normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
@@ -52,7 +53,7 @@ class Supervised(Method):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total // 2, total * 3 // 4], gamma=0.1)
 
     def on_epoch_start(self, context: EpochContext) -> None:
-        """Remember the views' normalisation: the affine's black fill is -mean/std in normalised units."""
+        """Remember the views' normalisation: the affine warps in pixel units (x * std + mean), black fill."""
         if context.mean is not None and context.std is not None:
             self.normalisation = (context.mean, context.std)
 
