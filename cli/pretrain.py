@@ -69,6 +69,11 @@ def pretrain(
     infomax_critic: str = typer.Option(
         "concat", help="infomax: concat (the authors' concatenate-and-convolve critic) or dot (encode-and-dot)."
     ),
+    supervised_augment: str = typer.Option(
+        "crop-flip",
+        help="supervised: crop-flip (pad side/8), or affine-erase (flip, random affine, random erasing: the "
+        "authors' STL-10 transform).",
+    ),
     processes: int = typer.Option(1, help="Processes on this machine: relaunches itself under `accelerate launch`."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No live display or summary."),

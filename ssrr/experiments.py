@@ -59,6 +59,8 @@ EPOCHS_STL10 = 300
 # The authors' code pretrains the self-supervised methods on STL-10's 100k unlabeled images only (the paper's text
 # says train + unlabeled); supervised training has labels for train only.
 STL10_SPLIT: dict[str, str] = {method: "unlabeled" for method in SELF_SUPERVISED} | {"supervised": "train"}
+# The authors train the supervised STL-10 baseline with flip, random affine and random erasing (ssrr.augment).
+STL10_AUGMENT: dict[str, str] = {"supervised": "affine-erase"}
 TABLE_NAMES = ("table1", "table2", "k", "labels", "backbones")
 NAMES = ("paper", *TABLE_NAMES)
 
@@ -72,6 +74,7 @@ FIGURE_DPI = 100  # as ssrr.eval.common: 800 x 500 and 1000 x 500 pixels
 # Settings of a saved run that must equal the plan's (a different value is a conflict, never overwritten).
 COMPARED_SETTINGS: tuple[str, ...] = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation")
 COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps", "split", "simclr_loss", "infomax_prior", "infomax_critic")
+COMPARED_SETTINGS += ("supervised_augment",)
 
 Log = Callable[[str], None]
 
@@ -108,6 +111,7 @@ class Pretraining:
     head: str = "relation"
     epochs: int = EPOCHS
     split: str = "train"  # STL-10's self-supervised runs: unlabeled, as the authors' code
+    supervised_augment: str = "crop-flip"  # supervised on STL-10: affine-erase, as the authors' code
 
 
 @dataclass(frozen=True)
@@ -162,7 +166,15 @@ def table1(k: int = K_DEFAULT) -> TableSpec:
             Experiment(
                 label,
                 "resnet34",
-                Pretraining(method, "stl10", "resnet34", k=k, epochs=EPOCHS_STL10, split=STL10_SPLIT[method]),
+                Pretraining(
+                    method,
+                    "stl10",
+                    "resnet34",
+                    k=k,
+                    epochs=EPOCHS_STL10,
+                    split=STL10_SPLIT[method],
+                    supervised_augment=STL10_AUGMENT.get(method, "crop-flip"),
+                ),
                 (Evaluation("finetune", "stl10"),),
                 row_backbone="resnet32",
             ),
@@ -508,6 +520,7 @@ def _run_for(
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
         split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
+        supervised_augment=pre.supervised_augment if scale.dataset is None else "crop-flip",  # one stand-in run
         precision=precision,
         seed=seed,
         out=str(runs_dir),
@@ -690,6 +703,8 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
     ]
     if config.split != "train":
         args += ["--split", config.split]
+    if config.supervised_augment != "crop-flip":
+        args += ["--supervised-augment", config.supervised_augment]
     if config.max_steps:
         args += ["--max-steps", str(config.max_steps)]
     if config.precision != "fp32":

@@ -115,6 +115,12 @@ def test_scoring_another_split_than_the_default_writes_its_own_result(train_val_
     result = linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, test_split="train")
     assert result["split"] == "train" and result["test_samples"] == 12
     assert (tmp_path / "linear-tv-train-s1.json").is_file() and not (tmp_path / "linear-tv-s1.json").exists()
+    assert result["default_split"] is False
+    from ssrr.eval.report import columns_of
+
+    assert [column for column, _ in columns_of(result, None)] == ["Linear tv [train]"]  # never mixed with val's
+    default = linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path)
+    assert default["default_split"] is True and [c for c, _ in columns_of(default, None)] == ["Linear tv"]
 
 
 @pytest.mark.parametrize(

@@ -185,3 +185,85 @@ def test_infomax_prior_network_sees_the_raw_representation_and_the_option_flips_
     torch.testing.assert_close((grads["official"] - grads["adversarial"]) / 2, z.grad)  # type: ignore[operator]
     with pytest.raises(SsrrError, match="--infomax-critic must be concat or dot"):
         RunConfig(infomax_critic="bilinear").validate()
+
+
+def test_the_affine_of_normalised_views_is_the_normalised_affine_with_black_fill() -> None:
+    from ssrr.augment import AffineErase, random_affine
+
+    spec = AffineErase(affine_p=1.0)
+    raw = torch.rand(3, 3, 24, 24)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    ours = random_affine((raw - m) / s, mean, std, spec, torch.Generator().manual_seed(3))
+    plain = random_affine(raw, (0.0,) * 3, (1.0,) * 3, spec, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(ours, (plain - m) / s, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(plain, raw) and bool((plain == 0).any())  # moved, with black borders
+    untouched = random_affine(raw, mean, std, AffineErase(affine_p=0.0), torch.Generator().manual_seed(3))
+    torch.testing.assert_close(untouched, raw)
+
+
+def test_random_erasing_blanks_a_square_of_the_area() -> None:
+    from ssrr.augment import AffineErase, random_erase
+
+    images = torch.rand(4, 3, 96, 96) + 1.0  # never 0
+    erased = random_erase(images.clone(), AffineErase(erase_p=1.0), torch.Generator().manual_seed(0))
+    for image in erased:
+        zero = (image == 0).all(0)
+        rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+        assert int(zero.sum()) == 32 * 32 and len(rows) == 32 and len(cols) == 32  # round(sqrt(0.111 * 96^2))
+        assert int(rows[-1] - rows[0]) == 31 and int(cols[-1] - cols[0]) == 31
+    kept = random_erase(images.clone(), AffineErase(erase_p=0.0), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(kept, images)
+
+
+def test_supervised_affine_erase_is_the_authors_stl10_transform(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import ssrr.methods.supervised as supervised_module
+    from ssrr.experiments import plan, pretrain_args
+
+    config = RunConfig(method="supervised", backbone="conv4", supervised_augment="affine-erase")
+    assert method_class("supervised").recipe(config, (96, 96)) == recipes.flip()
+    method = method_class("supervised")(config, build_backbone("conv4"), 10)
+    batch = SimpleNamespace(views=torch.randn(4, 3, 32, 32), fine=torch.arange(4), coarse=torch.arange(4))
+    with pytest.raises(SsrrError, match="normalisation is unknown"):
+        method(batch)
+    seen = []
+    monkeypatch.setattr(supervised_module, "affine_erase", lambda views, *args: seen.append(args[:2]) or views)
+    method.on_epoch_start(EpochContext(0, None, torch.device("cpu"), 10, (32, 32), (0.5,) * 3, (0.25,) * 3))
+    method(batch)
+    method.eval()(batch)  # evaluation: no augmentation
+    assert seen == [((0.5,) * 3, (0.25,) * 3)]
+    runs = {run.name: run for run in plan("table1", "full").runs if run.config is not None}
+    stl = runs["supervised-resnet34-stl10-s1"].config
+    assert stl is not None and stl.supervised_augment == "affine-erase"
+    assert pretrain_args(stl)[pretrain_args(stl).index("--supervised-augment") + 1] == "affine-erase"
+    assert runs["supervised-resnet32-cifar10-s1"].config.supervised_augment == "crop-flip"  # type: ignore[union-attr]
+
+
+def test_supervised_affine_erase_trains_through_the_real_pipeline(synthetic_shards: Path) -> None:
+    from ssrr.data.formats import load_manifest
+
+    torch.manual_seed(0)
+    config = RunConfig(method="supervised", backbone="conv4", batch=32, lr=0.05, supervised_augment="affine-erase")
+    cls = method_class("supervised")
+    manifest = load_manifest(synthetic_shards)
+    loader = ViewLoader(synthetic_shards, cls.recipe(config, manifest.image_size), batch_size=32, num_threads=1)
+    method = cls(config, build_backbone("conv4"), num_classes=10)
+    method.on_epoch_start(
+        EpochContext(0, None, torch.device("cpu"), 10, manifest.image_size, manifest.mean, manifest.std)
+    )
+    optimizer = method.build_optimizer()
+    method.train()
+    seen: list[torch.Tensor] = []
+    method.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    losses = []
+    for batch in list(loader.epoch(0))[:4]:
+        loss = method(batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        changed = (seen[-1] != batch.views).flatten(1).any(1)
+        assert 0 < int(changed.sum()) < len(changed)  # p 0.5 each: some images augmented, some not
+    assert all(torch.isfinite(torch.tensor(losses)))

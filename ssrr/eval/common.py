@@ -114,13 +114,15 @@ def base_result(
     seed: int,
     device: torch.device | Execution,
     split: str | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """The fields every result JSON carries (`split`: the split scored, where the protocol scores one)."""
+    """The fields every result JSON carries (`split`: the split scored, where the protocol scores one; `tag`
+    non-empty when it is not the dataset's default held-out split, recorded as `default_split: false`)."""
     execution = as_execution(device)
     return {
         "protocol": protocol,
         "dataset": dataset,
-        **({"split": split} if split else {}),
+        **({"split": split, "default_split": not tag} if split else {}),
         "labels": labels,
         "backbone": loaded.name,
         "source": loaded.source,

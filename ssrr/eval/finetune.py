@@ -213,7 +213,9 @@ def finetune(
             save_finetuned(weights_dir, backbone, head, loaded.name, epoch + 1, labels)
         if progress is not None:
             progress(epoch + 1, epochs, record["loss"])
-    result = base_result(protocol, loaded, manifest.name, labels, seed, execution, split=test_split)
+    result = base_result(
+        protocol, loaded, manifest.name, labels, seed, execution, split=test_split, tag=split_tag(manifest, test_split)
+    )
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

@@ -126,7 +126,9 @@ def knn_eval(
     from ssrr.eval.linear import classification_metrics
 
     metrics = classification_metrics(scores, test_y, class_names(manifest, labels))
-    result = base_result("knn", loaded, manifest.name, labels, seed, execution, split=split)
+    result = base_result(
+        "knn", loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
+    )
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

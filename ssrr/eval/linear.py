@@ -382,7 +382,9 @@ def linear_eval(
     metrics, fit = fit_and_score(
         train, test, labels, names, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device, progress=progress
     )
-    result = base_result("linear", loaded, manifest.name, labels, seed, execution, split=test_split)
+    result = base_result(
+        "linear", loaded, manifest.name, labels, seed, execution, split=test_split, tag=split_tag(manifest, test_split)
+    )
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

@@ -82,6 +82,8 @@ def columns_of(result: dict[str, Any], trained_on: str | None) -> list[tuple[str
     protocol = str(result.get("protocol", "?"))
     dataset = canonical(result.get("dataset"))
     name = friendly(dataset)
+    if result.get("default_split") is False:  # scored on another split than the dataset's held-out one
+        name = f"{name} [{result.get('split')}]"
     pre = canonical(trained_on)
     coarse = result.get("labels") == "coarse"
     random = str(result.get("source", "")).startswith("random:") or result.get("method") == "random"

@@ -227,7 +227,16 @@ def retrieval_eval(
         for c in range(len(names))
         if bool((sub_labels == c).any())
     }
-    result = base_result("retrieval", loaded, manifest.name, labels, seed, execution, split=query_split)
+    result = base_result(
+        "retrieval",
+        loaded,
+        manifest.name,
+        labels,
+        seed,
+        execution,
+        split=query_split,
+        tag=split_tag(manifest, query_split),
+    )
     result.update(
         map=100.0 * float(ap.mean()) if len(ap) else 0.0,
         precision_at=metrics["precision_at"],

@@ -179,7 +179,9 @@ def semi_eval(
             if progress:
                 progress(f"{100 * f:g}% labels: top-1 {result['top1']:.2f}%")
     largest = per_fraction[f"{fractions[-1]:g}"]
-    result = base_result(protocol, loaded, manifest.name, labels, seed, execution, split=split)
+    result = base_result(
+        protocol, loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
+    )
     result.update(
         mode=mode,
         fractions={k: v["top1"] for k, v in per_fraction.items()},

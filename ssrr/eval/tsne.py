@@ -231,7 +231,9 @@ def tsne_eval(
     embed_started = time.perf_counter()
     y, kl = run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
     embed_s = time.perf_counter() - embed_started
-    result = base_result("tsne", loaded, manifest.name, labels, seed, execution, split=split)
+    result = base_result(
+        "tsne", loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
+    )
     result.update(
         points=len(rows),
         perplexity=perplexity,

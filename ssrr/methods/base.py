@@ -36,6 +36,8 @@ class EpochContext:
     execution: Execution  # how the run's forward passes run (device, precision, memory format): use it for every pass
     num_classes: int
     image_size: tuple[int, int] | None = None  # (H, W) of the training images, when known
+    mean: tuple[float, float, float] | None = None  # the normalisation of the views, when known
+    std: tuple[float, float, float] | None = None
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,7 @@
-"""Supervised training (the upper bound): labels used, SGD 0.1 momentum 0.9, lr x0.1 at 50% and 75%."""
+"""Supervised training (the upper bound): labels used, SGD 0.1 momentum 0.9, lr x0.1 at 50% and 75%.
+
+Augmentation: random crop (pad side / 8) + flip, or with `--supervised-augment affine-erase` the authors'
+STL-10 transform: the DALI flip recipe, then a random affine and random erasing in torch (`ssrr.augment`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssrr.methods.base import Method, StepOutput, register
+from ssrr.augment import AffineErase, affine_erase
+from ssrr.errors import SsrrError
+from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
 from ssrr.train.config import RunConfig
@@ -28,9 +33,14 @@ class Supervised(Method):
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.classifier = nn.Linear(backbone.feature_dim, num_classes)
+        # affine-erase parameters: seeded by the run (a resumed run draws a new stream, as after any restart)
+        self.augment_generator = torch.Generator().manual_seed(config.seed)
+        self.normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
+        if config.supervised_augment == "affine-erase":
+            return recipes.flip()  # then the affine and the erasing in `forward`
         return recipes.crop_flip(recipes.pad_for(image_size))  # pad side/8, the authors'
 
     def build_optimizer(self) -> torch.optim.Optimizer:
@@ -42,8 +52,18 @@ class Supervised(Method):
         total = steps_per_epoch * self.config.epochs
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total // 2, total * 3 // 4], gamma=0.1)
 
+    def on_epoch_start(self, context: EpochContext) -> None:
+        """Remember the views' normalisation: the affine warps in pixel units (x * std + mean), black fill."""
+        if context.mean is not None and context.std is not None:
+            self.normalisation = (context.mean, context.std)
+
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         labels = batch.coarse if self.config.labels == "coarse" else batch.fine
-        logits = self.classifier(self.backbone(batch.views)).float()
+        views = batch.views
+        if self.config.supervised_augment == "affine-erase" and self.training:
+            if self.normalisation is None:
+                raise SsrrError("supervised affine-erase: the views' normalisation is unknown (no epoch started)")
+            views = affine_erase(views, *self.normalisation, self.augment_generator, AffineErase())
+        logits = self.classifier(self.backbone(views)).float()
         accuracy = (logits.argmax(1) == labels).float().mean()
         return StepOutput(F.cross_entropy(logits, labels), {"acc": accuracy})

@@ -62,6 +62,7 @@ class RunConfig:
     simclr_loss: str = "nt-xent"  # simclr: nt-xent (mean of -log p) or official (-log of the mean p)
     infomax_prior: str = "adversarial"  # infomax: adversarial (gradient reversal) or official (one loss for both)
     infomax_critic: str = "concat"  # infomax: concat (the authors' concatenate-and-convolve) or dot (encode-and-dot)
+    supervised_augment: str = "crop-flip"  # supervised: crop-flip, or affine-erase (the authors' STL-10 transform)
 
     def validate(self) -> RunConfig:
         if self.method == "relational" and self.k < 2:
@@ -82,6 +83,8 @@ class RunConfig:
             raise SsrrError(f"--infomax-prior must be adversarial or official, got {self.infomax_prior!r}")
         if self.infomax_critic not in ("concat", "dot"):
             raise SsrrError(f"--infomax-critic must be concat or dot, got {self.infomax_critic!r}")
+        if self.supervised_augment not in ("crop-flip", "affine-erase"):
+            raise SsrrError(f"--supervised-augment must be crop-flip or affine-erase, got {self.supervised_augment!r}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
         check_precision(self.precision)

@@ -261,7 +261,11 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             sample_log = open_log(run_dir / f"samples-rank{accelerator.process_index}.jsonl")
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes, manifest.image_size))
+                unwrapped.on_epoch_start(
+                    EpochContext(
+                        epoch, make_loader, execution, num_classes, manifest.image_size, manifest.mean, manifest.std
+                    )
+                )
                 model.train()
                 display.start_epoch(epoch, steps_per_epoch)
                 sums = {"loss": torch.zeros((), device=device)}
