@@ -59,7 +59,7 @@ LIMITS: dict[str, Limit] = {
     "perplexity": Limit(0, 10_000, above=True),
     "seed": Limit(0, 2**32 - 1),  # numpy's seeds are 32-bit
     "k": Limit(1, 1024),  # views per image (pretrain: >= 2, see RunConfig.validate) or k-NN neighbours
-    "batch": Limit(1, 65_536),
+    "batch": Limit(0, 65_536),  # pretrain: 0 is the method's own (64 relational, 128 the baselines); eval checks >= 1
     "epochs": Limit(1, 1_000_000),
     "linear_epochs": Limit(1, 1_000_000),
     "grad_accum": Limit(1, 65_536),

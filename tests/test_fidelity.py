@@ -17,6 +17,7 @@ from ssrr.losses import infomax_jsd_local, nt_xent, nt_xent_official
 from ssrr.methods import method_class
 from ssrr.methods.base import EpochContext, with_method_defaults
 from ssrr.models.backbones import build_backbone
+from ssrr.precision import Execution
 from ssrr.train.config import RunConfig
 
 
@@ -116,7 +117,7 @@ def test_deepcluster_clusters_crop_flip_images_weighs_one_minus_frequency_and_re
         recipes_used.append(recipe)
         return ViewLoader(synthetic_shards, recipe, split=split, batch_size=32, training=training, num_threads=1)
 
-    method.on_epoch_start(EpochContext(0, make_loader, torch.device("cpu"), 2))
+    method.on_epoch_start(EpochContext(0, make_loader, Execution(torch.device("cpu")), 2))
     assert recipes_used == [recipes.crop_flip()]
     first = method.assignments.clone()
     counts = torch.bincount(method.assignments, minlength=method.k).float()
@@ -134,7 +135,7 @@ def test_deepcluster_clusters_crop_flip_images_weighs_one_minus_frequency_and_re
         return loader
 
     for epoch in (0, 1):
-        method.on_epoch_start(EpochContext(epoch, seeded_loader, torch.device("cpu"), 2))
+        method.on_epoch_start(EpochContext(epoch, seeded_loader, Execution(torch.device("cpu")), 2))
     assert seeds[0] != seeds[1]  # fresh crops for the clustering pass every epoch
     assert method.assignments.shape == first.shape
 
@@ -230,7 +231,7 @@ def test_supervised_affine_erase_is_the_authors_stl10_transform(monkeypatch: pyt
         method(batch)
     seen = []
     monkeypatch.setattr(supervised_module, "affine_erase", lambda views, *args: seen.append(args[:2]) or views)
-    method.on_epoch_start(EpochContext(0, None, torch.device("cpu"), 10, (32, 32), (0.5,) * 3, (0.25,) * 3))
+    method.on_epoch_start(EpochContext(0, None, Execution(torch.device("cpu")), 10, (32, 32), (0.5,) * 3, (0.25,) * 3))
     method(batch)
     method.eval()(batch)  # evaluation: no augmentation
     assert seen == [((0.5,) * 3, (0.25,) * 3)]
@@ -251,7 +252,7 @@ def test_supervised_affine_erase_trains_through_the_real_pipeline(synthetic_shar
     loader = ViewLoader(synthetic_shards, cls.recipe(config, manifest.image_size), batch_size=32, num_threads=1)
     method = cls(config, build_backbone("conv4"), num_classes=10)
     method.on_epoch_start(
-        EpochContext(0, None, torch.device("cpu"), 10, manifest.image_size, manifest.mean, manifest.std)
+        EpochContext(0, None, Execution(torch.device("cpu")), 10, manifest.image_size, manifest.mean, manifest.std)
     )
     optimizer = method.build_optimizer()
     method.train()
