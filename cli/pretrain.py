@@ -10,7 +10,7 @@ from dataclasses import fields
 import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
-from ssrr.train.config import RunConfig
+from ssrr.config import RunConfig
 
 
 def pretrain(

@@ -47,11 +47,11 @@ def run_demo(
     show: bool = True,
 ) -> DemoResult:
     # Imported here: the command line reads this module's defaults without loading torch and DALI.
+    from ssrr.config import RunConfig
     from ssrr.data.sources import load_dataset
     from ssrr.data.writer import write_dataset
     from ssrr.eval.linear import linear_eval
     from ssrr.train.checkpoint import load_backbone
-    from ssrr.train.config import RunConfig
     from ssrr.train.loop import pretrain
 
     started = time.perf_counter()

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ssrr.config import CONFIG_FILE, RunConfig
 from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.eval.report import STANDARD_COLUMNS, Cell, Table, columns_of, friendly, method_label, to_markdown
 from ssrr.files import replacing, write_text_atomic
 from ssrr.methods.base import method_class, with_method_defaults
-from ssrr.train.config import CONFIG_FILE, RunConfig
 
 # ------------------------------------------------------------------------------------------ constants
 

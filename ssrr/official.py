@@ -36,10 +36,10 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import BACKBONES, build_backbone
 from ssrr.train.checkpoint import BACKBONE_FILE, CHECKPOINTS, MODEL_FILE
-from ssrr.train.config import RunConfig
 
 IMPORT_FILE = "import.json"
 STEP_DIR = "step-00000000"  # the imported weights, in a checkpoint folder of pretrain's layout

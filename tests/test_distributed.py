@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ssrr.train.config import RunConfig
+from ssrr.config import RunConfig
 from ssrr.train.loop import pretrain
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 from typer.testing import CliRunner
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.eval.features import Features, features_from_tensors
 from ssrr.eval.linear import (
@@ -26,7 +27,6 @@ from ssrr.eval.linear import (
 )
 from ssrr.models.backbones import build_backbone
 from ssrr.train.checkpoint import load_backbone
-from ssrr.train.config import RunConfig
 
 
 def blobs(n: int, classes: int, dim: int, seed: int, spread: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:

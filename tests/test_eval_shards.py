@@ -205,7 +205,7 @@ def test_run_folder_evaluated_on_its_own_dataset_then_reported(colours: Path, tm
     from safetensors.torch import save_file
     from ssrr.cli.app import _mount, app
 
-    from ssrr.train.config import RunConfig
+    from ssrr.config import RunConfig
 
     run = tmp_path / "runs" / "relational-conv4-colours-s1"
     RunConfig(method="relational", dataset=str(colours), backbone="conv4", name=run.name).save(run)

@@ -136,7 +136,7 @@ def test_the_extras_named_by_errors_exist_in_pyproject() -> None:
 
 
 def test_library_config_checks_the_same_numbers(tmp_path: Path) -> None:
-    from ssrr.train.config import RunConfig
+    from ssrr.config import RunConfig
 
     for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"weight_decay": -0.1}, {"seed": -1}, {"k": 10**9}):
         with pytest.raises(options.SsrrError, match="--" + next(iter(bad)).replace("_", "-")):

@@ -17,9 +17,9 @@ import pytest
 from fixtures_data import error_lines, run_ssrr
 
 from ssrr import files
+from ssrr.config import RunConfig
 from ssrr.data import formats
 from ssrr.train.checkpoint import list_checkpoints
-from ssrr.train.config import RunConfig
 from ssrr.train.loop import pretrain
 
 

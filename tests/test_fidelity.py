@@ -10,6 +10,7 @@ import torch
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import ViewLoader
 
+from ssrr.config import RunConfig
 from ssrr.data.sources import load_dataset
 from ssrr.data.writer import write_dataset
 from ssrr.errors import SsrrError
@@ -18,7 +19,6 @@ from ssrr.methods import method_class
 from ssrr.methods.base import EpochContext, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.precision import Execution
-from ssrr.train.config import RunConfig
 
 
 @pytest.fixture(scope="module")

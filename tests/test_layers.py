@@ -16,7 +16,13 @@ LAYERS: list[set[str]] = [
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format
-    {"models", "losses", "cluster", "config"},  # backbones and heads, pure losses, k-means, the run's config
+    {
+        "models",
+        "losses",
+        "cluster",
+        "config",
+        "augment",
+    },  # backbones, heads, pure losses, k-means, config, torch augmentations
     {"relational"},  # the pair stage of relational reasoning, on the heads
     {"methods"},  # the registry of pretraining methods
     {"train"},  # the loop, checkpoints, the live display

@@ -8,12 +8,12 @@ import pytest
 import torch
 from ssrr.pipelines.loader import ViewLoader
 
+from ssrr.config import RunConfig
 from ssrr.data.sources import load_dataset
 from ssrr.data.writer import write_dataset
 from ssrr.methods import METHODS, method_class
 from ssrr.models.backbones import build_backbone
 from ssrr.precision import Execution
-from ssrr.train.config import RunConfig
 
 
 @pytest.fixture(scope="module")

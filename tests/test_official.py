@@ -15,11 +15,11 @@ import torchvision
 from fixtures_data import error_lines, run_ssrr
 from torch import nn
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.methods.base import method_class
 from ssrr.official import import_official
 from ssrr.train.checkpoint import CHECKPOINTS, MODEL_FILE, load_backbone, load_method_weights
-from ssrr.train.config import RunConfig
 
 # Tensors and parameters of each backbone in the authors' code (official-checkpoints.md).
 OFFICIAL_SIZES = {

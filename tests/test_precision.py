@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 import ssrr.precision as precision_module
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.eval.finetune import finetune
 from ssrr.eval.knn import knn_eval
@@ -28,7 +29,6 @@ from ssrr.methods import METHODS
 from ssrr.models.backbones import build_backbone
 from ssrr.precision import ENV_OVERRIDE, Execution, fp16_supported, resolve
 from ssrr.train.checkpoint import load_backbone
-from ssrr.train.config import RunConfig
 from ssrr.train.loop import pretrain
 
 CPU = torch.device("cpu")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from ssrr.config import RunConfig
 from ssrr.eval.report import STANDARD_COLUMNS, build_table, canonical, find_results, to_markdown
-from ssrr.train.config import RunConfig
 
 
 def result(protocol: str, dataset: str, top1: float, source: str, labels: str = "fine", **extra) -> dict:

@@ -14,10 +14,10 @@ from fixtures_data import error_lines, run_ssrr
 from PIL import Image
 
 from ssrr import experiments as ex
+from ssrr.config import RunConfig
 from ssrr.data.sources import load_dataset
 from ssrr.data.writer import write_dataset
 from ssrr.errors import SsrrError
-from ssrr.train.config import RunConfig
 
 RUN_LINE = re.compile(r"^(\S+)\s+(\S+)\s+(\S+)\s.*seed=(\d)\s+-> (.*)  \[([^\]]+)\]  (\S+)$")
 

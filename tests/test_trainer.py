@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.train.checkpoint import list_checkpoints, load_backbone
-from ssrr.train.config import RunConfig
 from ssrr.train.loop import pretrain
 
 

@@ -25,10 +25,10 @@ import torch
 from ssrr.bench.baseline import Baseline, Timing, baseline_step, best_setting, grid
 from ssrr.bench.e2e import bench_execution
 from ssrr.bench.step import intra_op_threads
+from ssrr.config import RunConfig
 from ssrr.eval.curves import Curve, read_curve
 from ssrr.eval.probes import LinearProbe
 from ssrr.precision import Execution
-from ssrr.train.config import RunConfig
 from ssrr.train.loop import pretrain
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ssrr.bench.baseline import Baseline, Timing, grid, tuned_baseline
 from ssrr.bench.limits import step_limit
+from ssrr.config import RunConfig
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods import method_class
 from ssrr.methods.base import Method
@@ -29,7 +30,6 @@ from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch, ViewLoader
 from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_precision
-from ssrr.train.config import RunConfig
 
 
 def bench_execution(device: str, precision: str, *, channels_last: bool = True) -> Execution:

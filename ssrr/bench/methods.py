@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from ssrr.bench.e2e import bench_execution, endless_batches, method_step, timed_steps
+from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.methods import METHODS, method_class
 from ssrr.methods.base import EpochContext
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
-from ssrr.train.config import RunConfig
 
 DEFAULT_METHODS = ("relational", "simclr", "rotation", "deepcluster", "infomax", "supervised")
 

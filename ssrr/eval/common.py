@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssrr.config import CONFIG_FILE, RunConfig
 from ssrr.errors import SsrrError
 from ssrr.files import replacing, write_text_atomic
 from ssrr.precision import Execution, as_execution
 from ssrr.precision import resolve as resolve_precision
 from ssrr.train.checkpoint import BACKBONE_FILE, MODEL_FILE, LoadedBackbone
-from ssrr.train.config import CONFIG_FILE, RunConfig
 
 EVAL_DIR = "eval"
 FIGURE_DPI = 100  # figures are saved at a fixed size: figsize (inches) x FIGURE_DPI pixels, no tight bbox

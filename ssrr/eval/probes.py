@@ -16,12 +16,12 @@ from pathlib import Path
 
 from torch import nn
 
+from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.eval.features import class_names, extract_features
 from ssrr.eval.knn import knn_probe
 from ssrr.eval.linear import EPOCHS, fit_and_score
 from ssrr.precision import Execution
-from ssrr.train.config import RunConfig
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssrr.config import CONFIG_FILE, RunConfig
 from ssrr.errors import SsrrError
-from ssrr.train.config import CONFIG_FILE, RunConfig
 
 STANDARD_COLUMNS = (
     "Linear CIFAR-100",

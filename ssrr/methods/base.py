@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import Backbone
 from ssrr.precision import Execution
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

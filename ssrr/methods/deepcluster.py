@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.cluster import kmeans, one_minus_frequency_weights, pca_dims, pca_whiten
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

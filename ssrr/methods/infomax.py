@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ssrr.config import RunConfig
 from ssrr.losses import infomax_jsd_all_pairs, infomax_jsd_local, infomax_prior
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

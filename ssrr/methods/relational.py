@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.losses import LOSS_FUNCTIONS
 from ssrr.methods.base import Method, StepOutput, register
@@ -13,7 +14,6 @@ from ssrr.models.backbones import Backbone
 from ssrr.models.heads import HEADS
 from ssrr.pipelines import recipes
 from ssrr.relational import PairSchedule, pair_accuracy, pair_schedule, relation_logits
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import nn
 
+from ssrr.config import RunConfig
 from ssrr.losses import rotation_targets
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ssrr.config import RunConfig
 from ssrr.losses import SIMCLR_LOSSES
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.augment import AffineErase, affine_erase
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.models.backbones import Backbone
 from ssrr.pipelines import recipes
-from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch

@@ -30,10 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.files import remove_stale, replace_dir, save_safetensors, writer_tag
 from ssrr.models.backbones import build_backbone
-from ssrr.train.config import RunConfig
 from ssrr.train.safe_state import JSON_FILE, load_state, save_state
 
 CHECKPOINTS = "checkpoints"

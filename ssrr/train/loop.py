@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ssrr import __version__
+from ssrr.config import RunConfig
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
@@ -39,7 +40,6 @@ from ssrr.pipelines.loader import ViewLoader
 from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
-from ssrr.train.config import RunConfig
 from ssrr.train.progress import TrainDisplay, console, summary_table
 
 METRICS_FILE = "metrics.jsonl"
