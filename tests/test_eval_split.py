@@ -146,7 +146,8 @@ def test_every_protocol_defaults_to_the_held_out_split_and_takes_split(
 
 
 def test_reproduce_evaluates_tiny_imagenet_on_val(tiny_imagenet: Path, tmp_path: Path) -> None:
-    from ssrr.experiments import EvalJob, Run, _evaluate
+    from ssrr.experiments import EvalJob, Run
+    from ssrr.experiments.execution import _evaluate
 
     run = Run("random-conv4-s1", "random", "conv4", 1, None, tmp_path / "random-conv4")
     job = EvalJob("linear", str(tiny_imagenet), "fine", 1, 1, (), tmp_path / "eval", "linear-tiny-imagenet-s1")

@@ -173,7 +173,7 @@ def test_a_run_made_with_other_settings_is_a_conflict_never_overwritten(syntheti
     with pytest.raises(SsrrError, match=r"other settings.*epochs: 7 != 1") as caught:
         ex.execute(plan, plan.runs, show=False, log=lambda _: None)
     assert "\n" not in str(caught.value)
-    assert ex.RunConfig.load(run.folder).epochs == 7
+    assert RunConfig.load(run.folder).epochs == 7
 
 
 def test_completion_rules(synthetic_root: Path, tmp_path: Path) -> None:
