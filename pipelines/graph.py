@@ -184,33 +184,9 @@ def _pixels(stored, spec: GraphSpec):
     )
 
 
-@pipeline_def
-def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
-    """Outputs: views (B x [V, H, W, 3], FHWC, normalised; float32 and not yet clamped for colour recipes) and
-    labels (B x [3] int32)."""
+def _geometric_views(image, spec: GraphSpec, p: dict):  # type: ignore[no-untyped-def]
+    """The views' crops and flips (resized crop, padded crop, or flip only) of one decoded image."""
     recipe = spec.recipe
-    stored, labels = fn.readers.webdataset(
-        paths=list(spec.paths),
-        index_paths=list(spec.index_paths),
-        ext=[codec.ENCODINGS[spec.encoding].ext, "lbl"],
-        dtypes=[types.UINT8, types.INT32],
-        shard_id=spec.shard_id,
-        num_shards=spec.num_shards,
-        random_shuffle=spec.training,
-        initial_fill=spec.initial_fill,
-        seed=spec.reader_seed,
-        pad_last_batch=not spec.training,
-        stick_to_shard=True,
-        missing_component_behavior="error",
-        name=READER,
-    )
-    image = _pixels(stored, spec)
-    names = spec.param_names()
-    p = (
-        dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True), strict=True))
-        if names
-        else {}
-    )
     out_h, out_w = spec.out_size
     if recipe.crop == "resized":
         views = [
@@ -246,18 +222,11 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
             views = [fn.flip(image, horizontal=p[f"flip{v}"]) for v in range(spec.crop_views)]
         else:
             views = [image] * spec.crop_views
-    if recipe.rotate:
-        views = _rotations(views[0], recipe.views)
-    frames = _stack(views)
-    if not recipe.colour:
-        views_out = fn.crop_mirror_normalize(
-            frames,
-            mean=list(spec.mean255),
-            std=list(spec.std255),
-            output_layout="FHWC",
-            dtype=types.FLOAT16 if spec.half else types.FLOAT,
-        )
-        return views_out, labels
+    return views
+
+
+def _colour(frames, spec: GraphSpec, p: dict):  # type: ignore[no-untyped-def]
+    """Colour jitter and normalisation of the stacked views, in one fn.coord_transform per image."""
     # Colour and normalisation in one fn.coord_transform per image: out = M x + T per frame, where
     # M = diag(1/std) @ colour matrix (@ b*c for the fused form) and T holds the contrast offset and -mean/std.
     inv_std = 1.0 / np.asarray(spec.std255, np.float32)
@@ -285,5 +254,49 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
                 contrast_center=fn.per_frame(luma),
             )
         frames = fn.coord_transform(frames, M=fn.per_frame(p["colour_matrix"]), T=list(-mean_over_std[0]))
+    return frames
+
+
+@pipeline_def
+def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
+    """Outputs: views (B x [V, H, W, 3], FHWC, normalised; float32 and not yet clamped for colour recipes) and
+    labels (B x [3] int32)."""
+    recipe = spec.recipe
+    stored, labels = fn.readers.webdataset(
+        paths=list(spec.paths),
+        index_paths=list(spec.index_paths),
+        ext=[codec.ENCODINGS[spec.encoding].ext, "lbl"],
+        dtypes=[types.UINT8, types.INT32],
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        random_shuffle=spec.training,
+        initial_fill=spec.initial_fill,
+        seed=spec.reader_seed,
+        pad_last_batch=not spec.training,
+        stick_to_shard=True,
+        missing_component_behavior="error",
+        name=READER,
+    )
+    image = _pixels(stored, spec)
+    names = spec.param_names()
+    p = (
+        dict(zip(names, fn.external_source(source=source, num_outputs=len(names), batch=True), strict=True))
+        if names
+        else {}
+    )
+    views = _geometric_views(image, spec, p)
+    if recipe.rotate:
+        views = _rotations(views[0], recipe.views)
+    frames = _stack(views)
+    if not recipe.colour:
+        views_out = fn.crop_mirror_normalize(
+            frames,
+            mean=list(spec.mean255),
+            std=list(spec.std255),
+            output_layout="FHWC",
+            dtype=types.FLOAT16 if spec.half else types.FLOAT,
+        )
+        return views_out, labels
+    frames = _colour(frames, spec, p)
     views_out = fn.reshape(frames, layout="FHWC")  # float32, unclamped: the loader clamps while copying out
     return views_out, labels

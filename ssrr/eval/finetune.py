@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,6 @@ def finetune(
     `test_split` None is the dataset's labelled held-out split (the manifest's `eval_split`); both splits are
     checked before any work. `eval_every` > 0 also scores it every that many epochs (recorded in `history`).
     """
-    from ssrr.pipelines import recipes
-    from ssrr.pipelines.loader import ViewLoader
-
     started = time.perf_counter()
     check_labels(labels)
     if epochs < 1 or batch < 2:
@@ -146,33 +144,14 @@ def finetune(
     if augmentation not in AUGMENTATIONS:
         raise SsrrError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     execution = resolve_execution(device, precision)
-    device = execution.device
     manifest = load_manifest(shard_dir)
     test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
     names = class_names(manifest, labels)
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
     )
-    backbone = loaded.module.to(device)
-    dim = int(getattr(backbone, "feature_dim", 0)) or _probe_dim(backbone, manifest.image_size, device)
-    head = new_head(dim, len(names), seed).to(device)
-    optimiser = torch.optim.Adam(
-        [{"params": backbone.parameters(), "lr": backbone_lr}, {"params": head.parameters(), "lr": head_lr}],
-        weight_decay=weight_decay,
-    )
-    loader = ViewLoader(
-        shard_dir,
-        recipes.crop_flip() if augmentation == "crop-flip" else recipes.evaluation(),
-        split=train_split,
-        batch_size=batch,
-        device=str(device),
-        seed=seed,
-        training=True,
-        image_size=size,
-        num_threads=num_threads,
-        dtype=execution.view_dtype,
-    )
-    scaler = execution.grad_scaler()
+    run = _Finetuning.build(loaded, manifest, names, seed, execution, (backbone_lr, head_lr, weight_decay))
+    loader = _train_loader(shard_dir, augmentation, train_split, batch, seed, size, num_threads, execution)
     member = None
     if subset is not None:
         member = torch.zeros(manifest.splits[train_split].samples, dtype=torch.bool)
@@ -183,34 +162,17 @@ def finetune(
     history: list[dict[str, float]] = []
     metrics: dict[str, Any] = {}
 
-    def score() -> dict[str, Any]:
-        test = extract_features(
-            backbone, shard_dir, test_split, device=execution, image_size=size, num_threads=num_threads
-        )
-        was = head.training
-        head.eval()
-        scored = classification_metrics(predict(head, test.z), test.labels(labels), names)
-        head.train(was)
-        return scored
-
     for epoch in range(epochs):
-        backbone.train()
-        head.train()
-        total, seen = torch.zeros((), device=device), 0
-        for images, y in training_batches(loader, epoch, labels, batch, member):
-            if int(y.min()) < 0:
-                raise SsrrError(f"{shard_dir}: split '{train_split}' has unlabeled samples ({labels} labels)")
-            loss = _train_step(execution, nn.Sequential(backbone, head), optimiser, scaler, images, y)
-            total += loss * len(y)
-            seen += len(y)
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": float(total) / max(seen, 1)}
-        last = epoch + 1 == epochs
-        if last or (eval_every and (epoch + 1) % eval_every == 0):
-            metrics = score()
+        loss = run.train_epoch(
+            training_batches(loader, epoch, labels, batch, member), f"{shard_dir}: split '{train_split}'", labels
+        )
+        record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
+        if epoch + 1 == epochs or (eval_every and (epoch + 1) % eval_every == 0):
+            metrics = run.score(shard_dir, test_split, labels, names, size, num_threads)
             record["top1"] = metrics["top1"]
         history.append(record)
         if write:
-            save_finetuned(weights_dir, backbone, head, loaded.name, epoch + 1, labels)
+            save_finetuned(weights_dir, run.backbone, run.head, loaded.name, epoch + 1, labels)
         if progress is not None:
             progress(epoch + 1, epochs, record["loss"])
     result = base_result(
@@ -243,6 +205,98 @@ def finetune(
     result["files"] = [str(png), str(weights_dir / BACKBONE_FILE), str(weights_dir / HEAD_FILE)]
     result["wall_s"] = round(time.perf_counter() - started, 3)
     return write_result(out_dir, stem, result)
+
+
+def _train_loader(
+    shard_dir: Path | str,
+    augmentation: str,
+    split: str,
+    batch: int,
+    seed: int,
+    size: tuple[int, int] | None,
+    num_threads: int | None,
+    execution: Execution,
+):  # type: ignore[no-untyped-def]
+    """The fine-tuning loader: normalise only (the authors' way) or crop+flip, shuffled per epoch."""
+    from ssrr.pipelines import recipes
+    from ssrr.pipelines.loader import ViewLoader
+
+    return ViewLoader(
+        shard_dir,
+        recipes.crop_flip() if augmentation == "crop-flip" else recipes.evaluation(),
+        split=split,
+        batch_size=batch,
+        device=str(execution.device),
+        seed=seed,
+        training=True,
+        image_size=size,
+        num_threads=num_threads,
+        dtype=execution.view_dtype,
+    )
+
+
+@dataclass
+class _Finetuning:
+    """The backbone and its new head, trained together under one precision."""
+
+    backbone: nn.Module
+    head: nn.Module
+    optimiser: torch.optim.Optimizer
+    execution: Execution
+    scaler: torch.amp.GradScaler | None
+
+    @classmethod
+    def build(
+        cls,
+        loaded: LoadedBackbone,
+        manifest: Any,
+        names: list[str],
+        seed: int,
+        execution: Execution,
+        rates: tuple[float, float, float],
+    ) -> _Finetuning:
+        """`rates`: backbone learning rate, head learning rate, weight decay."""
+        device = execution.device
+        backbone = loaded.module.to(device)
+        dim = int(getattr(backbone, "feature_dim", 0)) or _probe_dim(backbone, manifest.image_size, device)
+        head = new_head(dim, len(names), seed).to(device)
+        optimiser = torch.optim.Adam(
+            [{"params": backbone.parameters(), "lr": rates[0]}, {"params": head.parameters(), "lr": rates[1]}],
+            weight_decay=rates[2],
+        )
+        return cls(backbone, head, optimiser, execution, execution.grad_scaler())
+
+    def train_epoch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], origin: str, labels: str) -> float:
+        """One pass over the batches; the mean loss. `origin` names the split in the error for unlabeled samples."""
+        self.backbone.train()
+        self.head.train()
+        model = nn.Sequential(self.backbone, self.head)
+        total, seen = torch.zeros((), device=self.execution.device), 0
+        for images, y in batches:
+            if int(y.min()) < 0:
+                raise SsrrError(f"{origin} has unlabeled samples ({labels} labels)")
+            total += _train_step(self.execution, model, self.optimiser, self.scaler, images, y) * len(y)
+            seen += len(y)
+        return float(total) / max(seen, 1)
+
+    def score(
+        self,
+        shard_dir: Path | str,
+        split: str,
+        labels: str,
+        names: list[str],
+        size: tuple[int, int] | None,
+        num_threads: int | None,
+    ) -> dict[str, Any]:
+        """Top-1/top-5 and per-class accuracy of backbone + head on `split` (the head's mode is restored)."""
+        test = extract_features(
+            self.backbone, shard_dir, split, device=self.execution, image_size=size, num_threads=num_threads
+        )
+        was = self.head.training
+        self.head.eval()
+        scored = classification_metrics(predict(self.head, test.z), test.labels(labels), names)
+        self.head.train(was)
+        return scored
 
 
 def _train_step(

@@ -255,27 +255,34 @@ def retrieval_eval(
     stem = result_stem("retrieval", manifest.name, labels, seed, split_tag(manifest, query_split))
     files = []
     if show > 0:
+        grid = out_dir / f"{stem}-grid.png"
         shown = pick_queries(q_labels, show, seed)
-        exclude_shown = shown if same_split else None
-        _, rows = nearest(gallery.z, queries.z[shown.to(queries.z.device)], TOP, exclude=exclude_shown)
-        rows = rows.cpu()
-        q_index = queries.index.cpu()[shown].tolist()
-        g_index = gallery.index.cpu()[rows].tolist()
-        wanted_q = set(q_index)
-        pixels_q = raw_images(
-            shard_dir, query_split, wanted_q | ({i for r in g_index for i in r} if same_split else set())
-        )
-        pixels_g = pixels_q if same_split else raw_images(shard_dir, gallery_split, {i for r in g_index for i in r})
-        q_y, g_y = q_labels.cpu(), g_labels.cpu()
-        same = [[bool(g_y[j] == q_y[i]) for j in rows[r].tolist()] for r, i in enumerate(shown.tolist())]
-        png = retrieval_grid(
-            [pixels_q[i] for i in q_index],
-            [[pixels_g[j] for j in r] for r in g_index],
-            same,
-            out_dir / f"{stem}-grid.png",
-        )
-        files.append(str(png))
-        result["shown_queries"] = q_index
+        files.append(str(_grid_png(shard_dir, queries, gallery, (query_split, gallery_split), labels, shown, grid)))
+        result["shown_queries"] = queries.index.cpu()[shown].tolist()
     result["files"] = files
     result["wall_s"] = round(time.perf_counter() - started, 3)
     return write_result(out_dir, stem, result)
+
+
+def _grid_png(
+    shard_dir: Path | str,
+    queries: Features,
+    gallery: Features,
+    splits: tuple[str, str],
+    labels: str,
+    shown: torch.Tensor,
+    path: Path,
+) -> Path:
+    """The grid of the `shown` queries and their top-10 neighbours, read back as pixels from the shards."""
+    query_split, gallery_split = splits
+    same_split = query_split == gallery_split
+    _, rows = nearest(gallery.z, queries.z[shown.to(queries.z.device)], TOP, exclude=shown if same_split else None)
+    rows = rows.cpu()
+    q_index = queries.index.cpu()[shown].tolist()
+    g_index = gallery.index.cpu()[rows].tolist()
+    neighbours = {i for r in g_index for i in r}
+    pixels_q = raw_images(shard_dir, query_split, set(q_index) | (neighbours if same_split else set()))
+    pixels_g = pixels_q if same_split else raw_images(shard_dir, gallery_split, neighbours)
+    q_y, g_y = queries.labels(labels).cpu(), gallery.labels(labels).cpu()
+    same = [[bool(g_y[j] == q_y[i]) for j in rows[r].tolist()] for r, i in enumerate(shown.tolist())]
+    return retrieval_grid([pixels_q[i] for i in q_index], [[pixels_g[j] for j in r] for r in g_index], same, path)
