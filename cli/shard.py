@@ -124,51 +124,63 @@ def _help(doc: str | None) -> str:
     return "\n\n".join(p if p.startswith(" ") else " ".join(p.split("\n")) for p in paragraphs)
 
 
+# The options of `ssrr shard make`, declared once (their defaults and help in one place).
+_DATASET = typer.Argument(..., metavar="DATASET", help=f"One of: {', '.join(DATASETS)}.", show_default=False)
+_SOURCE_ARG = typer.Argument(None, metavar="SOURCE", help="Same as --source.", show_default=False)
+_SOURCE = typer.Option(None, "--source", help="A local archive or extracted folder to use instead of downloading.")
+_OUT = typer.Option(Path("shards"), "--out", help="Folder that receives NAME/ with the shards.")
+_SEED = typer.Option(0, "--seed", help="Shuffle seed (and the synthetic generator's).")
+_ENCODING = typer.Option(
+    "auto",
+    "--encoding",
+    help=f"How pixels are stored: auto, {', '.join(CHOICES)} (auto: raw up to {RAW_MAX_SIDE} px, above it the "
+    "source's own encoding; lossless sources stay lossless).",
+)
+_QUALITY = typer.Option(
+    None,
+    "--quality",
+    help=f"jpeg/webp quality; given, every image is re-encoded at it (default {DEFAULT_QUALITY}, and source "
+    "files already in the encoding are stored unchanged).",
+    show_default=False,
+)
+_SHARD_BYTES = typer.Option(
+    "256MB",
+    "--shard-bytes",
+    help="Most bytes per shard: e.g. 256MB, 1GB, 1000000. A split under 8 such shards is cut into 8 smaller "
+    "ones (of at least 4MB each), so that every rank of a multi-process run reads several.",
+)
+_SHARD_SIZE = typer.Option(
+    None, "--shard-size", help="At most this many samples per shard (default: no limit).", show_default=False
+)
+_NAME = typer.Option(
+    None, "--name", help="Dataset folder name (default: DATASET, or the folder/archive name for imagefolder)."
+)
+_CACHE = typer.Option(
+    None, "--cache", help="Download cache (default: $SSRR_CACHE or ~/.cache/ssrr).", show_default=False
+)
+_SIZE = typer.Option(None, "--size", help="imagefolder/tiny-imagenet: image side (default: most common in train).")
+_WORKERS = typer.Option(DEFAULT_WORKERS, "--workers", help="Image-decoding processes and image-encoding threads.")
+_TRAIN_PER_CLASS = typer.Option(TRAIN_PER_CLASS, "--train-per-class", help="synthetic only.")
+_TEST_PER_CLASS = typer.Option(TEST_PER_CLASS, "--test-per-class", help="synthetic only.")
+
+
 def make(
     ctx: typer.Context,
-    dataset: str = typer.Argument(..., metavar="DATASET", help=f"One of: {', '.join(DATASETS)}.", show_default=False),
-    source_arg: Path | None = typer.Argument(None, metavar="SOURCE", help="Same as --source.", show_default=False),
-    source: Path | None = typer.Option(
-        None, "--source", help="A local archive or extracted folder to use instead of downloading."
-    ),
-    out: Path = typer.Option(Path("shards"), "--out", help="Folder that receives NAME/ with the shards."),
-    seed: int = typer.Option(0, "--seed", help="Shuffle seed (and the synthetic generator's)."),
-    encoding: str = typer.Option(
-        "auto",
-        "--encoding",
-        help=f"How pixels are stored: auto, {', '.join(CHOICES)} (auto: raw up to {RAW_MAX_SIDE} px, above it the "
-        "source's own encoding; lossless sources stay lossless).",
-    ),
-    quality: int | None = typer.Option(
-        None,
-        "--quality",
-        help=f"jpeg/webp quality; given, every image is re-encoded at it (default {DEFAULT_QUALITY}, and source "
-        "files already in the encoding are stored unchanged).",
-        show_default=False,
-    ),
-    shard_bytes: str = typer.Option(
-        "256MB",
-        "--shard-bytes",
-        help="Most bytes per shard: e.g. 256MB, 1GB, 1000000. A split under 8 such shards is cut into 8 smaller "
-        "ones (of at least 4MB each), so that every rank of a multi-process run reads several.",
-    ),
-    shard_size: int | None = typer.Option(
-        None, "--shard-size", help="At most this many samples per shard (default: no limit).", show_default=False
-    ),
-    name: str | None = typer.Option(
-        None, "--name", help="Dataset folder name (default: DATASET, or the folder/archive name for imagefolder)."
-    ),
-    cache: Path | None = typer.Option(
-        None, "--cache", help="Download cache (default: $SSRR_CACHE or ~/.cache/ssrr).", show_default=False
-    ),
-    size: int | None = typer.Option(
-        None, "--size", help="imagefolder/tiny-imagenet: image side (default: most common in train)."
-    ),
-    workers: int = typer.Option(
-        DEFAULT_WORKERS, "--workers", help="Image-decoding processes and image-encoding threads."
-    ),
-    train_per_class: int = typer.Option(TRAIN_PER_CLASS, "--train-per-class", help="synthetic only."),
-    test_per_class: int = typer.Option(TEST_PER_CLASS, "--test-per-class", help="synthetic only."),
+    dataset: str = _DATASET,
+    source_arg: Path | None = _SOURCE_ARG,
+    source: Path | None = _SOURCE,
+    out: Path = _OUT,
+    seed: int = _SEED,
+    encoding: str = _ENCODING,
+    quality: int | None = _QUALITY,
+    shard_bytes: str = _SHARD_BYTES,
+    shard_size: int | None = _SHARD_SIZE,
+    name: str | None = _NAME,
+    cache: Path | None = _CACHE,
+    size: int | None = _SIZE,
+    workers: int = _WORKERS,
+    train_per_class: int = _TRAIN_PER_CLASS,
+    test_per_class: int = _TEST_PER_CLASS,
 ) -> None:
     """Shard DATASET into OUT/NAME/: WebDataset tars of RGB images, DALI indexes, manifest.json.
 

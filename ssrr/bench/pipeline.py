@@ -78,34 +78,20 @@ def bench_pipeline(
     steps_per_run: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
-    """Measure views/s of :class:`~ssrr.pipelines.loader.ViewLoader` and of the torchvision reference.
+    """Views/s of the DALI `ViewLoader` and of the torchvision references, alternating, medians over `repeats`.
 
-    Args:
-        shard_dir: an ssrr shard folder.
-        k, batch: views per image (K) and images per step (M); a step is K*M views.
-        device: where the DALI loader runs ("cpu" or "cuda"); the references always run on the CPU.
-        repeats: timed repeats of each loader (alternating); medians are reported.
-        steps: timed DALI steps per repeat (default: 8 pipeline runs, at least 32 steps; whole runs only).
-        workers: DataLoader workers of the references (default min(8, cores): the public code's 8, one per core).
-        baseline: also time the references (False: DALI only, ``baseline_views_per_s`` is None).
-        baseline_steps: timed reference steps per repeat (default 6; each takes about 5x longer than DALI's).
-
-    The references are the public code's torchvision transforms on PIL images (`pil`) and the same recipe in
-    torchvision.transforms.v2 on uint8 tensors (`tv2`), each applied K times per image in DataLoader workers.
-    The colour operations differ from DALI's (fixed order, hue as a YIQ rotation, one clamp; see docs/fidelity.md).
-
-    Returns:
-        {"views_per_s", "baseline_views_per_s" (the faster reference), "baseline" (its name), "baselines" (views/s
-        of each reference), "ratio" (against the faster), "cpu_us_per_view", "baseline_cpu_us_per_view" (CPU
-        time of the process and its children per view, while timed; less sensitive to other processes' load
-        than wall time), "cpu_ratio", "k", "batch", "device", "repeats", "steps",
-        "baseline_steps", "workers", "dali_runs" (views/s of each repeat), "baseline_runs", "num_threads",
-        "steps_per_run", "cpus", "samples", "image_size", "shard_dir", "load_average" (the machine's 1-minute
-        load before and after: load from other processes lowers both figures; here it lowered the reference more)}.
-    """
+    `steps`: timed DALI steps per repeat (default 8 pipeline runs, at least 32; whole runs only); `workers`:
+    DataLoader workers of the references (default min(8, cores)); `baseline_steps`: timed reference steps per
+    repeat (default 6); `baseline=False` times DALI only. The references are the public code's torchvision
+    transforms on PIL images (`pil`) and the recipe in transforms.v2 on uint8 tensors (`tv2`), K per image in
+    DataLoader workers; their colour operations differ from DALI's (fixed order, hue as a YIQ rotation, one
+    clamp; see docs/fidelity.md). Keys: views_per_s, baseline_views_per_s (the faster reference), baseline (its
+    name), baselines, ratio (against the faster), ratios, cpu_us_per_view and baseline_cpu_us_per_view (CPU
+    time of the process and its children per view: less sensitive to other load than wall time), cpu_ratio,
+    the settings, the runs, and load_average (the machine's 1-minute load before and after)."""
     from ssrr.pipelines.loader import ViewLoader
     from ssrr.pipelines.recipes import relational
-    from ssrr.pipelines.reference import BACKENDS, ReferenceViews, reference_loader
+    from ssrr.pipelines.reference import BACKENDS, ReferenceViews
 
     if repeats < 1:
         raise SsrrError(f"repeats must be at least 1, got {repeats}")
@@ -130,23 +116,7 @@ def bench_pipeline(
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     views_per_step = k * batch
     load_before = os.getloadavg()[0]
-    runs: dict[str, list[tuple[float, float]]] = {"dali": [], **{name: [] for name in references}}
-    for repeat in range(repeats):  # DALI, then each reference, in turn: load changes hit all alike
-        iterator = _cycle_epochs(loader, first_epoch=repeat * 1000)
-        try:
-            seconds, cpu = _time_steps(iterator, 3 * per_run, steps, sync)  # warm-up past the prefetched runs
-        finally:
-            iterator.close()
-        runs["dali"].append((steps * views_per_step / seconds, cpu / (steps * views_per_step) * 1e6))
-        for name, dataset in references.items():
-            ref = reference_loader(
-                shard_dir, recipe, split=split, batch_size=batch, workers=workers, seed=repeat, dataset=dataset
-            )
-            try:
-                seconds, cpu = _time_steps(ref, max(2, workers), ref_steps, lambda: None)
-            finally:
-                ref.close()
-            runs[name].append((ref_steps * views_per_step / seconds, cpu / (ref_steps * views_per_step) * 1e6))
+    runs = _alternate(loader, references, repeats, steps, ref_steps, views_per_step, sync, workers, recipe, split)
     medians = {name: statistics.median(rate for rate, _ in pairs) for name, pairs in runs.items()}
     cpu_us = {name: statistics.median(us for _, us in pairs) for name, pairs in runs.items()}
     fastest = max(references, key=lambda name: medians[name]) if references else None
@@ -180,6 +150,49 @@ def bench_pipeline(
         "shard_dir": str(shard_dir),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
     }
+
+
+def _alternate(
+    loader: Any,
+    references: dict[str, Any],
+    repeats: int,
+    steps: int,
+    ref_steps: int,
+    views_per_step: int,
+    sync: Any,
+    workers: int,
+    recipe: Any,
+    split: str,
+) -> dict[str, list[tuple[float, float]]]:
+    """(views/s, CPU us per view) of each repeat of DALI and of each reference, timed in turn so load changes
+    on a shared machine hit all alike."""
+    from ssrr.pipelines.reference import reference_loader
+
+    per_run = loader.steps_per_run
+    runs: dict[str, list[tuple[float, float]]] = {"dali": [], **{name: [] for name in references}}
+    for repeat in range(repeats):
+        iterator = _cycle_epochs(loader, first_epoch=repeat * 1000)
+        try:
+            seconds, cpu = _time_steps(iterator, 3 * per_run, steps, sync)  # warm-up past the prefetched runs
+        finally:
+            iterator.close()
+        runs["dali"].append((steps * views_per_step / seconds, cpu / (steps * views_per_step) * 1e6))
+        for name, dataset in references.items():
+            ref = reference_loader(
+                dataset.shard_dir,
+                recipe,
+                split=split,
+                batch_size=loader.batch_size,
+                workers=workers,
+                seed=repeat,
+                dataset=dataset,
+            )
+            try:
+                seconds, cpu = _time_steps(ref, max(2, workers), ref_steps, lambda: None)
+            finally:
+                ref.close()
+            runs[name].append((ref_steps * views_per_step / seconds, cpu / (ref_steps * views_per_step) * 1e6))
+    return runs
 
 
 def _reference_steps(
