@@ -22,17 +22,19 @@ typecheck:
 shard-cifar10:
     ssrr shard imagefolder ../shared/data/cifar10-jpeg.tar.gz --name cifar10-jpeg
 
-# Every benchmark in turn (never two at once on a 2-core machine); each writes docs/benchmarks.md.
+# Every benchmark in turn (never two at once on a 2-core machine); each records itself in docs/benchmarks.md,
+# then the summary table there and in the README is regenerated from those records.
 bench: shard-cifar10
     ssrr bench shard --source ../shared/data/cifar10-jpeg.tar.gz --json
     ssrr bench pipeline --dataset shards/cifar10-jpeg --k 32 --batch 64 --device cpu --json
     ssrr bench step --backbone conv4 --k 32 --batch 64 --json
     ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json
     ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
+    ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --precision fp32 --json
     ssrr bench methods --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
-    ssrr shard synthetic
-    ssrr bench accuracy --dataset shards/synthetic --backbone conv4 --k 4 --epochs 2 --json
+    ssrr bench accuracy --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 3 --target-top1 45 --amp --json
     ssrr bench linear --dataset shards/cifar10-jpeg --json
+    ssrr bench summary
 
 # On a lent GPU machine: one call that checks and times the GPU path (see scripts/gpu_check.sh).
 gpu-check:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from ssrr.cli.common import console, new_app
+from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, new_app, precision_option
 
 from ssrr.bench.record import record
 
@@ -54,7 +54,8 @@ def step(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC (ours)."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
@@ -73,13 +74,13 @@ def step(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         channels_last=channels_last,
         compile=compile,
         repeats=repeats,
         baseline_repeats=baseline_repeats,
     )
-    _emit(f"step-{backbone}-k{k}-m{batch}", {**model, **relation}, as_json, write)
+    _emit(f"step-{backbone}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
 
 
 @bench_app.command("e2e")
@@ -88,7 +89,8 @@ def e2e(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast (ours)."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     steps: int = typer.Option(20, help="Timed steps per repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats (median)."),
     baseline_steps: int = typer.Option(5, help="Timed steps of the public-code-style baseline (0: skip)."),
@@ -108,13 +110,13 @@ def e2e(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         steps=steps,
         repeats=repeats,
         baseline_steps=baseline_steps,
         device=device,
     )
-    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result.get('device', device)}", result, as_json, write)
+    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("methods")
@@ -126,7 +128,8 @@ def methods(
     backbone: str = typer.Option("conv4", help="Backbone."),
     k: int = typer.Option(32, "--k", help="Views per image (relational)."),
     batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help="bf16 autocast where the device runs it natively."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     steps: int = typer.Option(10, help="Timed steps per method and repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats, round-robin over the methods (median)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -150,12 +153,12 @@ def methods(
         backbone=backbone,
         k=k,
         m=batch,
-        amp=amp,
+        precision=precision_option(precision, amp),
         steps=steps,
         repeats=repeats,
         device=device,
     )
-    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}", result, as_json, write)
+    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("accuracy")
@@ -166,30 +169,44 @@ def accuracy(
     batch: int = typer.Option(64, help="Images per step (M)."),
     epochs: int = typer.Option(2, help="Pretraining epochs, both ways."),
     linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
-    workers: int = typer.Option(2, help="DataLoader workers of the baseline."),
-    repeats: int = typer.Option(3, help="Repeats, ours and the baseline alternating (medians)."),
+    seeds: str = typer.Option("1,2,3", help="Seeds, comma-separated: ours and the baseline each run every seed."),
+    target_top1: float | None = typer.Option(
+        None, "--target-top1", help="Probe after every epoch; report the pretraining time to this linear top-1 (%)."
+    ),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (both sides)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
 ) -> None:
-    """Time to an accuracy: pretraining wall time and linear top-1, ours against the public code's way.
+    """Time to an accuracy: pretraining wall time and linear top-1 over seeds, ours against the public code's way.
 
-    Example: ssrr bench accuracy --dataset shards/synthetic --backbone conv4 --k 4 --epochs 2 --json
+    Example: ssrr bench accuracy --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 3 --target-top1 45 --json
     """
     from ssrr.bench.accuracy import bench_time_to_accuracy
     from ssrr.data.formats import resolve_dataset
+    from ssrr.errors import SsrrError
 
+    try:
+        chosen = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError as exc:
+        raise SsrrError(f"--seeds must be integers separated by commas, got {seeds!r}") from exc
+    if not chosen:
+        raise SsrrError("--seeds: give at least one seed")
     result = bench_time_to_accuracy(
         resolve_dataset(dataset),
         backbone=backbone,
         k=k,
         m=batch,
         epochs=epochs,
+        seeds=chosen,
         linear_epochs=linear_epochs,
-        workers=workers,
-        repeats=repeats,
+        precision=precision_option(precision, amp),
+        device=device,
+        target_top1=target_top1,
     )
     name = Path(result["dataset"]).name
-    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}", result, as_json, write)
+    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("shard")
@@ -227,6 +244,24 @@ def linear(
 
     result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, baseline_epochs=baseline_epochs)
     _emit(f"linear-{backbone.replace(':', '-').replace('/', '_')}", result, as_json, write)
+
+
+@bench_app.command("summary")
+def summary(
+    file: Path = typer.Option(Path("docs/benchmarks.md"), help="The recorded results."),
+    readme: Path = typer.Option(Path("README.md"), help="Also rewrite the README's table (between its markers)."),
+) -> None:
+    """Rewrite the headline table (docs/benchmarks.md and the README) from the recorded results.
+
+    Example: ssrr bench summary
+    """
+    from ssrr.bench.summary import write_summary
+    from ssrr.errors import SsrrError
+
+    if not file.is_file():
+        raise SsrrError(f"{file}: no recorded benchmarks (run `ssrr bench ...` first)")
+    for path in write_summary(file, [file, readme]):
+        console.print(f"wrote the summary table in {path}")
 
 
 def register(app: typer.Typer) -> None:

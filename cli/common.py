@@ -73,3 +73,12 @@ def new_app(help: str, group: type[TyperGroup] | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         rich_markup_mode="rich",
     )
+
+
+AMP_HELP = "Mixed precision, the same as --precision auto: bf16 where native, fp16 on GPUs without bf16, else fp32."
+PRECISION_HELP = "auto, fp32, bf16 (forced, even where emulated) or fp16 (with loss scaling). Overrides --amp."
+
+
+def precision_option(precision: str | None, amp: bool) -> str:
+    """`--precision` wins; `--amp` alone means auto; neither is float32."""
+    return precision if precision is not None else ("auto" if amp else "fp32")

@@ -26,6 +26,7 @@ DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda, cuda:N."
 OUT_HELP = "Output folder (default RUN/eval/, or runs/random-<backbone>/eval/ for random:<backbone>)."
 IMAGE_SIZE_HELP = "auto (resize to the backbone's pretraining size when it differs), native, N or HxW."
 BACKBONE_HELP = "Expected backbone (conv4, resnet32, ...): refuse a checkpoint of another one."
+PRECISION_HELP = "Forward passes in fp32, bf16, fp16, or auto (bf16 where native, fp16 on older GPUs, else fp32)."
 SEED_HELP = "Seed: head initialisation, shuffles, subsets (and the weights of random:<backbone>)."
 
 Spec = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT", help=SPEC_HELP)
@@ -38,6 +39,7 @@ AsJson = typer.Option(False, "--json", help="Print one JSON object (the result) 
 ShardsRoot = typer.Option("shards", help="Where dataset names are looked up.")
 ImageSize = typer.Option("auto", help=IMAGE_SIZE_HELP)
 BackboneOpt = typer.Option(None, "--backbone", help=BACKBONE_HELP)
+PrecisionOpt = typer.Option("fp32", help=PRECISION_HELP)
 
 
 def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None, seed: int):  # type: ignore[no-untyped-def]
@@ -120,6 +122,7 @@ def linear(
     lr: float = typer.Option(1e-3, help="Adam learning rate (the protocol: 1e-3)."),
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -154,6 +157,7 @@ def linear(
             lr=lr,
             seed=seed,
             device=device,
+            precision=precision,
             out=out,
             image_size=image_size,
             progress=progress,
@@ -174,6 +178,7 @@ def finetune(
     eval_every: int = typer.Option(0, help="Also score the test split every N epochs (0: at the end only)."),
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -203,6 +208,7 @@ def finetune(
             eval_every=eval_every,
             seed=seed,
             device=device,
+            precision=precision,
             out=out,
             image_size=image_size,
             progress=progress,
@@ -221,6 +227,7 @@ def semi(
     batch: int = typer.Option(128, help="Batch size."),
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -247,6 +254,7 @@ def semi(
         batch=batch,
         seed=seed,
         device=device,
+        precision=precision,
         out=out,
         image_size=image_size,
         progress=lambda line: console.print(f"  {line}"),
@@ -265,6 +273,7 @@ def retrieval(
     labels: str = Labels,
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -288,6 +297,7 @@ def retrieval(
         max_queries=max_queries,
         seed=seed,
         device=device,
+        precision=precision,
         out=out,
         image_size=image_size,
     )
@@ -305,6 +315,7 @@ def tsne(
     labels: str = Labels,
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -330,6 +341,7 @@ def tsne(
             iterations=iterations,
             seed=seed,
             device=device,
+            precision=precision,
             out=out,
             image_size=image_size,
         )
@@ -346,6 +358,7 @@ def knn(
     labels: str = Labels,
     seed: int = Seed,
     device: str = Device,
+    precision: str = PrecisionOpt,
     out: str | None = Out,
     image_size: str = ImageSize,
     backbone: str | None = BackboneOpt,
@@ -367,6 +380,7 @@ def knn(
         temperature=temperature,
         seed=seed,
         device=device,
+        precision=precision,
         out=out,
         image_size=image_size,
     )

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 import typer
+from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.train.config import RunConfig
 
@@ -33,7 +34,8 @@ def pretrain(
     split: str = typer.Option(
         "train", help="Split to train on; train+unlabeled joins a labelled and an unlabelled split (STL-10)."
     ),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="Mixed precision: bf16 where supported, else fp16."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC memory format."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone."),
     grad_accum: int = typer.Option(1, help="Gradient accumulation steps."),
@@ -45,7 +47,10 @@ def pretrain(
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
     checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
     max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
-    knn_every: int = typer.Option(0, help="k-NN probe on the test split every N epochs (0: never)."),
+    knn_every: int = typer.Option(0, help="k-NN probe on the held-out split every N epochs (0: never)."),
+    eval_every: int = typer.Option(
+        0, help="Linear protocol on the held-out split every N epochs, logged with the time (0: never)."
+    ),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
@@ -69,14 +74,16 @@ def pretrain(
     """
     if processes > 1 and not _inside_launcher():
         raise typer.Exit(_relaunch(processes))
+    from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain as run
 
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
     values["log_with"] = list(values.get("log_with") or [])
+    values["precision"] = precision_option(precision, amp)
     config = RunConfig(**values)
     if resume:
         config = _merge_with_saved(ctx, config)
-    run(config, resume=resume, show=not quiet)
+    run(config, resume=resume, show=not quiet, probes=probes_for(config))
 
 
 def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
@@ -91,6 +98,8 @@ def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
         for name, value in ctx.params.items()
         if name in {f.name for f in fields(RunConfig)} and _given(ctx, name)
     }
+    if _given(ctx, "amp") or _given(ctx, "precision"):
+        explicit["precision"] = config.precision
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
     merged["out"], merged["name"] = config.out, resolved.name  # the folder the config came from, never its own
     merged["log_with"] = list(merged.get("log_with") or [])

@@ -17,6 +17,9 @@ def report(
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write the table as markdown to FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as one JSON object on stdout."),
     all_columns: bool = typer.Option(False, "--all-columns", help="Show the paper's columns even when empty."),
+    curves: Path | None = typer.Option(
+        None, "--curves", help="Also draw accuracy against pretraining time (runs made with --eval-every) to FILE.png."
+    ),
 ) -> None:
     """Compare runs: rows = methods (x backbone), columns = protocols, cells = mean±std over seeds.
 
@@ -25,8 +28,22 @@ def report(
       ssrr report runs/                                   # every run and runs/random-*/eval
 
       ssrr report runs/relational-resnet32-cifar100-s* runs/random-resnet32 --markdown docs/results.md
+
+      ssrr report runs/fast-s1 runs/paper-s1 --curves docs/fast.png   # accuracy vs wall time
     """
+    if curves is not None:
+        from ssrr.eval.curves import curves_png, find_curves
+
+        console.print(f"wrote {curves_png(find_curves(list(runs)), curves)}")
+        if not _has_results(runs):
+            return
     _report(runs, markdown, as_json, all_columns)
+
+
+def _has_results(runs: list[str]) -> bool:
+    from ssrr.eval.report import find_results
+
+    return bool(find_results(runs))
 
 
 def _report(runs: list[str], markdown: Path | None, as_json: bool, all_columns: bool) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from ssrr.cli.common import console
+from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, precision_option
 
 from ssrr.experiments import NAMES, SCALES
 
@@ -37,7 +37,8 @@ def reproduce(
         [], "--only", help="Only the runs whose name contains this (repeatable, or comma-separated)."
     ),
     report_only: bool = typer.Option(False, "--report-only", help="Only write the report from existing results."),
-    amp: bool = typer.Option(False, "--amp/--no-amp", help="Pretrain in mixed precision (bf16 where supported)."),
+    amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (pretraining and evaluation)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live training display."),
 ) -> None:
@@ -58,7 +59,9 @@ def reproduce(
     """
     from ssrr.experiments import commands, describe, execute, missing_datasets, plan, shard_hint, status, write_report
 
-    planned = plan(name, scale, runs_dir=runs, shards_root=shards_root, amp=amp, device=device)
+    planned = plan(
+        name, scale, runs_dir=runs, shards_root=shards_root, precision=precision_option(precision, amp), device=device
+    )
     selected = planned.selected(only)
     if only and not selected:
         from ssrr.errors import SsrrError

@@ -55,10 +55,44 @@ def build_transform(
     return T.Compose(steps)
 
 
+def build_transform_v2(
+    recipe: Recipe, mean: tuple[float, ...], std: tuple[float, ...], source: tuple[int, int], size: tuple[int, int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same recipe in torchvision.transforms.v2 on uint8 (3, H, W) tensors: what a user who wants speed
+    without DALI would write. One call draws one set of random parameters, so each view is its own call (a
+    batched call would give every view the same crop and jitter)."""
+    from torchvision.transforms import v2
+
+    bilinear = v2.InterpolationMode.BILINEAR
+    steps: list = []
+    if recipe.crop == "resized":
+        steps.append(
+            v2.RandomResizedCrop(size, scale=recipe.crop_scale, ratio=recipe.crop_ratio, interpolation=bilinear)
+        )
+    else:
+        if size != source:
+            steps.append(v2.Resize(size, interpolation=bilinear, antialias=True))
+        if recipe.crop == "pad":
+            steps.append(v2.RandomCrop(size, padding=recipe.padding, fill=0, padding_mode="constant"))
+    if recipe.flip_p > 0:
+        steps.append(v2.RandomHorizontalFlip(recipe.flip_p))
+    if recipe.jitter_p > 0:
+        jitter = v2.ColorJitter(recipe.brightness, recipe.contrast, recipe.saturation, recipe.hue)
+        steps.append(v2.RandomApply([jitter], p=recipe.jitter_p))
+    if recipe.grayscale_p > 0:
+        steps.append(v2.RandomGrayscale(recipe.grayscale_p))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)
+
+
+BACKENDS = {"pil": build_transform, "tv2": build_transform_v2}
+
+
 class ReferenceViews(Dataset):
     """A split's images in memory; item i is (views (V, 3, H, W) float, labels (3,) int64 fine/coarse/index).
 
-    Samples are in stored order (the shards' order), like the DALI loader without shuffling.
+    Samples are in stored order (the shards' order), like the DALI loader without shuffling. `backend`: `pil`
+    (the public implementation: torchvision transforms on PIL images) or `tv2` (transforms.v2 on uint8 tensors).
     """
 
     def __init__(
@@ -68,7 +102,11 @@ class ReferenceViews(Dataset):
         recipe: Recipe,
         *,
         image_size: int | tuple[int, int] | None = None,
+        backend: str = "pil",
     ) -> None:
+        if backend not in BACKENDS:
+            raise SsrrError(f"reference backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.backend = backend
         self.shard_dir = Path(shard_dir)
         self.manifest = formats.load_manifest(self.shard_dir)
         self.recipe = recipe
@@ -88,7 +126,7 @@ class ReferenceViews(Dataset):
         else:
             size = tuple(image_size)
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
-        self.transform = build_transform(
+        self.transform = BACKENDS[backend](
             recipe, self.manifest.mean, self.manifest.std, (int(source[0]), int(source[1])), self.image_size
         )
 
@@ -96,7 +134,11 @@ class ReferenceViews(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = Image.fromarray(self.images[i])
+        image: Image.Image | torch.Tensor
+        if self.backend == "pil":
+            image = Image.fromarray(self.images[i])
+        else:
+            image = torch.from_numpy(self.images[i]).permute(2, 0, 1)  # uint8 (3, H, W)
         if self.recipe.rotate:
             view = self.transform(image)
             views = torch.stack([torch.rot90(view, r, dims=(-2, -1)) for r in range(self.recipe.views)])

@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # One prepared call for a lent GPU machine (see ../shared/docs/gpu.md): checks and times the GPU path, appends
 # every result with the card's name to docs/benchmarks.md (each `ssrr bench` call records itself), and
-# copies them under $OUT. Try it on the CPU first: DEVICE=cpu SHARDS=/tmp/shards/synthetic STEPS=2 bash scripts/gpu_check.sh
+# copies them under $OUT. Try it on the CPU first (tests/test_gpu_check.py does, marked slow):
+#   DEVICE=cpu SHARDS=/tmp/shards/synthetic STEPS=2 RECORD=--no-record bash scripts/gpu_check.sh
 set -euo pipefail
 DEVICE=${DEVICE:-cuda}
 SHARDS=${SHARDS:-shards/cifar10-jpeg}
 STEPS=${STEPS:-50}
 OUT=${OUT:-/tmp/ssrr-gpu-check}
+RECORD=${RECORD:---record}  # --no-record: leave docs/benchmarks.md alone (the CPU-mode test)
 mkdir -p "$OUT"
 [ -d "$SHARDS" ] || ssrr shard imagefolder ../shared/data/cifar10-jpeg.tar.gz --name cifar10-jpeg
 [ "$DEVICE" = cpu ] || nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/card.txt"
 [ "$DEVICE" = cpu ] || pytest -q -m gpu | tail -3 | tee "$OUT/gpu-tests.txt"
 PIPE_DEVICE=$([ "$DEVICE" = cpu ] && echo cpu || echo gpu)
-ssrr bench pipeline --dataset "$SHARDS" --k 32 --batch 64 --device "$PIPE_DEVICE" --steps "$STEPS" --json | tee "$OUT/pipeline.json"
+ssrr bench pipeline --dataset "$SHARDS" --k 32 --batch 64 --device "$PIPE_DEVICE" --steps "$STEPS" "$RECORD" --json | tee "$OUT/pipeline.json"
 for BACKBONE in conv4 resnet32; do
   ssrr bench e2e --dataset "$SHARDS" --backbone "$BACKBONE" --k 32 --batch 64 --amp --device "$DEVICE" \
-    --steps "$STEPS" --repeats 3 --baseline-steps 0 --json | tee "$OUT/e2e-$BACKBONE.json"
+    --steps "$STEPS" --repeats 3 --baseline-steps 0 "$RECORD" --json | tee "$OUT/e2e-$BACKBONE.json"
 done
 ssrr bench methods --dataset "$SHARDS" --backbone conv4 --k 32 --batch 64 --device "$DEVICE" \
-  --steps "$STEPS" --repeats 3 --json | tee "$OUT/methods.json"
+  --steps "$STEPS" --repeats 3 "$RECORD" --json | tee "$OUT/methods.json"
 cp docs/benchmarks.md "$OUT/"
 python - "$OUT" <<'PY'
 import json, pathlib, sys

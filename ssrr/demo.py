@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ssrr.train.loop import RunResult
 
 # Small enough for ~3 minutes on 2 cores, large enough for a clear margin over random weights.
-DEMO_SETTINGS: dict[str, Any] = {"backbone": "conv4", "k": 8, "batch": 64, "epochs": 10, "amp": True}
+DEMO_SETTINGS: dict[str, Any] = {"backbone": "conv4", "k": 8, "batch": 64, "epochs": 10, "precision": "auto"}
 DEMO_LINEAR_EPOCHS = 100  # the paper's protocol
 
 

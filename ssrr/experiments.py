@@ -446,7 +446,7 @@ def plan(
     *,
     runs_dir: str | Path | None = None,
     shards_root: str = "shards",
-    amp: bool = False,
+    precision: str = "fp32",
     device: str = "auto",
 ) -> Plan:
     """The runs of named table(s) at a scale, shared runs merged, ordered seed by seed."""
@@ -466,7 +466,7 @@ def plan(
     for seed in scale.seeds:
         for spec in specs:
             for experiment in spec.experiments:
-                run = _run_for(experiment, seed, scale, runs_dir, shards_root, amp, device)
+                run = _run_for(experiment, seed, scale, runs_dir, shards_root, precision, device)
                 known = runs.setdefault(run.name, run)
                 if known.config != run.config:
                     raise SsrrError(f"{run.name}: two experiments define this run differently (a definition bug)")
@@ -488,7 +488,7 @@ def plan(
 
 
 def _run_for(
-    experiment: Experiment, seed: int, scale: Scale, runs_dir: Path, shards_root: str, amp: bool, device: str
+    experiment: Experiment, seed: int, scale: Scale, runs_dir: Path, shards_root: str, precision: str, device: str
 ) -> Run:
     backbone = scale.backbone(experiment.backbone)
     pre = experiment.pretraining
@@ -505,7 +505,7 @@ def _run_for(
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
         split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
-        amp=amp,
+        precision=precision,
         seed=seed,
         out=str(runs_dir),
         name=name,
@@ -682,8 +682,8 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
         args += ["--split", config.split]
     if config.max_steps:
         args += ["--max-steps", str(config.max_steps)]
-    if config.amp:
-        args.append("--amp")
+    if config.precision != "fp32":
+        args += ["--precision", config.precision]
     if config.device != "auto":
         args += ["--device", config.device]
     args += ["--out", config.out, "--name", config.name, "--shards-root", config.shards_root]
@@ -804,9 +804,10 @@ def _pretrain(run: Run, plan: Plan, launch: str | None, show: bool, cache: str |
         if code != 0:
             raise SsrrError(f"{run.name}: `{shlex.join(command)}` failed (exit code {code})")
         return
+    from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain
 
-    pretrain(config, resume=True, show=show)
+    pretrain(config, resume=True, show=show, probes=probes_for(config))
 
 
 def _evaluate(run: Run, job: EvalJob, shards_root: str, device: str, cache: str | Path | None, show: bool) -> None:

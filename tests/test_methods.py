@@ -12,6 +12,7 @@ from ssrr.data.sources import load_dataset
 from ssrr.data.writer import write_dataset
 from ssrr.methods import METHODS, method_class
 from ssrr.models.backbones import build_backbone
+from ssrr.precision import Execution
 from ssrr.train.config import RunConfig
 
 
@@ -39,7 +40,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(name: str, synthetic_shards: Pa
         def make_loader(recipe, *, split="train", training=True):  # type: ignore[no-untyped-def]
             return ViewLoader(synthetic_shards, recipe, split=split, batch_size=32, training=training, num_threads=1)
 
-        method.on_epoch_start(EpochContext(0, make_loader, torch.device("cpu"), 10))
+        method.on_epoch_start(EpochContext(0, make_loader, Execution(torch.device("cpu")), 10))
     batch = next(iter(loader.epoch(0)))
     optimizer = torch.optim.Adam(method.parameters(), lr=3e-3)  # the same for all: a fair, quick check
     method.train()
@@ -87,7 +88,7 @@ def test_deepcluster_with_fewer_images_than_clusters_is_a_clear_error(synthetic_
         return ViewLoader(synthetic_shards, recipe, split=split, batch_size=32, training=training, num_threads=1)
 
     with pytest.raises(SsrrError, match=r"200 images, fewer than its k=300 clusters \(10 x 30 classes\)"):
-        method.on_epoch_start(EpochContext(0, make_loader, torch.device("cpu"), 30))
+        method.on_epoch_start(EpochContext(0, make_loader, Execution(torch.device("cpu")), 30))
 
 
 def test_infomax_scores_are_every_global_against_every_local_feature(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,11 @@ def test_bench_pipeline_reports(pipe_bench: Path) -> None:
     for key in ("views_per_s", "baseline_views_per_s", "ratio", "k", "batch", "device", "repeats"):
         assert key in result
     assert result["k"] == 2 and result["batch"] == 4 and result["device"] == "cpu" and result["repeats"] == 2
-    assert len(result["dali_runs"]) == len(result["baseline_runs"]) == 2
+    assert set(result["baselines"]) == {"pil", "tv2"}
+    assert len(result["dali_runs"]) == len(result["baseline_runs"]["pil"]) == len(result["baseline_runs"]["tv2"]) == 2
     assert result["views_per_s"] > 0 and result["baseline_views_per_s"] > 0
+    assert result["baseline_views_per_s"] == max(result["baselines"].values())  # the headline: the faster one
+    assert result["baselines"][result["baseline"]] == result["baseline_views_per_s"]
     assert result["ratio"] == pytest.approx(result["views_per_s"] / result["baseline_views_per_s"])
 
 
@@ -49,15 +52,49 @@ def test_bench_methods_times_every_method_beside_relational(tmp_path: Path) -> N
     assert result["cluster_s"] > 0
 
 
-def test_bench_time_to_accuracy_trains_both_ways_and_scores_both(tmp_path: Path) -> None:
+def test_bench_time_to_accuracy_runs_every_seed_both_ways_and_times_the_target(tmp_path: Path) -> None:
     from ssrr.bench.accuracy import bench_time_to_accuracy
     from ssrr.data.sources import load_dataset
     from ssrr.data.writer import write_dataset
 
     write_dataset(load_dataset("synthetic", train_per_class=4, test_per_class=2), tmp_path)
-    result = bench_time_to_accuracy(tmp_path / "synthetic", k=2, m=8, epochs=1, linear_epochs=1, workers=0, repeats=2)
-    assert result["steps"] == 40 // 8 and result["pretrain_s"] > 0 and result["baseline_pretrain_s"] > 0
-    assert 0 <= result["top1"] <= 100 and 0 <= result["baseline_top1"] <= 100
-    assert result["speedup"] == pytest.approx(result["baseline_pretrain_s"] / result["pretrain_s"])
-    assert len(result["runs"]) == len(result["baseline_runs"]) == 2
-    assert result["runs"][0]["top1"] == result["runs"][1]["top1"]  # ours is deterministic given the seed
+    result = bench_time_to_accuracy(
+        tmp_path / "synthetic", k=2, m=8, epochs=2, seeds=(1, 2), linear_epochs=1, target_top1=0.0, probe_steps=1
+    )
+    assert result["seeds"] == [1, 2] and len(result["curves"]) == len(result["baseline_curves"]) == 2
+    for curves in (result["curves"], result["baseline_curves"]):
+        for curve in curves:  # probed after each epoch, pretraining time growing
+            assert len(curve["top1"]) == 2 and 0 < curve["seconds"][0] < curve["seconds"][1]
+    finals = [curve["top1"][-1] for curve in result["curves"]]
+    assert result["top1_mean"] == pytest.approx(sum(finals) / 2)
+    assert result["top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+    assert 0 <= result["baseline_top1_mean"] <= 100 and result["baseline_top1_std"] >= 0
+    assert result["wall_s"] > 0 and result["baseline_wall_s"] > 0
+    assert result["time_to_target_s"] == pytest.approx(sum(c["seconds"][0] for c in result["curves"]) / 2)
+    assert result["baseline_time_to_target_s"] > 0
+    assert result["baseline_settings"]["best"] in [
+        {"workers": row["workers"], "threads": row["threads"]} for row in result["baseline_settings"]["tried"]
+    ]
+
+
+def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path: Path) -> None:
+    from ssrr.bench.e2e import bench_e2e
+    from ssrr.data.sources import load_dataset
+    from ssrr.data.writer import write_dataset
+
+    write_dataset(load_dataset("synthetic", train_per_class=6, test_per_class=1), tmp_path)
+    result = bench_e2e(
+        tmp_path / "synthetic", k=2, m=8, steps=2, repeats=2, warmup=1, baseline_steps=1, max_workers=1, max_threads=1
+    )
+    tried = result["baseline_settings"]["tried"]
+    assert [(row["workers"], row["threads"]) for row in tried] == [(0, 1), (1, 1)]
+    best = max(tried, key=lambda row: row["views_per_s"])
+    assert result["baseline_settings"]["best"] == {"workers": best["workers"], "threads": best["threads"]}
+    assert len(result["runs"]) == len(result["baseline_runs"]) == 2  # the same repeats on both sides
+    assert result["ratio"] == pytest.approx(result["views_per_s"] / result["baseline_views_per_s"])
+    assert result["baseline_loader_views_per_s"] > 0 and result["baseline_step_s"] > 0
+    parts = result["baseline_parts_predict"]
+    assert parts["serial_views_per_s"] <= parts["overlapped_views_per_s"]
+    assert isinstance(result["baseline_suspect"], bool)
+    limit = result["step_limit"]
+    assert limit["step_gflop"] > 0 and limit["peak_gflops"] > 0 and limit["fraction_of_peak"] > 0

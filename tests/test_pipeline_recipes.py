@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,24 @@ def test_draws_are_reproducible() -> None:
     b = draw(np.random.default_rng(5), recipes.relational(4), 8, 32, 32)
     for field in dataclasses.fields(a):
         np.testing.assert_array_equal(getattr(a, field.name), getattr(b, field.name))
+
+
+@pytest.mark.parametrize("backend", ["pil", "tv2"])
+def test_each_reference_backend_makes_normalised_views_of_the_recipe(backend: str, tmp_path: Path) -> None:
+    from ssrr.pipelines.reference import ReferenceViews
+    from ssrr.pipelines.synthetic import write_synthetic
+
+    shards = write_synthetic(tmp_path, "ref", train=16, test=4, shard_size=16)
+    views, labels = ReferenceViews(shards, "train", recipes.relational(6), backend=backend)[3]
+    assert views.shape == (6, 3, 32, 32) and views.dtype == torch.float32 and labels.shape == (3,)
+    assert not torch.equal(views[0], views[1])  # each view draws its own crop and jitter
+    assert -4 < float(views.mean()) < 4 and float(views.std()) > 0.1  # normalised, not raw 0..255 or 0..1
+
+
+def test_an_unknown_reference_backend_is_refused(tmp_path: Path) -> None:
+    from ssrr.pipelines.reference import ReferenceViews
+
+    from ssrr.errors import SsrrError
+
+    with pytest.raises(SsrrError, match="backend"):
+        ReferenceViews(tmp_path, "train", recipes.relational(2), backend="opencv")

@@ -156,3 +156,41 @@ def test_deepcluster_without_enough_images_fails_before_writing(with_unlabeled: 
     with pytest.raises(SsrrError, match="40 images, fewer than its k=50 clusters"):
         pretrain(config(with_unlabeled, tmp_path, method="deepcluster", batch=8, name="dc"), show=False)
     assert not (tmp_path / "dc").exists()
+
+
+class CountingProbe:
+    """A probe that records its calls and takes a known time (excluded from the pretraining clock)."""
+
+    name = "fake_top1"
+
+    def __init__(self, every: int, pause: float = 0.0) -> None:
+        self.every, self.pause, self.calls = every, pause, 0
+
+    def __call__(self, backbone, shard_dir, execution) -> float:  # type: ignore[no-untyped-def]
+        import time
+
+        self.calls += 1
+        time.sleep(self.pause)
+        return 10.0 * self.calls
+
+
+def test_probes_run_every_n_epochs_beside_the_pretraining_time_without_their_own(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    probe = CountingProbe(every=2, pause=1.5)
+    result = pretrain(config(tiny_shards, tmp_path, epochs=4), show=False, probes=[probe])
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert probe.calls == 2 and [line.get("fake_top1") for line in lines] == [None, 10.0, None, 20.0]
+    elapsed = [line["elapsed_s"] for line in lines]
+    assert elapsed == sorted(elapsed) and elapsed[0] > 0
+    throughput = json.loads((result.run_dir / "throughput.json").read_text())
+    assert elapsed[-1] < throughput["wall_s"] - 2.5  # the two 1.5 s probes are not pretraining time
+    assert throughput["projected_run_s"] == pytest.approx(4 * (256 // 32) * 32 / throughput["images_per_s"])
+
+
+def test_a_resumed_run_keeps_adding_up_its_pretraining_time(tiny_shards: Path, tmp_path: Path) -> None:
+    first = pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
+    before = json.loads((first.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"]
+    pretrain(config(tiny_shards, tmp_path, epochs=2), resume=True, show=False)
+    after = json.loads((first.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"]
+    assert after > before

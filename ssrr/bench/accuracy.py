@@ -1,11 +1,13 @@
 """Time to an accuracy: the same relational pretraining done our way and the public code's way, each backbone
-then scored by the paper's linear evaluation.
+scored by the paper's linear protocol, over seeds (1, 2, 3 by default), mean +- std on both sides.
 
-Ours: `ssrr pretrain` itself (DALI views, fused relation head, checkpoints and logs included in its time).
-Baseline, in the same process after ours: the torchvision reference loader (K transforms per image in
-DataLoader workers) feeding the public implementation's step (float32 NCHW, literal pair loop), for the same
-epochs, K, M, loss and optimiser. Both backbones get the same linear protocol (seed 1). The comparable figures
-are the pretraining wall times (`speedup`) at the accuracies each reached.
+Ours: `ssrr pretrain` itself (DALI views, fused relation head, checkpoints and logs included in its time), with
+the linear probe handed to the loop. Baseline, in the same process, alternating with ours seed by seed: the
+torchvision reference loader feeding the public implementation's step (NCHW, literal pair loop), its DataLoader
+workers and torch threads tuned once by a short probe of the settings grid (`ssrr.bench.baseline`), for the
+same epochs, K, M, loss, optimiser, device and precision. Both are scored by the same linear protocol; with a
+target, after every epoch, and the pretraining time (probe time excluded) at the first epoch reaching the target
+is the time to it.
 """
 
 from __future__ import annotations
@@ -13,51 +15,66 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ssrr.bench.e2e import baseline_step
-from ssrr.eval.linear import linear_eval
-from ssrr.pipelines import recipes
-from ssrr.pipelines.reference import ReferenceViews, reference_loader
-from ssrr.train.checkpoint import LoadedBackbone, load_backbone
+from ssrr.bench.baseline import Baseline, Timing, baseline_step, best_setting, grid
+from ssrr.bench.e2e import bench_execution
+from ssrr.bench.step import intra_op_threads
+from ssrr.eval.curves import Curve, read_curve
+from ssrr.eval.probes import LinearProbe
+from ssrr.precision import Execution
 from ssrr.train.config import RunConfig
-from ssrr.train.loop import RunResult, pretrain
+from ssrr.train.loop import pretrain
 
 
-def _ours(
-    shard_dir: Path, backbone: str, k: int, m: int, epochs: int, seed: int, linear_epochs: int
-) -> tuple[float, float, RunResult]:
+def _ours(shard_dir: Path, config: RunConfig, probe: LinearProbe, execution: Execution) -> tuple[float, Curve]:
     with tempfile.TemporaryDirectory(prefix="ssrr-bench-accuracy-") as runs:
-        config = RunConfig(
-            dataset=str(shard_dir), backbone=backbone, k=k, batch=m, epochs=epochs, seed=seed, out=runs, name="ours"
+        run = pretrain(
+            replace(config, out=runs, name="ours", device=execution.device.type),
+            show=False,
+            probes=[probe],
         )
-        started = time.perf_counter()
-        run = pretrain(config, show=False)
-        seconds = time.perf_counter() - started
-        top1 = linear_eval(load_backbone(run.run_dir), shard_dir, epochs=linear_epochs, write=False)["top1"]
-    return seconds, top1, run
+        curve = read_curve(run.run_dir, probe.name)
+    assert curve is not None  # the probe ran at the last epoch at least
+    return curve.seconds[-1], curve
 
 
 def _baseline(
-    shard_dir: Path, backbone: str, k: int, m: int, epochs: int, seed: int, linear_epochs: int, workers: int
-) -> tuple[float, float]:
+    baseline: Baseline, setting: tuple[int, int], epochs: int, seed: int, probe: LinearProbe
+) -> tuple[float, Curve]:
+    """Train the public-code way for `epochs`, probing after every `probe.every`-th epoch (probe time excluded)."""
+    workers, threads = setting
     torch.manual_seed(seed)
-    step, net = baseline_step(backbone, k)
-    recipe = recipes.relational(k)
-    images = ReferenceViews(shard_dir, "train", recipe)
-    started = time.perf_counter()
-    net.train()
-    for epoch in range(epochs):
-        for batch in reference_loader(
-            shard_dir, recipe, batch_size=m, workers=workers, seed=seed * 1000 + epoch, dataset=images
-        ):
-            step(batch)
-    seconds = time.perf_counter() - started
-    loaded = LoadedBackbone(net.eval(), backbone, "baseline (public-code structure)", None, None)
-    return seconds, linear_eval(loaded, shard_dir, epochs=linear_epochs, write=False)["top1"]
+    seconds, times, values = 0.0, [], []
+    with intra_op_threads(threads):
+        step, net = baseline_step(baseline.backbone, baseline.k, baseline.execution)
+        for epoch in range(epochs):
+            started = time.perf_counter()
+            net.train()
+            for batch in baseline.epoch(workers, seed * 1000 + epoch):
+                step(batch)
+            seconds += time.perf_counter() - started
+            if (epoch + 1) % probe.every == 0 or epoch + 1 == epochs:
+                times.append(seconds)
+                values.append(probe(net.eval(), Path(baseline.shard_dir), baseline.execution))
+    return seconds, Curve("baseline", probe.name, times, values)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _time_to(curves: list[Curve], target: float | None) -> float | None:
+    """Mean time to `target` over seeds, or None when a seed never reached it."""
+    if target is None:
+        return None
+    times = [curve.time_to(target) for curve in curves]
+    return None if any(t is None for t in times) else statistics.fmean(t for t in times if t is not None)
 
 
 def bench_time_to_accuracy(
@@ -67,35 +84,55 @@ def bench_time_to_accuracy(
     k: int = 4,
     m: int = 64,
     epochs: int = 2,
-    seed: int = 1,
+    seeds: Sequence[int] = (1, 2, 3),
     linear_epochs: int = 100,
-    workers: int = 2,
-    repeats: int = 3,
+    precision: str = "fp32",
+    device: str = "auto",
+    target_top1: float | None = None,
+    probe_steps: int = 3,
 ) -> dict[str, Any]:
-    """Each repeat runs ours then the baseline (alternating, so load changes hit both); medians over repeats."""
+    """Ours and the baseline for each seed in turn; mean +- std of top-1 and pretraining time over the seeds."""
     shard_dir = Path(shard_dir)
-    ours_runs, base_runs = [], []
-    for _ in range(repeats):
-        seconds, top1, run = _ours(shard_dir, backbone, k, m, epochs, seed, linear_epochs)
-        ours_runs.append((seconds, top1))
-        base_runs.append(_baseline(shard_dir, backbone, k, m, epochs, seed, linear_epochs, workers))
-    ours_s = statistics.median(s for s, _ in ours_runs)
-    baseline_s = statistics.median(s for s, _ in base_runs)
+    execution = bench_execution(device, precision, channels_last=False)
+    every = 1 if target_top1 is not None else epochs
+    probe = LinearProbe(every, epochs=linear_epochs)
+    config = RunConfig(
+        dataset=str(shard_dir), backbone=backbone, k=k, batch=m, epochs=epochs, precision=execution.precision
+    )
+    baseline = Baseline(shard_dir, backbone, k, m, execution)
+    tried, setting = best_setting(baseline, Timing(1, probe_steps, 1), grid())
+    ours, theirs = [], []
+    for seed in seeds:
+        ours.append(_ours(shard_dir, replace(config, seed=seed), probe, execution))
+        theirs.append(_baseline(baseline, setting, epochs, seed, probe))
+    top1, baseline_top1 = [c.values[-1] for _, c in ours], [c.values[-1] for _, c in theirs]
+    wall, baseline_wall = [s for s, _ in ours], [s for s, _ in theirs]
+    to_target = _time_to([c for _, c in ours], target_top1)
+    baseline_to_target = _time_to([c for _, c in theirs], target_top1)
     return {
-        "pretrain_s": ours_s,
-        "top1": statistics.median(t for _, t in ours_runs),
-        "baseline_pretrain_s": baseline_s,
-        "baseline_top1": statistics.median(t for _, t in base_runs),
-        "speedup": baseline_s / ours_s,
-        "runs": [{"pretrain_s": s, "top1": t} for s, t in ours_runs],
-        "baseline_runs": [{"pretrain_s": s, "top1": t} for s, t in base_runs],
+        "seeds": list(seeds),
+        "top1_mean": _mean_std(top1)[0],
+        "top1_std": _mean_std(top1)[1],
+        "baseline_top1_mean": _mean_std(baseline_top1)[0],
+        "baseline_top1_std": _mean_std(baseline_top1)[1],
+        "wall_s": statistics.fmean(wall),
+        "baseline_wall_s": statistics.fmean(baseline_wall),
+        "speedup": statistics.fmean(baseline_wall) / statistics.fmean(wall),
+        "target_top1": target_top1,
+        "time_to_target_s": to_target,
+        "baseline_time_to_target_s": baseline_to_target,
+        "time_to_target_ratio": baseline_to_target / to_target if to_target and baseline_to_target else None,
+        "curves": [{"seed": s, "seconds": c.seconds, "top1": c.values} for s, (_, c) in zip(seeds, ours, strict=True)],
+        "baseline_curves": [
+            {"seed": s, "seconds": c.seconds, "top1": c.values} for s, (_, c) in zip(seeds, theirs, strict=True)
+        ],
+        "baseline_settings": {"best": {"workers": setting[0], "threads": setting[1]}, "tried": tried},
         "dataset": str(shard_dir),
         "backbone": backbone,
         "k": k,
         "m": m,
         "epochs": epochs,
         "linear_epochs": linear_epochs,
-        "repeats": repeats,
-        "steps": run.steps,
-        "views_per_s": run.throughput.get("views_per_s"),
+        **execution.record(),
+        "device": str(execution.device),
     }

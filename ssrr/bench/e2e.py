@@ -1,10 +1,12 @@
 """End-to-end pretraining throughput: data pipeline + model step, against the public code's way.
 
 Ours: the DALI `ViewLoader` feeding the relational method (channels_last, the vectorised relation stage,
-bf16 autocast where the device runs it natively), Adam. Baseline, in the same process and run: the torchvision
-reference loader (K transforms per image in 2 DataLoader workers) feeding a float32 step with the literal
-pair loop (the public implementation's structure). Warm-up steps are excluded; figures are medians over repeats.
-The share of time ours spends waiting for data is reported (`data_wait`).
+in the benchmark's precision: `auto` is bf16 where the device runs it natively), Adam. Baseline, in the same
+process and run, on the same device and in the same precision: the torchvision reference loader (K transforms
+per image in DataLoader workers) feeding a step with the literal pair loop (the public implementation's
+structure), its workers and threads tuned (`ssrr.bench.baseline`). The same warm-up, steps and repeats on both
+sides; figures are medians over repeats. The share of time ours spends waiting for data is reported
+(`data_wait`), and the step's FLOPs against the device's measured GEMM peak (`step_limit`).
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from ssrr.bench.literal import literal_relation_logits
-from ssrr.hardware import native_bf16, tune_cpu_allocator
-from ssrr.losses import focal_loss
+from ssrr.bench.baseline import Baseline, Timing, grid, tuned_baseline
+from ssrr.bench.limits import step_limit
+from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods import method_class
+from ssrr.methods.base import Method
 from ssrr.models.backbones import build_backbone
-from ssrr.models.heads import RelationHead
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch, ViewLoader
-from ssrr.pipelines.reference import ReferenceViews, reference_loader
+from ssrr.precision import Execution
+from ssrr.precision import resolve as resolve_precision
 from ssrr.train.config import RunConfig
+
+
+def bench_execution(device: str, precision: str, *, channels_last: bool = True) -> Execution:
+    """The device (`auto`: a GPU when there is one) and precision both sides of a benchmark run in."""
+    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    if dev.type == "cpu":
+        tune_cpu_allocator()
+    return resolve_precision(precision, dev, channels_last=channels_last)
 
 
 def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
@@ -53,38 +63,32 @@ def timed_steps(
     return time.perf_counter() - start, wait
 
 
-def _our_step(backbone: str, k: int, m: int, amp: bool, device: torch.device) -> Callable[[Batch], None]:
-    config = RunConfig(backbone=backbone, k=k, batch=m, amp=amp)
-    method = method_class("relational")(config, build_backbone(backbone), 10).to(device)
-    method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+def method_step(method: Method, execution: Execution) -> Callable[[Batch], None]:
+    """A method's training step as `ssrr pretrain` runs it: forward under the precision, (scaled) backward, Adam."""
     optimizer = method.build_optimizer()
+    scaler = execution.grad_scaler()
 
     def step(batch: Batch) -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with execution.autocast():
             loss = method(batch).loss
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if execution.device.type == "cuda":
+            torch.cuda.synchronize(execution.device)
 
     return step
 
 
-def baseline_step(backbone: str, k: int) -> tuple[Callable[[Batch], None], nn.Module]:
-    """The public implementation's training step (float32, NCHW, literal pair loop, focal loss, Adam 1e-3) and
-    the backbone it trains."""
-    net = build_backbone(backbone)
-    head = RelationHead(net.feature_dim, "cat", fused=False)
-    optimizer = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-3)
-
-    def step(batch: Batch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits, targets = literal_relation_logits(net(batch.views.contiguous()), head, k, "cat")
-        focal_loss(logits, targets).backward()
-        optimizer.step()
-
-    return step, net
+def _our_step(backbone: str, k: int, m: int, execution: Execution) -> Callable[[Batch], None]:
+    config = RunConfig(backbone=backbone, k=k, batch=m, precision=execution.precision)
+    method = execution.prepare(method_class("relational")(config, build_backbone(backbone), 10))
+    return method_step(method, execution)
 
 
 def bench_e2e(
@@ -93,56 +97,63 @@ def bench_e2e(
     backbone: str = "conv4",
     k: int = 32,
     m: int = 64,
-    amp: bool = True,
+    precision: str = "auto",
     steps: int = 20,
     repeats: int = 3,
     baseline_steps: int = 5,
     device: str = "auto",
     warmup: int = 4,
+    max_workers: int | None = None,
+    max_threads: int | None = None,
 ) -> dict[str, Any]:
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if dev.type == "cpu":
-        tune_cpu_allocator()
-    use_amp = amp and native_bf16(dev)
-    loader = ViewLoader(
-        shard_dir, recipes.relational(k), batch_size=m, device=dev, dtype=torch.bfloat16 if use_amp else torch.float32
-    )
-    ours = _our_step(backbone, k, m, use_amp, dev)
+    """End-to-end views/s of ours and of the tuned public-code baseline (see `ssrr.bench.baseline`), the same
+    device, precision, warm-up, steps and repeats on both sides. `baseline_steps`: steps of each probe of the
+    baseline's settings grid (0: no baseline)."""
+    execution = bench_execution(device, precision)
+    dev = execution.device
+    loader = ViewLoader(shard_dir, recipes.relational(k), batch_size=m, device=dev, dtype=execution.view_dtype)
+    ours = _our_step(backbone, k, m, execution)
     runs: list[float] = []
     waits: list[float] = []
-    baseline_runs: list[float] = []
-    reference = ReferenceViews(shard_dir, "train", recipes.relational(k)) if baseline_steps else None
-    base = baseline_step(backbone, k)[0] if baseline_steps else None
     for repeat in range(repeats):
         batches = endless_batches(loader, first_epoch=1000 * repeat)
         seconds, wait = timed_steps(batches, ours, warmup, steps)
         batches.close()  # type: ignore[attr-defined]
         runs.append(steps * k * m / seconds)
         waits.append(wait / seconds)
-        if reference is not None and base is not None and repeat == 0:  # the baseline is slow: one repeat
-            ref = reference_loader(
-                shard_dir, recipes.relational(k), batch_size=m, workers=2, seed=repeat, dataset=reference
-            )
-            seconds, _ = timed_steps(ref, base, 1, baseline_steps)
-            ref.close()  # type: ignore[attr-defined]
-            baseline_runs.append(baseline_steps * k * m / seconds)
     views_per_s = statistics.median(runs)
-    baseline = statistics.median(baseline_runs) if baseline_runs else None
+    result: dict[str, Any] = {"baseline_views_per_s": None}
+    if baseline_steps:
+        timing, probe = Timing(warmup, steps, repeats), Timing(1, baseline_steps, 1)
+        settings = grid(max_workers, max_threads)
+        result = tuned_baseline(Baseline(shard_dir, backbone, k, m, execution), timing, probe, settings)
+    baseline = result["baseline_views_per_s"]
     return {
         "views_per_s": views_per_s,
         "images_per_s": views_per_s / k,
         "data_wait": statistics.median(waits),
-        "baseline_views_per_s": baseline,
         "ratio": views_per_s / baseline if baseline else None,
+        **result,
+        "step_limit": _limit(loader, ours, execution, views_per_s / (k * m)),
         "backbone": backbone,
         "k": k,
         "m": m,
-        "amp": use_amp,
+        "amp": execution.precision != "fp32",
+        **execution.record(),
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "warmup": warmup,
         "steps": steps,
         "repeats": repeats,
-        "baseline_steps": baseline_steps,
         "runs": runs,
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }
+
+
+def _limit(
+    loader: ViewLoader, step: Callable[[Batch], None], execution: Execution, steps_per_s: float
+) -> dict[str, Any]:
+    batches = endless_batches(loader, first_epoch=999_999)
+    batch = next(batches)
+    batches.close()  # type: ignore[attr-defined]
+    return step_limit(lambda: step(batch), execution, steps_per_s)

@@ -1,8 +1,8 @@
 """Training throughput of every registered method on one backbone, side by side with relational reasoning.
 
-Each method runs its own pipeline recipe (DALI `ViewLoader`) and its own training step (forward, loss,
-backward, optimiser; bf16 autocast where the device runs it natively), as `ssrr pretrain` does. The methods
-are timed round-robin: every repeat times each method once, so a change of load on a shared machine hits all
+Each method runs its own pipeline recipe (DALI `ViewLoader`) and its own training step (forward, loss, backward,
+optimiser; the benchmark's precision, `auto`: bf16 where the device runs it natively), as `ssrr pretrain` does. The
+methods are timed round-robin: every repeat times each method once, so a change of load on a shared machine hits all
 of them alike; figures are medians over repeats, warm-up excluded.
 
 views/s counts every view the backbone processes per step (K per image for relational, 2 for SimCLR, 4 for
@@ -19,31 +19,15 @@ from typing import Any
 
 import torch
 
-from ssrr.bench.e2e import endless_batches, timed_steps
+from ssrr.bench.e2e import bench_execution, endless_batches, method_step, timed_steps
 from ssrr.data.formats import load_manifest
-from ssrr.hardware import native_bf16, tune_cpu_allocator
 from ssrr.methods import METHODS, method_class
-from ssrr.methods.base import EpochContext, Method
+from ssrr.methods.base import EpochContext
 from ssrr.models.backbones import build_backbone
-from ssrr.pipelines.loader import Batch, ViewLoader
+from ssrr.pipelines.loader import ViewLoader
 from ssrr.train.config import RunConfig
 
 DEFAULT_METHODS = ("relational", "simclr", "rotation", "deepcluster", "infomax", "supervised")
-
-
-def _step(method: Method, amp: bool, device: torch.device) -> Any:
-    optimizer = method.build_optimizer()
-
-    def step(batch: Batch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = method(batch).loss
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    return step
 
 
 def bench_methods(
@@ -53,17 +37,14 @@ def bench_methods(
     backbone: str = "conv4",
     k: int = 32,
     m: int = 64,
-    amp: bool = True,
+    precision: str = "auto",
     steps: int = 10,
     repeats: int = 3,
     warmup: int = 2,
     device: str = "auto",
 ) -> dict[str, Any]:
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    if dev.type == "cpu":
-        tune_cpu_allocator()
-    use_amp = amp and native_bf16(dev)
-    dtype = torch.bfloat16 if use_amp else torch.float32
+    execution = bench_execution(device, precision)
+    dev, dtype = execution.device, execution.view_dtype
     classes = len(load_manifest(shard_dir).classes)
 
     def make_loader(recipe: Any, *, split: str = "train", training: bool = True) -> ViewLoader:
@@ -72,16 +53,15 @@ def bench_methods(
     steppers, loaders, views, cluster_s = {}, {}, {}, None
     for name in methods:
         cls = method_class(name)
-        config = RunConfig(method=name, backbone=backbone, k=k, batch=m, amp=use_amp)
+        config = RunConfig(method=name, backbone=backbone, k=k, batch=m, precision=execution.precision)
         torch.manual_seed(0)
-        method = cls(config, build_backbone(backbone), classes).to(dev)
-        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        method = execution.prepare(cls(config, build_backbone(backbone), classes))
         method.train()
         if name == "deepcluster":
             started = time.perf_counter()
-            method.on_epoch_start(EpochContext(0, make_loader, dev, classes))
+            method.on_epoch_start(EpochContext(0, make_loader, execution, classes))
             cluster_s = time.perf_counter() - started
-        steppers[name] = _step(method, use_amp, dev)
+        steppers[name] = method_step(method, execution)
         loaders[name] = make_loader(cls.recipe(config))
         views[name] = cls.views_per_image(config)
 
@@ -116,7 +96,8 @@ def bench_methods(
         "backbone": backbone,
         "k": k,
         "m": m,
-        "amp": use_amp,
+        "amp": execution.precision != "fp32",
+        **execution.record(),
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "steps": steps,

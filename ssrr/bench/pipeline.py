@@ -13,10 +13,12 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ssrr.errors import SsrrError
+from ssrr.hardware import default_workers
 
 
 def _children_cpu_seconds() -> float:
@@ -67,7 +69,7 @@ def bench_pipeline(
     device: str = "cpu",
     repeats: int = 5,
     steps: int | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     *,
     split: str = "train",
     baseline: bool = True,
@@ -81,15 +83,20 @@ def bench_pipeline(
     Args:
         shard_dir: an ssrr shard folder.
         k, batch: views per image (K) and images per step (M); a step is K*M views.
-        device: where the DALI loader runs ("cpu" or "cuda"); the reference always runs on the CPU.
+        device: where the DALI loader runs ("cpu" or "cuda"); the references always run on the CPU.
         repeats: timed repeats of each loader (alternating); medians are reported.
         steps: timed DALI steps per repeat (default: 8 pipeline runs, at least 32 steps; whole runs only).
-        workers: DataLoader workers of the reference (the public code's setting is 2 on this machine).
-        baseline: also time the reference (False: DALI only, ``baseline_views_per_s`` is None).
+        workers: DataLoader workers of the references (default min(8, cores): the public code's 8, one per core).
+        baseline: also time the references (False: DALI only, ``baseline_views_per_s`` is None).
         baseline_steps: timed reference steps per repeat (default 6; each takes about 5x longer than DALI's).
 
+    The references are the public code's torchvision transforms on PIL images (`pil`) and the same recipe in
+    torchvision.transforms.v2 on uint8 tensors (`tv2`), each applied K times per image in DataLoader workers.
+    The colour operations differ from DALI's (fixed order, hue as a YIQ rotation, one clamp; see docs/fidelity.md).
+
     Returns:
-        {"views_per_s", "baseline_views_per_s", "ratio", "cpu_us_per_view", "baseline_cpu_us_per_view" (CPU
+        {"views_per_s", "baseline_views_per_s" (the faster reference), "baseline" (its name), "baselines" (views/s
+        of each reference), "ratio" (against the faster), "cpu_us_per_view", "baseline_cpu_us_per_view" (CPU
         time of the process and its children per view, while timed; less sensitive to other processes' load
         than wall time), "cpu_ratio", "k", "batch", "device", "repeats", "steps",
         "baseline_steps", "workers", "dali_runs" (views/s of each repeat), "baseline_runs", "num_threads",
@@ -98,7 +105,7 @@ def bench_pipeline(
     """
     from ssrr.pipelines.loader import ViewLoader
     from ssrr.pipelines.recipes import relational
-    from ssrr.pipelines.reference import ReferenceViews, reference_loader
+    from ssrr.pipelines.reference import BACKENDS, ReferenceViews, reference_loader
 
     if repeats < 1:
         raise SsrrError(f"repeats must be at least 1, got {repeats}")
@@ -117,50 +124,45 @@ def bench_pipeline(
     if steps is None:
         steps = max(32, 8 * per_run)
     steps = max(per_run, (steps // per_run) * per_run)  # whole pipeline runs only
-    warmup = 3 * per_run  # past the prefetched runs: the timed ones are computed while timed
-    ref_steps = baseline_steps or 6
-    ref_warmup = max(2, workers)
-    dataset = ReferenceViews(shard_dir, split, recipe) if baseline else None
-    if dataset is not None and len(dataset) < batch * (ref_steps + ref_warmup):
-        ref_steps = max(1, len(dataset) // batch - ref_warmup)
-        if ref_steps < 1:
-            raise SsrrError(f"{shard_dir} ({split}): too few samples for a baseline of batch {batch}")
+    workers = default_workers() if workers is None else workers
+    references = {name: ReferenceViews(shard_dir, split, recipe, backend=name) for name in BACKENDS} if baseline else {}
+    ref_steps = _reference_steps(references, batch, baseline_steps or 6, max(2, workers), shard_dir, split)
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     views_per_step = k * batch
     load_before = os.getloadavg()[0]
-    dali_runs: list[float] = []
-    ref_runs: list[float] = []
-    dali_cpu: list[float] = []
-    ref_cpu: list[float] = []
-    for repeat in range(repeats):
+    runs: dict[str, list[tuple[float, float]]] = {"dali": [], **{name: [] for name in references}}
+    for repeat in range(repeats):  # DALI, then each reference, in turn: load changes hit all alike
         iterator = _cycle_epochs(loader, first_epoch=repeat * 1000)
         try:
-            seconds, cpu = _time_steps(iterator, warmup, steps, sync)
+            seconds, cpu = _time_steps(iterator, 3 * per_run, steps, sync)  # warm-up past the prefetched runs
         finally:
             iterator.close()
-        dali_runs.append(steps * views_per_step / seconds)
-        dali_cpu.append(cpu / (steps * views_per_step) * 1e6)
-        if dataset is not None:
+        runs["dali"].append((steps * views_per_step / seconds, cpu / (steps * views_per_step) * 1e6))
+        for name, dataset in references.items():
             ref = reference_loader(
                 shard_dir, recipe, split=split, batch_size=batch, workers=workers, seed=repeat, dataset=dataset
             )
             try:
-                seconds, cpu = _time_steps(ref, ref_warmup, ref_steps, lambda: None)
+                seconds, cpu = _time_steps(ref, max(2, workers), ref_steps, lambda: None)
             finally:
                 ref.close()
-            ref_runs.append(ref_steps * views_per_step / seconds)
-            ref_cpu.append(cpu / (ref_steps * views_per_step) * 1e6)
-    views_per_s = statistics.median(dali_runs)
-    baseline_views_per_s = statistics.median(ref_runs) if ref_runs else None
-    cpu_us = statistics.median(dali_cpu)
-    baseline_cpu_us = statistics.median(ref_cpu) if ref_cpu else None
+            runs[name].append((ref_steps * views_per_step / seconds, cpu / (ref_steps * views_per_step) * 1e6))
+    medians = {name: statistics.median(rate for rate, _ in pairs) for name, pairs in runs.items()}
+    cpu_us = {name: statistics.median(us for _, us in pairs) for name, pairs in runs.items()}
+    fastest = max(references, key=lambda name: medians[name]) if references else None
+    views_per_s = medians["dali"]
+    baseline_views_per_s = medians[fastest] if fastest else None
+    baseline_cpu_us = cpu_us[fastest] if fastest else None
     return {
         "views_per_s": views_per_s,
         "baseline_views_per_s": baseline_views_per_s,
+        "baseline": fastest,
+        "baselines": {name: medians[name] for name in references},
         "ratio": views_per_s / baseline_views_per_s if baseline_views_per_s else None,
-        "cpu_us_per_view": cpu_us,
+        "ratios": {name: views_per_s / medians[name] for name in references},
+        "cpu_us_per_view": cpu_us["dali"],
         "baseline_cpu_us_per_view": baseline_cpu_us,
-        "cpu_ratio": baseline_cpu_us / cpu_us if baseline_cpu_us else None,
+        "cpu_ratio": baseline_cpu_us / cpu_us["dali"] if baseline_cpu_us else None,
         "k": k,
         "batch": batch,
         "device": str(loader.device),
@@ -168,8 +170,8 @@ def bench_pipeline(
         "steps": steps,
         "baseline_steps": ref_steps if baseline else None,
         "workers": workers,
-        "dali_runs": dali_runs,
-        "baseline_runs": ref_runs,
+        "dali_runs": [rate for rate, _ in runs["dali"]],
+        "baseline_runs": {name: [rate for rate, _ in runs[name]] for name in references},
         "num_threads": loader.num_threads,
         "steps_per_run": per_run,
         "cpus": len(os.sched_getaffinity(0)),
@@ -178,3 +180,18 @@ def bench_pipeline(
         "shard_dir": str(shard_dir),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
     }
+
+
+def _reference_steps(
+    references: dict[str, Any], batch: int, wanted: int, warmup: int, shard_dir: Path | str, split: str
+) -> int:
+    """Timed reference steps per repeat: `wanted`, or fewer when the split is too small for them and the warm-up."""
+    if not references:
+        return wanted
+    samples = len(next(iter(references.values())))
+    if samples >= batch * (wanted + warmup):
+        return wanted
+    steps = samples // batch - warmup
+    if steps < 1:
+        raise SsrrError(f"{shard_dir} ({split}): too few samples for a baseline of batch {batch}")
+    return steps

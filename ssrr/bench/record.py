@@ -18,27 +18,54 @@ HEADER = (
 )
 
 
+FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on (a GPU's name when one was used)."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count()}
+    """What the numbers were measured on: CPU model and the flags that decide its speed (bf16 is native only with
+    avx512_bf16 or AMX), cores, torch and DALI versions, and a GPU's name when one is there."""
+    flags = _cpu_flags()
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cpu_flags": [flag for flag in FLAGS_THAT_MATTER if flag in flags],
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
     try:
         import torch
 
+        info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import nvidia.dali as dali
+
+        info["dali"] = dali.__version__
     except ImportError:  # pragma: no cover
         pass
     return info
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_flags() -> set[str]:
+    line = next((line for line in _cpuinfo().splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
 def _cpu_model() -> str:
     """The CPU's model name and its widest vector extension (bf16 autocast is native only with AVX-512/AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    text = _cpuinfo()
+    if not text:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    flags = _cpu_flags()
     vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
     return f"{name or platform.machine()} ({vector})"
 

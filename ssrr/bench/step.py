@@ -19,8 +19,8 @@ CPU notes (measured on the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512/bf16) this p
   process-wide; the benchmarks apply it by default, so ours and the baseline both run under it, as training
   does.
 - bf16 autocast only pays where the CPU has native bf16 (AVX-512-BF16 / AMX); on an AVX2 CPU it is emulated
-  and several times slower than float32. `amp=True` means bf16 autocast where it is native, float32 elsewhere
-  (as the trainer's `--amp`); the result's "amp" says what ran.
+  and several times slower than float32. `precision="auto"` means bf16 autocast where it is native, float32
+  elsewhere (as the trainer's `--amp`); the result's "precision" says what ran.
 - channels_last is faster than contiguous in float32 too (one thread, forward + backward: conv4 on 1,024
   images 0.26-0.31 s against 0.42-0.46 s; resnet32 on 256 images 2.3-2.6 s against 3.0-3.4 s).
 - `compile=True` (torch.compile of the backbone) took a conv4 K=32 step from 0.74 to 0.58 s on one thread and
@@ -33,22 +33,25 @@ import contextlib
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from ssrr.bench.literal import literal_relation_logits
-from ssrr.hardware import native_bf16, tune_cpu_allocator
+from ssrr.hardware import tune_cpu_allocator
 from ssrr.losses import focal_loss
 from ssrr.models.backbones import build_backbone
 from ssrr.models.heads import RelationHead
+from ssrr.precision import Execution
+from ssrr.precision import resolve as resolve_precision
 from ssrr.relational import pair_schedule, relation_logits
 
 __all__ = ["bench_model_step", "bench_relation_stage"]
 
 
 @contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
+def intra_op_threads(threads: int | None) -> Iterator[int]:
     """Temporarily run intra-op work on `threads` threads (None: leave as is); yields the count in use."""
     before = torch.get_num_threads()
     if threads:
@@ -122,7 +125,7 @@ def bench_relation_stage(
         loss = focal_loss(logits, targets.to(dev))
         loss.backward()
 
-    with _num_threads(threads) as used_threads:
+    with intra_op_threads(threads) as used_threads:
         times = _interleaved(
             {"fast": fast, "literal": literal}, {"fast": repeats, "literal": literal_repeats or repeats}, dev
         )
@@ -149,22 +152,18 @@ def _make_step(
     k: int,
     m: int,
     image_size: int,
-    amp: bool,
-    channels_last: bool,
+    execution: Execution,
     compile: bool,
     literal: bool,
     aggregation: str,
-    device: torch.device,
     seed: int,
 ) -> Callable[[], float]:
     torch.manual_seed(seed)
-    net = build_backbone(backbone).to(device)
+    device = execution.device
+    net = execution.prepare(build_backbone(backbone))
     head = RelationHead(net.feature_dim, aggregation, fused=not literal).to(device)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(k * m, 3, image_size, image_size, generator=gen).to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = execution.inputs(torch.randn(k * m, 3, image_size, image_size, generator=gen))
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(net) if compile else net  # type: ignore[assignment]
@@ -174,7 +173,7 @@ def _make_step(
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with execution.autocast():
             z = forward(x)
             if literal:
                 logits, _ = literal_relation_logits(z, head, k, aggregation)
@@ -192,7 +191,7 @@ def bench_model_step(
     backbone: str = "conv4",
     k: int = 32,
     m: int = 64,
-    amp: bool = True,
+    precision: str = "auto",
     channels_last: bool = True,
     compile: bool = False,
     repeats: int = 3,
@@ -207,25 +206,24 @@ def bench_model_step(
 ) -> dict[str, Any]:
     """One full training step, model only, on a random (K*M, 3, S, S) input already in memory.
 
-    Ours: backbone forward (bf16 autocast when `amp` and bf16 is native to the device), the vectorised relation
+    Ours: backbone forward under `precision` (`auto`: bf16 where native to the device), the vectorised relation
     stage with the fused head (float32), focal loss, backward, Adam. Baseline (`baseline=True` and
-    `baseline_repeats` > 0; timed in the same run, interleaved, after one warm-up step of its own): float32,
-    contiguous format, the literal pair loop and the plain head, as the public code. Returns step_s,
-    views_per_s, pairs_per_s, step_min_s, baseline_step_s, baseline_views_per_s, step_speedup (baseline /
-    ours) and the settings (amp resolved). `threads`: intra-op threads for the timing (None: as set)."""
+    `baseline_repeats` > 0; timed in the same run, interleaved, after one warm-up step of its own): the same
+    device and precision, contiguous format, the literal pair loop and the plain head, as the public code.
+    Returns step_s, views_per_s, pairs_per_s, step_min_s, baseline_step_s, baseline_views_per_s, step_speedup
+    (baseline / ours) and the settings (precision resolved). `threads`: intra-op threads (None: as set)."""
     dev = torch.device(device)
     tuned = tune_cpu_allocator() if tune_allocator and dev.type == "cpu" else False
-    use_amp = amp and native_bf16(dev)
+    execution = resolve_precision(precision, dev, channels_last=channels_last)
     repeats = max(1, repeats)
     baseline = baseline and baseline_repeats > 0
-    variants = {
-        "step": _make_step(backbone, k, m, image_size, use_amp, channels_last, compile, False, aggregation, dev, seed)
-    }
+    variants = {"step": _make_step(backbone, k, m, image_size, execution, compile, False, aggregation, seed)}
     counts = {"step": repeats}
     if baseline:
-        variants["baseline"] = _make_step(backbone, k, m, image_size, False, False, False, True, aggregation, dev, seed)
+        plain = replace(execution, channels_last=False)
+        variants["baseline"] = _make_step(backbone, k, m, image_size, plain, False, True, aggregation, seed)
         counts["baseline"] = baseline_repeats
-    with _num_threads(threads) as used_threads:
+    with intra_op_threads(threads) as used_threads:
         times = _interleaved(variants, counts, dev)
     step_s = statistics.median(times["step"])
     views = k * m
@@ -239,7 +237,8 @@ def bench_model_step(
         "k": k,
         "m": m,
         "image_size": image_size,
-        "amp": use_amp,
+        "amp": execution.precision != "fp32",
+        **execution.record(),
         "channels_last": channels_last,
         "compile": compile,
         "aggregation": aggregation,

@@ -21,6 +21,8 @@ import torch
 
 from ssrr.errors import SsrrError
 from ssrr.files import replacing, write_text_atomic
+from ssrr.precision import Execution, as_execution
+from ssrr.precision import resolve as resolve_precision
 from ssrr.train.checkpoint import BACKBONE_FILE, MODEL_FILE, LoadedBackbone
 from ssrr.train.config import CONFIG_FILE, RunConfig
 
@@ -41,6 +43,11 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise SsrrError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from exc
+
+
+def resolve_execution(device: str | torch.device = "auto", precision: str = "fp32") -> Execution:
+    """The device (see `resolve_device`) and precision (`--precision`) every forward pass of a protocol uses."""
+    return resolve_precision(precision, resolve_device(device))
 
 
 def seed_everything(seed: int) -> None:
@@ -99,9 +106,10 @@ def result_stem(protocol: str, dataset: str, labels: str, seed: int) -> str:
 
 
 def base_result(
-    protocol: str, loaded: LoadedBackbone, dataset: str, labels: str, seed: int, device: torch.device
+    protocol: str, loaded: LoadedBackbone, dataset: str, labels: str, seed: int, device: torch.device | Execution
 ) -> dict[str, Any]:
     """The fields every result JSON carries."""
+    execution = as_execution(device)
     return {
         "protocol": protocol,
         "dataset": dataset,
@@ -111,7 +119,8 @@ def base_result(
         "method": method_of(loaded),
         "trained_on": Path(loaded.trained_on).name if loaded.trained_on else None,
         "seed": seed,
-        "device": str(device),
+        "device": str(execution.device),
+        "precision": execution.precision,
     }
 
 

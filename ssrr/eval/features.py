@@ -24,6 +24,7 @@ from torch import nn
 
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.errors import SsrrError
+from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
 
 
@@ -104,6 +105,7 @@ def evaluation_loader(
     batch: int = 256,
     image_size: tuple[int, int] | None = None,
     num_threads: int | None = None,
+    dtype: torch.dtype = torch.float32,
 ):  # type: ignore[no-untyped-def]
     """A ViewLoader that reads `split` once, in order, normalised only (the evaluation recipe)."""
     from ssrr.pipelines import recipes
@@ -121,6 +123,7 @@ def evaluation_loader(
         training=False,
         image_size=image_size,
         num_threads=num_threads,
+        dtype=dtype,
     )
 
 
@@ -141,9 +144,9 @@ def valid_batches(loader, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.
 
 
 @torch.no_grad()
-def embed(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Representations of a batch, float32 (autocast, if any, is left to the caller)."""
-    return backbone(images).float().flatten(1)
+def embed(backbone: nn.Module, images: torch.Tensor, execution: Execution | None = None) -> torch.Tensor:
+    """Representations of a batch, float32, computed under `execution` (float32 on the images' device if None)."""
+    return (execution or as_execution(images.device)).forward(backbone, images).flatten(1)
 
 
 @torch.no_grad()
@@ -152,19 +155,27 @@ def extract_features(
     shard_dir: Path | str,
     split: str,
     *,
-    device: torch.device | str,
+    device: Execution | torch.device | str,
     batch: int = 256,
     image_size: tuple[int, int] | None = None,
     num_threads: int | None = None,
 ) -> Features:
     """The representations of every sample of `split`, on `device`, sorted by sample index.
 
-    The backbone is put in eval mode for the extraction and given back in the mode it came in (the trainer's
-    k-NN probe calls this mid-training).
+    `device` may be an `Execution` (device and precision: the features are float32 whatever the precision),
+    else float32 on that device. The backbone is put in eval mode for the extraction and given back in the
+    mode it came in (the trainer's k-NN probe calls this mid-training).
     """
-    device = torch.device(device)
+    execution = as_execution(device)
+    device = execution.device
     loader = evaluation_loader(
-        shard_dir, split, device=device, batch=batch, image_size=image_size, num_threads=num_threads
+        shard_dir,
+        split,
+        device=device,
+        batch=batch,
+        image_size=image_size,
+        num_threads=num_threads,
+        dtype=execution.view_dtype,
     )
     was_training = backbone.training
     backbone.eval()
@@ -173,7 +184,7 @@ def extract_features(
         for images, fine, coarse, index in valid_batches(loader):
             if len(index) == 0:
                 continue
-            zs.append(embed(backbone, images.to(device, non_blocking=True)))
+            zs.append(embed(backbone, images, execution))
             fines.append(fine.to(device))
             coarses.append(coarse.to(device))
             indices.append(index.to(device))
@@ -192,13 +203,18 @@ def extract_features(
 
 
 def features_from_tensors(
-    backbone: nn.Module, images: torch.Tensor, fine: torch.Tensor, *, batch: int = 256
+    backbone: nn.Module,
+    images: torch.Tensor,
+    fine: torch.Tensor,
+    *,
+    batch: int = 256,
+    execution: Execution | None = None,
 ) -> Features:
     """The same as `extract_features` for images already in memory (tests, tiny problems)."""
     was_training = backbone.training
     backbone.eval()
     try:
-        z = torch.cat([embed(backbone, images[s : s + batch]) for s in range(0, len(images), batch)])
+        z = torch.cat([embed(backbone, images[s : s + batch], execution) for s in range(0, len(images), batch)])
     finally:
         backbone.train(was_training)
     n = len(images)

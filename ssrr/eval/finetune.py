@@ -28,13 +28,14 @@ from ssrr.eval.common import (
     base_result,
     check_labels,
     output_dir,
-    resolve_device,
+    resolve_execution,
     result_stem,
     write_result,
 )
 from ssrr.eval.features import class_names, eval_image_size, extract_features, parse_image_size
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
 from ssrr.files import save_safetensors
+from ssrr.precision import Execution
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
 
 EPOCHS = 100
@@ -103,6 +104,7 @@ def finetune(
     epochs: int = EPOCHS,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     batch: int = BATCH,
@@ -129,7 +131,8 @@ def finetune(
     check_labels(labels)
     if epochs < 1 or batch < 2:
         raise SsrrError(f"--epochs must be at least 1 and --batch at least 2, got {epochs} and {batch}")
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     manifest = load_manifest(shard_dir)
     names = class_names(manifest, labels)
     if not names:
@@ -154,7 +157,9 @@ def finetune(
         training=True,
         image_size=size,
         num_threads=num_threads,
+        dtype=execution.view_dtype,
     )
+    scaler = execution.grad_scaler()
     member = None
     if subset is not None:
         member = torch.zeros(manifest.splits[train_split].samples, dtype=torch.bool)
@@ -167,7 +172,7 @@ def finetune(
 
     def score() -> dict[str, Any]:
         test = extract_features(
-            backbone, shard_dir, test_split, device=device, image_size=size, num_threads=num_threads
+            backbone, shard_dir, test_split, device=execution, image_size=size, num_threads=num_threads
         )
         was = head.training
         head.eval()
@@ -182,11 +187,8 @@ def finetune(
         for images, y in training_batches(loader, epoch, labels, batch, member):
             if int(y.min()) < 0:
                 raise SsrrError(f"{shard_dir}: split '{train_split}' has unlabeled samples ({labels} labels)")
-            loss = F.cross_entropy(head(backbone(images.to(device))), y.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += loss.detach() * len(y)
+            loss = _train_step(execution, nn.Sequential(backbone, head), optimiser, scaler, images, y)
+            total += loss * len(y)
             seen += len(y)
         record: dict[str, float] = {"epoch": epoch + 1, "loss": float(total) / max(seen, 1)}
         last = epoch + 1 == epochs
@@ -198,7 +200,7 @@ def finetune(
             save_finetuned(weights_dir, backbone, head, loaded.name, epoch + 1, labels)
         if progress is not None:
             progress(epoch + 1, epochs, record["loss"])
-    result = base_result(protocol, loaded, manifest.name, labels, seed, device)
+    result = base_result(protocol, loaded, manifest.name, labels, seed, execution)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -226,6 +228,29 @@ def finetune(
     result["files"] = [str(png), str(weights_dir / BACKBONE_FILE), str(weights_dir / HEAD_FILE)]
     result["wall_s"] = round(time.perf_counter() - started, 3)
     return write_result(out_dir, stem, result)
+
+
+def _train_step(
+    execution: Execution,
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    images: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """One fine-tuning step under the protocol's precision (loss scaling when fp16); returns the loss."""
+    with execution.autocast():
+        logits = model(execution.inputs(images)).float()
+    loss = F.cross_entropy(logits, y.to(execution.device))
+    optimiser.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimiser.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+    return loss.detach()
 
 
 @torch.no_grad()

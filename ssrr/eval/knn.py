@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.data.formats import load_manifest
-from ssrr.eval.common import base_result, check_labels, output_dir, resolve_device, result_stem, write_result
+from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
 from ssrr.eval.features import Features, class_names, extract_features, num_classes
 from ssrr.eval.linear import extract_pair
+from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
 
 K = 200
@@ -76,15 +77,17 @@ def knn_probe(
     k: int = K,
     temperature: float = TEMPERATURE,
     batch: int = 256,
+    execution: Execution | None = None,
+    test_split: str = "test",
 ) -> float:
-    """k-NN top-1 (percent) of a backbone: train split as gallery, test split as queries.
+    """k-NN top-1 (percent) of a backbone: train split as gallery, `test_split` as queries.
 
     Safe to call mid-training: the backbone is evaluated in eval mode without gradients and given back in
-    the mode it came in.
+    the mode it came in. `execution` (the run's precision) replaces `device` when given.
     """
-    device = torch.device(device)
-    train = extract_features(backbone, shard_dir, "train", device=device, batch=batch)
-    test = extract_features(backbone, shard_dir, "test", device=device, batch=batch)
+    where = execution or as_execution(device)
+    train = extract_features(backbone, shard_dir, "train", device=where, batch=batch)
+    test = extract_features(backbone, shard_dir, test_split, device=where, batch=batch)
     return knn_accuracy(train, test, k, temperature)
 
 
@@ -97,6 +100,7 @@ def knn_eval(
     temperature: float = TEMPERATURE,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     feature_batch: int = 256,
@@ -105,18 +109,19 @@ def knn_eval(
     """`ssrr eval knn`: weighted k-NN top-1 and top-5 of one backbone on one dataset, written as a result."""
     started = time.perf_counter()
     check_labels(labels)
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     manifest = load_manifest(shard_dir)
     classes = num_classes(manifest, labels)
     train, test, size, extract_s = extract_pair(
-        loaded, shard_dir, device=device, image_size=image_size, feature_batch=feature_batch
+        loaded, shard_dir, device=execution, image_size=image_size, feature_batch=feature_batch
     )
     test_y = test.labels(labels)
     scores = knn_predict(train.z, train.labels(labels), test.z, classes, k=k, temperature=temperature)
     from ssrr.eval.linear import classification_metrics
 
     metrics = classification_metrics(scores, test_y, class_names(manifest, labels))
-    result = base_result("knn", loaded, manifest.name, labels, seed, device)
+    result = base_result("knn", loaded, manifest.name, labels, seed, execution)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

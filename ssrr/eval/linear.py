@@ -39,7 +39,7 @@ from ssrr.eval.common import (
     check_labels,
     new_figure,
     output_dir,
-    resolve_device,
+    resolve_execution,
     result_stem,
     save_figure,
     write_result,
@@ -52,6 +52,7 @@ from ssrr.eval.features import (
     num_classes,
     parse_image_size,
 )
+from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
 
 EPOCHS = 100
@@ -307,18 +308,20 @@ def extract_pair(
     loaded: LoadedBackbone,
     shard_dir: Path | str,
     *,
-    device: torch.device,
+    device: Execution | torch.device,
     image_size: str | tuple[int, int] = "auto",
     train_split: str = "train",
     test_split: str = "test",
     feature_batch: int = 256,
     num_threads: int | None = None,
 ) -> tuple[Features, Features, tuple[int, int] | None, float]:
-    """Train and test representations of a dataset (once), the resize applied, and the seconds it took."""
+    """Train and test representations of a dataset (once), the resize applied, and the seconds it took.
+
+    `device` may be an `Execution` (device and precision of the forward passes)."""
     manifest = load_manifest(shard_dir)
     policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
     size = eval_image_size(loaded, manifest, policy)
-    backbone = loaded.module.to(device)
+    backbone = loaded.module.to(as_execution(device).device)
     started = time.perf_counter()
     train, test = (
         extract_features(
@@ -337,6 +340,7 @@ def linear_eval(
     epochs: int = EPOCHS,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     batch: int = BATCH,
@@ -355,14 +359,15 @@ def linear_eval(
     """
     started = time.perf_counter()
     check_labels(labels)
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     manifest = load_manifest(shard_dir)
     names = class_names(manifest, labels)
     num_classes(manifest, labels)
     train, test, size, extract_s = extract_pair(
         loaded,
         shard_dir,
-        device=device,
+        device=execution,
         image_size=image_size,
         train_split=train_split,
         test_split=test_split,
@@ -372,7 +377,7 @@ def linear_eval(
     metrics, fit = fit_and_score(
         train, test, labels, names, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device, progress=progress
     )
-    result = base_result("linear", loaded, manifest.name, labels, seed, device)
+    result = base_result("linear", loaded, manifest.name, labels, seed, execution)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],

@@ -21,7 +21,7 @@ from PIL import Image
 from ssrr.data.formats import load_manifest
 from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
-from ssrr.eval.common import base_result, check_labels, output_dir, resolve_device, result_stem, write_result
+from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
 from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
 from ssrr.files import replacing
 from ssrr.train.checkpoint import LoadedBackbone
@@ -171,6 +171,7 @@ def retrieval_eval(
     max_queries: int = 0,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     feature_batch: int = 256,
@@ -183,7 +184,8 @@ def retrieval_eval(
     """
     started = time.perf_counter()
     check_labels(labels)
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     manifest = load_manifest(shard_dir)
     names = class_names(manifest, labels)
     size = eval_image_size(
@@ -192,7 +194,7 @@ def retrieval_eval(
     backbone = loaded.module.to(device)
 
     def extract(split: str) -> Features:
-        return extract_features(backbone, shard_dir, split, device=device, batch=feature_batch, image_size=size)
+        return extract_features(backbone, shard_dir, split, device=execution, batch=feature_batch, image_size=size)
 
     queries = extract(query_split)
     same_split = gallery_split == query_split
@@ -214,7 +216,7 @@ def retrieval_eval(
         for c in range(len(names))
         if bool((sub_labels == c).any())
     }
-    result = base_result("retrieval", loaded, manifest.name, labels, seed, device)
+    result = base_result("retrieval", loaded, manifest.name, labels, seed, execution)
     result.update(
         map=100.0 * float(ap.mean()) if len(ap) else 0.0,
         precision_at=metrics["precision_at"],

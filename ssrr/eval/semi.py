@@ -29,7 +29,7 @@ from ssrr.eval.common import (
     check_labels,
     new_figure,
     output_dir,
-    resolve_device,
+    resolve_execution,
     result_stem,
     save_figure,
     write_result,
@@ -116,6 +116,7 @@ def semi_eval(
     epochs: int = EPOCHS,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     batch: int = BATCH,
@@ -127,7 +128,8 @@ def semi_eval(
     check_labels(labels)
     if mode not in ("linear", "finetune"):
         raise SsrrError(f"--mode must be linear or finetune, got {mode!r}")
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     fractions = parse_fractions(fractions)
     manifest = load_manifest(shard_dir)
     names = class_names(manifest, labels)
@@ -139,7 +141,7 @@ def semi_eval(
     per_fraction: dict[str, dict[str, Any]] = {}
     if mode == "linear":
         train, test, _, _ = extract_pair(
-            loaded, shard_dir, device=device, image_size=image_size, feature_batch=feature_batch
+            loaded, shard_dir, device=execution, image_size=image_size, feature_batch=feature_batch
         )
         subsets = nested_subsets(train.labels(labels), fractions, seed)
         for f in fractions:
@@ -163,6 +165,7 @@ def semi_eval(
                 epochs=epochs,
                 seed=seed,
                 device=device,
+                precision=execution.requested,
                 out=out_dir / f"{stem}-weights",
                 image_size=image_size,
                 batch=batch,
@@ -173,7 +176,7 @@ def semi_eval(
             if progress:
                 progress(f"{100 * f:g}% labels: top-1 {result['top1']:.2f}%")
     largest = per_fraction[f"{fractions[-1]:g}"]
-    result = base_result(protocol, loaded, manifest.name, labels, seed, device)
+    result = base_result(protocol, loaded, manifest.name, labels, seed, execution)
     result.update(
         mode=mode,
         fractions={k: v["top1"] for k, v in per_fraction.items()},

@@ -27,7 +27,7 @@ from ssrr.eval.common import (
     check_labels,
     new_figure,
     output_dir,
-    resolve_device,
+    resolve_execution,
     result_stem,
     save_figure,
     write_result,
@@ -198,6 +198,7 @@ def tsne_eval(
     iterations: int = ITERATIONS,
     seed: int = 1,
     device: str | torch.device = "auto",
+    precision: str = "fp32",
     out: str | Path | None = None,
     image_size: str | tuple[int, int] = "auto",
     feature_batch: int = 256,
@@ -205,14 +206,15 @@ def tsne_eval(
     """`ssrr eval tsne`: a t-SNE PNG of `points` seeded test representations coloured by class."""
     started = time.perf_counter()
     check_labels(labels)
-    device = resolve_device(device)
+    execution = resolve_execution(device, precision)
+    device = execution.device
     manifest = load_manifest(shard_dir)
     names = class_names(manifest, labels)
     size = eval_image_size(
         loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
     )
     features = extract_features(
-        loaded.module.to(device), shard_dir, split, device=device, batch=feature_batch, image_size=size
+        loaded.module.to(device), shard_dir, split, device=execution, batch=feature_batch, image_size=size
     )
     y_labels = features.labels(labels)
     rows = subsample(len(features), points, seed)
@@ -220,7 +222,7 @@ def tsne_eval(
     embed_started = time.perf_counter()
     y, kl = run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
     embed_s = time.perf_counter() - embed_started
-    result = base_result("tsne", loaded, manifest.name, labels, seed, device)
+    result = base_result("tsne", loaded, manifest.name, labels, seed, execution)
     result.update(
         split=split,
         points=len(rows),

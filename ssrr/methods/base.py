@@ -11,6 +11,7 @@ from torch import nn
 
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import Backbone
+from ssrr.precision import Execution
 from ssrr.train.config import RunConfig
 
 if TYPE_CHECKING:
@@ -32,8 +33,12 @@ class EpochContext:
 
     epoch: int
     make_loader: Callable[..., Any]  # make_loader(recipe, split=..., training=...) -> ViewLoader
-    device: torch.device
+    execution: Execution  # how the run's forward passes run (device, precision, memory format): use it for every pass
     num_classes: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.execution.device
 
 
 class Method(nn.Module):

@@ -50,7 +50,7 @@ class DeepCluster(Method):
         self.backbone.eval()
         features, indices = [], []
         for batch in loader.epoch(0):
-            features.append(self.backbone(batch.views)[batch.valid].float())
+            features.append(context.execution.forward(self.backbone, batch.views)[batch.valid])
             indices.append(batch.index[batch.valid])
         self.backbone.train(was_training)
         z = torch.cat(features)

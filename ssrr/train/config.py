@@ -9,6 +9,7 @@ from typing import Any
 
 from ssrr.errors import SsrrError
 from ssrr.options import check_name, check_number, require_tracker
+from ssrr.precision import check_precision
 
 CONFIG_FILE = "config.json"
 
@@ -38,7 +39,7 @@ class RunConfig:
     aggregation: str = "cat"
     head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
     labels: str = "fine"  # supervised: fine or coarse labels
-    amp: bool = False  # bf16 autocast where supported, fp16 with loss scaling elsewhere
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (`--amp`): see ssrr/precision.py
     channels_last: bool = True
     compile: bool = False
     grad_accum: int = 1
@@ -50,7 +51,8 @@ class RunConfig:
     keep_checkpoints: int = 2
     checkpoint_every: int = 1  # epochs
     max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
-    knn_every: int = 0  # run a k-NN probe on the test split every N epochs (0: never)
+    knn_every: int = 0  # run a k-NN probe on the held-out split every N epochs (0: never)
+    eval_every: int = 0  # run the linear protocol on the held-out split every N epochs (0: never)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)
@@ -72,6 +74,7 @@ class RunConfig:
         require_tracker(self.log_with)
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
+        check_precision(self.precision)
         if self.device not in ("auto", "cpu", "cuda"):
             raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return self
@@ -105,6 +108,8 @@ class RunConfig:
             raise SsrrError(f"{path}: malformed config ({exc})") from exc
         if not isinstance(data, dict):
             raise SsrrError(f"{path}: malformed config (not a JSON object)")
+        if "precision" not in data and isinstance(data.get("amp"), bool):  # run folders from before --precision
+            data["precision"] = "auto" if data["amp"] else "fp32"
         defaults = cls()
         values = {}
         for key in {f.name for f in fields(cls)} & set(data):

@@ -1,10 +1,12 @@
 """The pretraining loop on accelerate: one CPU, one GPU, or many processes (`accelerate launch`).
 
-Precision: `--amp` is bf16 autocast where the device supports it (every recent CPU path, Ampere+ GPUs),
-fp16 autocast with loss scaling elsewhere. BatchNorm: local per process by default (each rank normalises
-its own M images, as the paper's single-GPU setting does per batch); `--sync-bn` synchronises statistics.
-Data: each rank reads its own slice of the shards (see `ssrr.pipelines.loader.ViewLoader`); every rank
-takes the same number of steps per epoch. Checkpoints and logs are written by the main process only.
+Precision: `--precision` (or `--amp`, meaning `auto`) resolves to one `ssrr.precision.Execution` that runs every
+forward pass of the run (training step, DeepCluster's clustering pass, the k-NN probe); fp16 adds loss scaling.
+accelerate runs with mixed_precision="no": the precision is ours, so CPU and GPU take one code path. BatchNorm:
+local per process by default (each rank normalises its own M images, as the paper's single-GPU setting does per
+batch); `--sync-bn` synchronises statistics. Data: each rank reads its own slice of the shards (see
+`ssrr.pipelines.loader.ViewLoader`); every rank takes the same number of steps per epoch. Checkpoints and logs are
+written by the main process only.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import platform
 import resource
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -30,10 +32,12 @@ from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
 from ssrr.files import append_line, keep_lines, open_log, write_text_atomic
-from ssrr.hardware import native_bf16, tune_cpu_allocator
+from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods.base import EpochContext, Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
+from ssrr.precision import Execution
+from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
 from ssrr.train.config import RunConfig
 from ssrr.train.progress import TrainDisplay, console, summary_table
@@ -55,23 +59,15 @@ def use_cuda(config: RunConfig) -> bool:
     return config.device != "cpu" and torch.cuda.is_available()
 
 
-def mixed_precision(config: RunConfig) -> str:
-    """`--amp`: bf16 where it runs natively (Ampere+ GPUs, CPUs with AVX-512-BF16/AMX); fp16 with accelerate's
-    loss scaling on older GPUs; float32 on CPUs that would only emulate bf16 (slower than float32 there)."""
-    if not config.amp:
-        return "no"
-    if use_cuda(config):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if native_bf16("cpu") else "no"
-
-
 def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS, KiB on Linux
 
 
-def _environment(accelerator: Accelerator, config: RunConfig, image_size: tuple[int, int]) -> dict[str, Any]:
+def _environment(
+    accelerator: Accelerator, config: RunConfig, execution: Execution, image_size: tuple[int, int]
+) -> dict[str, Any]:
     import accelerate
     import nvidia.dali as dali
 
@@ -88,7 +84,8 @@ def _environment(accelerator: Accelerator, config: RunConfig, image_size: tuple[
         "cpu_count": os.cpu_count(),
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
-        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision": {"fp32": "no"}.get(execution.precision, execution.precision),
+        **execution.record(),
         "image_size": list(image_size),
         "sync_bn": config.sync_bn,
     }
@@ -123,8 +120,24 @@ def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
     return None
 
 
-def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> RunResult:
-    """Run (or resume) one pretraining run; return where it wrote and its final throughput."""
+class Probe(Protocol):
+    """A held-out measurement the loop runs on the backbone every `every` complete epochs (see ssrr.eval.probes);
+    its value is logged as `name` in metrics.jsonl, beside the pretraining time so far."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def every(self) -> int: ...
+
+    def __call__(self, backbone: torch.nn.Module, shard_dir: Path, execution: Execution) -> float: ...
+
+
+def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, probes: Sequence[Probe] = ()) -> RunResult:
+    """Run (or resume) one pretraining run; return where it wrote and its final throughput.
+
+    `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for(config)`
+    builds the ones `--knn-every` and `--eval-every` ask for."""
     config = with_method_defaults(config.resolved().validate())
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
@@ -135,28 +148,27 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
-    precision = mixed_precision(config)
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
     accelerator = Accelerator(
         cpu=not use_cuda(config),
-        mixed_precision=precision,
+        mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with or None,
         project_dir=str(config.run_dir),
     )
     device = accelerator.device
+    execution = resolve_execution(config.precision, device, channels_last=config.channels_last)
     if device.type == "cpu":
         tune_cpu_allocator()
-    if config.amp and precision == "no" and accelerator.is_main_process and show:
-        console.print("--amp: this CPU has no native bf16 (it would be emulated, slower): training in float32")
+    if accelerator.is_main_process and show and execution.describe() != execution.precision:
+        console.print(f"precision: {execution.describe()}")
 
     set_seed(config.seed)
     backbone = build_backbone(config.backbone)
     method: Method = cls(config, backbone, num_classes)
     if config.sync_bn and accelerator.num_processes > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if config.channels_last:
-        method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    method = execution.prepare(method)
     if config.compile:
         method.backbone = torch.compile(method.backbone)  # type: ignore[assignment]
 
@@ -176,7 +188,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             rank=accelerator.process_index,
             world_size=accelerator.num_processes,
             seed=config.seed,
-            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+            dtype=execution.view_dtype,
             training=training,
             num_threads=config.num_threads or None,
             skip_corrupt=config.skip_corrupt,
@@ -192,12 +204,13 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         )
     scheduler = method.build_scheduler(optimizer, steps_per_epoch)
     model, optimizer = accelerator.prepare(method, optimizer)
+    scaler = execution.grad_scaler()
     if state:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
 
     run_dir = config.run_dir
@@ -206,7 +219,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
         if accelerator.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             config.save(run_dir)
-            env = _environment(accelerator, config, manifest.image_size)
+            env = _environment(accelerator, config, execution, manifest.image_size)
             write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
             _trim_metrics(run_dir, int(state.get("step", 0)))
         if config.log_with:
@@ -227,7 +240,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             training_state = {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": ckpt.rng_state(),
                 "epoch": epoch_now,
                 "batch_in_epoch": batch_now,
@@ -238,14 +251,17 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
             )
 
         display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
+        total_steps = _total_steps(config, steps_per_epoch)
         started = time.perf_counter()
+        probe_s = 0.0
+        elapsed_before = _elapsed_so_far(run_dir) if resume_from is not None else 0.0
         sample_log = None
         if config.log_samples:
             run_dir.mkdir(parents=True, exist_ok=True)
             sample_log = open_log(run_dir / f"samples-rank{accelerator.process_index}.jsonl")
         with display:
             while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, device, num_classes))
+                unwrapped.on_epoch_start(EpochContext(epoch, make_loader, execution, num_classes))
                 model.train()
                 display.start_epoch(epoch, steps_per_epoch)
                 sums = {"loss": torch.zeros((), device=device)}
@@ -266,14 +282,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                         wait += time.perf_counter() - tick
                         if batch is None:
                             break
-                        with accelerator.accumulate(model):
-                            with accelerator.autocast():
-                                out = model(batch)
-                            accelerator.backward(out.loss)
-                            optimizer.step()
-                            if scheduler is not None:
-                                scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
+                        out = _train_step(accelerator, execution, model, batch, optimizer, scheduler, scaler)
                         if sample_log is not None:
                             sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
                         batch_in_epoch += 1
@@ -295,7 +304,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                                 accelerator.num_processes,
                                 device,
                             )
-                            display.update(batch_in_epoch, running)
+                            per_step = (time.perf_counter() - step_start) / counted
+                            display.update(batch_in_epoch, running, (total_steps - global_step) * per_step)
                         if config.max_steps and global_step >= config.max_steps:
                             break
                 except KeyboardInterrupt:
@@ -317,9 +327,11 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
                 record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
                 record["skipped"] = loader.skipped  # corrupt samples left out (--skip-corrupt)
-                knn = _maybe_knn(config, epoch_done, epoch, unwrapped, shard_dir, device, accelerator)
-                if knn is not None:
-                    record["knn_top1"] = knn
+                probe_started = time.perf_counter()
+                if epoch_done and accelerator.is_main_process:
+                    record.update(_run_probes(probes, epoch + 1, unwrapped.backbone, shard_dir, execution))
+                probe_s += time.perf_counter() - probe_started
+                record["elapsed_s"] = round(elapsed_before + time.perf_counter() - started - probe_s, 3)
                 if accelerator.is_main_process:
                     append_line(run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
                     if config.log_with:
@@ -351,6 +363,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                 "processes": accelerator.num_processes,
                 "weights_in_sync": in_sync,
                 "skipped": loader.skipped,
+                **execution.record(),
+                "projected_run_s": _projected_run_s(throughput, config, steps_per_epoch, accelerator.num_processes),
             }
             write_text_atomic(run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
             if show:
@@ -358,9 +372,11 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True) -> R
                     "run": str(run_dir),
                     "method / backbone": f"{config.method} / {config.backbone}",
                     "K x M": f"{views_per_image} x {config.batch}",
-                    "device": f"{device} x{accelerator.num_processes} ({precision})",
+                    "device": f"{device} x{accelerator.num_processes}",
+                    "precision": execution.describe(),
                     "epochs / steps": f"{epoch} / {global_step}",
                     "wall": f"{total:.1f} s",
+                    "configured run": f"~{_hours(summary['projected_run_s'])} at this speed",
                 }
                 console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
     if interrupted:
@@ -380,6 +396,32 @@ def _trim_metrics(run_dir: Path, step: int) -> None:
             return False
 
     keep_lines(run_dir / METRICS_FILE, before)
+
+
+def _train_step(
+    accelerator: Accelerator,
+    execution: Execution,
+    model: torch.nn.Module,
+    batch: Any,
+    optimizer: Any,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler | None,
+) -> Any:
+    """One optimizer step (or one accumulation micro-step): forward under the run's precision, backward with
+    loss scaling when fp16, then the optimizer and schedule."""
+    with accelerator.accumulate(model):
+        with execution.autocast():
+            out = model(batch)
+        accelerator.backward(scaler.scale(out.loss) if scaler is not None else out.loss)
+        if scaler is None:
+            optimizer.step()
+        elif accelerator.sync_gradients:  # unscale and check for inf only when the step really happens
+            scaler.step(optimizer)
+            scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return out
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
@@ -449,19 +491,46 @@ def _weights_in_sync(accelerator: Accelerator, method: torch.nn.Module) -> bool:
     return bool((gathered == gathered[0]).all())
 
 
-def _maybe_knn(
-    config: RunConfig,
-    epoch_done: bool,
-    epoch: int,
-    method: Method,
-    shard_dir: Path,
-    device: torch.device,
-    accelerator: Accelerator,
-) -> float | None:
-    if not (config.knn_every and epoch_done and (epoch + 1) % config.knn_every == 0):
-        return None
-    if not accelerator.is_main_process:
-        return None
-    from ssrr.eval.knn import knn_probe
+def _run_probes(
+    probes: Sequence[Probe], epochs_done: int, backbone: torch.nn.Module, shard_dir: Path, execution: Execution
+) -> dict[str, float]:
+    """The values of the probes due after `epochs_done` complete epochs."""
+    return {
+        probe.name: probe(backbone, shard_dir, execution)
+        for probe in probes
+        if probe.every and epochs_done % probe.every == 0
+    }
 
-    return knn_probe(method.backbone, shard_dir, device=device)
+
+def _elapsed_so_far(run_dir: Path) -> float:
+    """Pretraining seconds recorded before a resume (the last `elapsed_s` of metrics.jsonl), so time keeps adding up."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return 0.0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:  # a half-written last line (a killed run, trimmed by the main process) counts as nothing
+        return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
+def _total_steps(config: RunConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole configured run (`--max-steps` caps it)."""
+    total = config.epochs * steps_per_epoch
+    return min(total, config.max_steps) if config.max_steps else total
+
+
+def _projected_run_s(
+    throughput: dict[str, float], config: RunConfig, steps_per_epoch: int, processes: int
+) -> float | None:
+    """Seconds the whole configured run takes at the last epoch's speed (what users plan by)."""
+    images_per_s = throughput.get("images_per_s")  # summed over processes
+    if not images_per_s:
+        return None
+    return _total_steps(config, steps_per_epoch) * config.batch * processes / images_per_s
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

@@ -5,7 +5,15 @@ from __future__ import annotations
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -42,12 +50,16 @@ class TrainDisplay:
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("epoch left"),
+            TimeRemainingColumn(),
+            TextColumn("run left {task.fields[run_left]}"),
             TextColumn("{task.fields[metrics]}"),
             console=console,
             transient=False,
             disable=not enabled or not console.is_terminal,
         )
         self.task: TaskID | None = None
+        self.run_left = "?"
 
     def __enter__(self) -> TrainDisplay:
         self.progress.__enter__()
@@ -59,15 +71,35 @@ class TrainDisplay:
     def start_epoch(self, epoch: int, steps: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=steps, epoch=epoch + 1, epochs=self.total_epochs, metrics="")
+        self.task = self.progress.add_task(
+            "train", total=steps, epoch=epoch + 1, epochs=self.total_epochs, metrics="", run_left=self.run_left
+        )
 
-    def update(self, step_in_epoch: int, metrics: dict[str, float]) -> None:
+    def update(self, step_in_epoch: int, metrics: dict[str, float], run_left_s: float | None = None) -> None:
+        """Progress of the epoch; `run_left_s`: the loop's projection of the seconds left in the whole run."""
+        if run_left_s is not None:
+            self.run_left = format_duration(run_left_s)
         if self.task is not None:
-            self.progress.update(self.task, completed=step_in_epoch, metrics=format_metrics(metrics))
+            self.progress.update(
+                self.task, completed=step_in_epoch, metrics=format_metrics(metrics), run_left=self.run_left
+            )
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.enabled and not console.is_terminal:
-            console.print(f"epoch {epoch + 1}/{self.total_epochs}  {format_metrics(metrics)}", highlight=False)
+            line = f"epoch {epoch + 1}/{self.total_epochs}  run left ~{self.run_left}  {format_metrics(metrics)}"
+            console.print(line, highlight=False)
+
+
+def format_duration(seconds: float) -> str:
+    """`42s`, `7m05s`, `3h12m`, `9d04h`: the time left, to the precision a plan needs."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def summary_table(title: str, metrics: dict[str, float], extra: dict[str, str]) -> Table:
