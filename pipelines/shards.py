@@ -36,6 +36,7 @@ import numpy as np
 
 from ssrr.data import codec, formats
 from ssrr.errors import SsrrError
+from ssrr.files import remove_stale, writer_tag
 
 BLOCK = 512
 LABEL_BYTES = 12
@@ -276,6 +277,13 @@ def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple
     return names
 
 
+def _index_tempdir() -> tempfile.TemporaryDirectory:
+    """A temporary folder for filtered index files, named after this process; those of killed processes
+    (a kill -9 skips the folder's cleanup) are removed first."""
+    remove_stale(Path(tempfile.gettempdir()), "ssrr-idx-")
+    return tempfile.TemporaryDirectory(prefix=f"ssrr-idx-{writer_tag()}-")
+
+
 def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corrupt: bool) -> ShardPlan:
     """Check every shard of ``split`` (or of the splits it combines, see `combined_splits`); return what to give
     the reader, or raise on the first problem."""
@@ -312,7 +320,7 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
         index_file = formats.index_path(shard)
         if keep < len(ok):
             if plan.tempdir is None:
-                plan.tempdir = tempfile.TemporaryDirectory(prefix="ssrr-idx-")
+                plan.tempdir = _index_tempdir()
             index_file = Path(plan.tempdir.name) / f"{len(plan.paths):06d}-{index_file.name}"
             kept = [line for line, good in zip(index.lines, ok, strict=True) if good]
             index_file.write_text(f"v1.2 {keep}\n" + "\n".join(kept) + "\n")

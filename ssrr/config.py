@@ -121,7 +121,7 @@ class RunConfig:
             raise SsrrError(f"{path}: malformed config ({exc})") from exc
         if not isinstance(data, dict):
             raise SsrrError(f"{path}: malformed config (not a JSON object)")
-        if "precision" not in data and "amp" in data:  # run folders from before --precision
+        if "precision" not in data and isinstance(data.get("amp"), bool):  # run folders from before --precision
             data["precision"] = "auto" if data["amp"] else "fp32"
         defaults = cls()
         values = {}

@@ -1,7 +1,7 @@
 """What every option may hold, checked before a command writes anything.
 
 - Numbers: each numeric option is finite and inside its `Limit` (by option name, `LIMITS`; an option not
-  listed is a count: a whole number from 0 to 2**31-1, or a finite float >= 0). `check_numbers` applies it to
+  listed is a count: a whole number from 0 to 2**31-1, or a float from 0 to 1e6). `check_numbers` applies it to
   a command's parsed options; the command line runs it before every command (see `ssrr.cli.common`).
 - Names: a run or dataset name is one plain folder name (`check_name`): it can never point outside `--out`.
 - Optional packages: an option that needs a package not installed (`--log-with tensorboard`, `s3://` shards
@@ -48,6 +48,7 @@ def _number(value: float) -> str:
 
 COUNT = Limit(0, INT_MAX)
 AT_LEAST_ONE = Limit(1, INT_MAX)
+AMOUNT = Limit(0, 1e6)  # an unlisted float: finite, not negative, not absurd
 RATE = Limit(0, 10, above=True)  # a learning rate: larger ones only diverge
 
 LIMITS: dict[str, Limit] = {
@@ -57,6 +58,7 @@ LIMITS: dict[str, Limit] = {
     "weight_decay": Limit(0, 1),
     "temperature": Limit(0, 100, above=True),
     "perplexity": Limit(0, 10_000, above=True),
+    "target_top1": Limit(0, 100, above=True),  # a top-1 accuracy in %
     "seed": Limit(0, 2**32 - 1),  # numpy's seeds are 32-bit
     "k": Limit(1, 1024),  # views per image (pretrain: >= 2, see RunConfig.validate) or k-NN neighbours
     "batch": Limit(0, 65_536),  # pretrain: 0 is the method's own (64 relational, 128 the baselines); eval checks >= 1
@@ -76,13 +78,12 @@ LIMITS: dict[str, Limit] = {
     "steps": Limit(1, 1_000_000),
     "iterations": Limit(1, 1_000_000),
     "quality": Limit(1, 100),
-    "target_top1": Limit(0, 100),
 }
 
 
 def limit_of(name: str, value: float) -> Limit:
     """The limit of option `name` (python name, e.g. `weight_decay`)."""
-    return LIMITS.get(name, COUNT if isinstance(value, int) else Limit(0, math.inf))
+    return LIMITS.get(name, COUNT if isinstance(value, int) else AMOUNT)
 
 
 def check_number(name: str, value: Any) -> None:

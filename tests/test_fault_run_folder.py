@@ -202,3 +202,14 @@ def test_skipped_samples_are_recorded_and_said_even_when_quiet(tiny_shards: Path
     assert json.loads((run / "throughput.json").read_text())["skipped"] == last.samples
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["skipped"] == last.samples for r in records)
+
+
+def test_a_planted_eval_link_does_not_send_results_elsewhere(run_copy: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (run_copy / "eval").symlink_to(elsewhere)
+    result = run_ssrr("eval", "knn", run_copy, "--dataset", tiny_shards, "--k", "5", "--device", "cpu")
+    assert result.exit_code == 1
+    (line,) = error_lines(result)
+    assert "eval: a symbolic link" in line
+    assert list(elsewhere.iterdir()) == []

@@ -93,10 +93,11 @@ def output_dir(loaded: LoadedBackbone, out: str | Path | None) -> Path:
     if loaded.source.startswith("random:"):
         return Path("runs") / f"random-{loaded.name}" / EVAL_DIR
     run = run_dir_of(loaded)
-    if run is not None:
-        return run / EVAL_DIR
     path = Path(loaded.source)
-    return (path if path.is_dir() else path.parent) / EVAL_DIR
+    folder = run / EVAL_DIR if run is not None else (path if path.is_dir() else path.parent) / EVAL_DIR
+    if folder.is_symlink():  # planted in a downloaded run: results must not land wherever it points
+        raise SsrrError(f"{folder}: a symbolic link; refusing to write results through it (or give --out)")
+    return folder
 
 
 def result_stem(protocol: str, dataset: str, labels: str, seed: int, split: str = "") -> str:

@@ -388,6 +388,20 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
     return RunResult(run_dir, epoch, global_step, throughput)
 
 
+def _trim_metrics(run_dir: Path, step: int) -> None:
+    """Before a run (re)starts at `step`: drop a half-written last line of metrics.jsonl and the records of
+    steps after the checkpoint resumed from (a kill between a record and its checkpoint), which the resumed
+    run writes again; a fresh run (step 0) keeps none."""
+
+    def before(line: str) -> bool:
+        try:
+            return int(json.loads(line).get("step", 0)) <= step
+        except (ValueError, TypeError, AttributeError):
+            return False
+
+    keep_lines(run_dir / METRICS_FILE, before)
+
+
 def _train_step(
     accelerator: Accelerator,
     execution: Execution,
@@ -412,20 +426,6 @@ def _train_step(
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return out
-
-
-def _trim_metrics(run_dir: Path, step: int) -> None:
-    """Before a run (re)starts at `step`: drop a half-written last line of metrics.jsonl and the records of
-    steps after the checkpoint resumed from (a kill between a record and its checkpoint), which the resumed
-    run writes again; a fresh run (step 0) keeps none."""
-
-    def before(line: str) -> bool:
-        try:
-            return int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, TypeError, AttributeError):
-            return False
-
-    keep_lines(run_dir / METRICS_FILE, before)
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
@@ -512,7 +512,10 @@ def _elapsed_so_far(run_dir: Path) -> float:
     if not path.is_file():
         return 0.0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+    try:  # a half-written last line (a killed run, trimmed by the main process) counts as nothing
+        return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _total_steps(config: RunConfig, steps_per_epoch: int) -> int:
