@@ -4,6 +4,9 @@ Every command takes a run folder, a checkpoint folder, a backbone `.safetensors`
 (the lower bound), and a dataset (a name under --shards-root or a shard folder; by default the one the run was
 pretrained on). Results go to `<run>/eval/` (for random backbones `runs/random-<backbone>/eval/`), or `--out`.
 With `--json` one JSON object is printed on stdout; progress and tables go to stderr.
+
+Length: over 400 lines because it holds the six protocol commands, each a thin call with its own help and
+examples; the options they share are declared once at the top.
 """
 
 from __future__ import annotations

@@ -105,6 +105,17 @@ class Execution:
         }
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Backward and an optimizer step, through the loss scaler when there is one (fp16)."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def as_execution(where: Execution | torch.device | str) -> Execution:
     """An Execution as given, or float32 on a device given by name."""
     return where if isinstance(where, Execution) else Execution(torch.device(where))

@@ -30,7 +30,7 @@ from ssrr.models.heads import RelationHead
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch
 from ssrr.pipelines.reference import ReferenceViews, reference_loader
-from ssrr.precision import Execution
+from ssrr.precision import Execution, optimizer_step
 
 COMPOSE_TOLERANCE = 0.2  # the whole may fall this far short of the parts' serial composition before it is suspect
 
@@ -52,13 +52,7 @@ def baseline_step(
         with execution.autocast():
             logits, targets = literal_relation_logits(net(views), head, k, "cat")
         loss = focal_loss(logits.float(), targets)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, optimizer, scaler)
         if execution.device.type == "cuda":
             torch.cuda.synchronize(execution.device)
 

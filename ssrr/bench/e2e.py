@@ -28,7 +28,7 @@ from ssrr.methods.base import Method
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch, ViewLoader
-from ssrr.precision import Execution
+from ssrr.precision import Execution, optimizer_step
 from ssrr.precision import resolve as resolve_precision
 
 
@@ -72,13 +72,7 @@ def method_step(method: Method, execution: Execution) -> Callable[[Batch], None]
         optimizer.zero_grad(set_to_none=True)
         with execution.autocast():
             loss = method(batch).loss
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss, optimizer, scaler)
         if execution.device.type == "cuda":
             torch.cuda.synchronize(execution.device)
 

@@ -29,6 +29,9 @@ other scheme go through `fsspec` when it is installed (with the scheme's own pac
 
 `resolve_dataset_any(name_or_dir_or_url, shards_root, cache)` is `ssrr.data.formats.resolve_dataset` that
 also accepts a URL, or a dataset name under a remote ``shards_root``.
+
+Length: over 400 lines because download, verification, caching and crash cleanup of remote shards are one
+protocol, read top to bottom; each function fits on a screen.
 """
 
 from __future__ import annotations

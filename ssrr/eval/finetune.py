@@ -44,7 +44,7 @@ from ssrr.eval.features import (
 )
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
 from ssrr.files import save_safetensors
-from ssrr.precision import Execution
+from ssrr.precision import Execution, optimizer_step
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
 
 EPOCHS = 100
@@ -312,13 +312,7 @@ def _train_step(
         logits = model(execution.inputs(images)).float()
     loss = F.cross_entropy(logits, y.to(execution.device))
     optimiser.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimiser.step()
-    else:
-        scaler.scale(loss).backward()
-        scaler.step(optimiser)
-        scaler.update()
+    optimizer_step(loss, optimiser, scaler)
     return loss.detach()
 
 

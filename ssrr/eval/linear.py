@@ -15,6 +15,9 @@ the one feature extraction dominates (`ssrr.bench.linear` measures both ways).
 
 Training loop: one seeded `torch.randperm` per epoch, batches taken by indexing the in-memory tensor
 directly; no DataLoader, no per-step host synchronisation.
+
+Length: over 400 lines because the protocol, its cached-feature trainer, its metrics and its confusion figure
+are one unit that the other protocols reuse (`extract_pair`, `fit_and_score`, `classification_metrics`).
 """
 
 from __future__ import annotations

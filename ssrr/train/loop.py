@@ -12,39 +12,29 @@ written by the main process only.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import resource
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 
-from ssrr import __version__
 from ssrr.config import RunConfig
-from ssrr.data.formats import Manifest, load_manifest
-from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
-from ssrr.files import append_line, keep_lines, open_log, write_text_atomic
-from ssrr.hardware import tune_cpu_allocator
-from ssrr.methods.base import EpochContext, Method, method_class, with_method_defaults
-from ssrr.models.backbones import build_backbone
-from ssrr.pipelines.loader import ViewLoader
+from ssrr.files import append_line, open_log, write_text_atomic
+from ssrr.methods.base import EpochContext
 from ssrr.precision import Execution
-from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
+from ssrr.train import records
 from ssrr.train.progress import TrainDisplay, console, summary_table
+from ssrr.train.records import ENVIRONMENT_FILE, METRICS_FILE, THROUGHPUT_FILE
+from ssrr.train.setup import Training, set_up
 
-METRICS_FILE = "metrics.jsonl"
-THROUGHPUT_FILE = "throughput.json"
-ENVIRONMENT_FILE = "environment.json"
+__all__ = ["ENVIRONMENT_FILE", "METRICS_FILE", "THROUGHPUT_FILE", "Probe", "RunResult", "pretrain"]
 
 
 @dataclass
@@ -53,42 +43,6 @@ class RunResult:
     epochs_done: int
     steps: int
     throughput: dict[str, float]
-
-
-def use_cuda(config: RunConfig) -> bool:
-    return config.device != "cpu" and torch.cuda.is_available()
-
-
-def _memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # peak RSS, KiB on Linux
-
-
-def _environment(
-    accelerator: Accelerator, config: RunConfig, execution: Execution, image_size: tuple[int, int]
-) -> dict[str, Any]:
-    import accelerate
-    import nvidia.dali as dali
-
-    device = accelerator.device
-    return {
-        "ssrr": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "dali": dali.__version__,
-        "accelerate": accelerate.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "num_processes": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
-        "mixed_precision": {"fp32": "no"}.get(execution.precision, execution.precision),
-        **execution.record(),
-        "image_size": list(image_size),
-        "sync_bn": config.sync_bn,
-    }
 
 
 @contextmanager
@@ -101,23 +55,6 @@ def _removed_on_failure(run_dir: Path, owned: bool) -> Iterator[None]:
         if owned and run_dir.is_dir() and not ckpt.list_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-
-
-def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
-    """Validate the run folder against --resume; return the checkpoint to resume from (or None)."""
-    run_dir = config.run_dir
-    checkpoints = ckpt.list_checkpoints(run_dir)
-    if resume:
-        if not checkpoints:
-            return None  # nothing saved yet: --resume starts the run
-        saved = RunConfig.load(run_dir)
-        mismatch = saved.model_mismatch(config)
-        if mismatch:
-            raise SsrrError(f"{run_dir}: checkpoint of another model ({'; '.join(mismatch)})")
-        return checkpoints[-1]
-    if checkpoints or (run_dir / METRICS_FILE).exists():
-        raise SsrrError(f"{run_dir} already exists: pass --resume to continue it, or choose another --name")
-    return None
 
 
 class Probe(Protocol):
@@ -133,273 +70,234 @@ class Probe(Protocol):
     def __call__(self, backbone: torch.nn.Module, shard_dir: Path, execution: Execution) -> float: ...
 
 
+@dataclass
+class Progress:
+    """Where the run stands: the epoch, the batch to resume from in it, optimizer steps, and the clock."""
+
+    epoch: int
+    skip: int  # batches of `epoch` already trained (resuming mid-epoch)
+    step: int
+    started: float
+    elapsed_before: float  # pretraining seconds of the run before this call (resumed runs)
+    probe_s: float = 0.0  # seconds spent in probes, not pretraining
+    throughput: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def finished(self, config: RunConfig) -> bool:
+        return self.epoch >= config.epochs or bool(config.max_steps and self.step >= config.max_steps)
+
+
+@dataclass
+class EpochTally:
+    """What one epoch's steps add up: loss and metric sums, steps taken, time waiting for data."""
+
+    device: torch.device
+    started: float = field(default_factory=time.perf_counter)
+    step_started: float = 0.0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counted: int = 0
+    wait: float = 0.0
+    batch_in_epoch: int = 0
+
+    def add(self, out: Any) -> None:
+        self.counted += 1
+        self.batch_in_epoch += 1
+        self.sums["loss"] = self.sums.get("loss", torch.zeros((), device=self.device)) + out.loss.detach().float()
+        for key, value in out.metrics.items():
+            tensor = torch.as_tensor(value, device=self.device, dtype=torch.float32)
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=self.device)) + tensor.detach()
+
+
 def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, probes: Sequence[Probe] = ()) -> RunResult:
     """Run (or resume) one pretraining run; return where it wrote and its final throughput.
 
-    `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for(config)`
+    Stages: set up (`ssrr.train.setup.set_up`: data, model, resume), open the run folder (`_open_run`), epochs
+    (`_run_epoch`, its steps `_run_steps` and `_train_step`), checkpoints (`_save`), the summary (`_report`).
+    `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for`
     builds the ones `--knn-every` and `--eval-every` ask for."""
-    config = with_method_defaults(config.resolved().validate()).validate()
-    shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
-    manifest = load_manifest(shard_dir)
-    cls = method_class(config.method)
-    num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
-    train_samples = sum(manifest.splits[name].samples for name in config.split.split("+") if name in manifest.splits)
-    cls.check_data(config, train_samples, num_classes)  # before anything is written
-
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise SsrrError("--device cuda: no CUDA device is available")
-    resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
-    accelerator = Accelerator(
-        cpu=not use_cuda(config),
-        mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
-        gradient_accumulation_steps=config.grad_accum,
-        log_with=config.log_with or None,
-        project_dir=str(config.run_dir),
-    )
-    device = accelerator.device
-    execution = resolve_execution(config.precision, device, channels_last=config.channels_last)
-    if device.type == "cpu":
-        tune_cpu_allocator()
-    if accelerator.is_main_process and show and execution.describe() != execution.precision:
-        console.print(f"precision: {execution.describe()}")
-
-    set_seed(config.seed)
-    backbone = build_backbone(config.backbone)
-    method: Method = cls(config, backbone, num_classes)
-    if config.sync_bn and accelerator.num_processes > 1:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    method = execution.prepare(method)
-    if config.compile:
-        method.backbone = torch.compile(method.backbone)  # type: ignore[assignment]
-
-    state: dict[str, Any] = {}
-    if resume_from is not None:
-        ckpt.load_method_weights(method, resume_from)
-        state = ckpt.load_training_state(resume_from)
-    optimizer = method.build_optimizer()
-
-    def make_loader(recipe: Any, *, split: str = config.split, training: bool = True) -> ViewLoader:
-        return ViewLoader(
-            shard_dir,
-            recipe,
-            split=split,
-            batch_size=config.batch,
-            device=device,
-            rank=accelerator.process_index,
-            world_size=accelerator.num_processes,
-            seed=config.seed,
-            dtype=execution.view_dtype,
-            training=training,
-            num_threads=config.num_threads or None,
-            skip_corrupt=config.skip_corrupt,
+    t = set_up(config, resume, show)
+    config = t.config
+    fresh = not config.run_dir.exists()
+    with _removed_on_failure(config.run_dir, fresh and t.main):
+        _open_run(t)
+        progress = Progress(
+            epoch=int(t.state.get("epoch", 0)),
+            skip=int(t.state.get("batch_in_epoch", 0)),
+            step=int(t.state.get("step", 0)),
+            started=0.0,
+            elapsed_before=0.0,
         )
-
-    loader = make_loader(cls.recipe(config, manifest.image_size))
-    steps_per_epoch = len(loader)
-    if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
-        console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}", highlight=False)
-    if steps_per_epoch == 0:
-        raise SsrrError(
-            f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
-        )
-    scheduler = method.build_scheduler(optimizer, steps_per_epoch)
-    model, optimizer = accelerator.prepare(method, optimizer)
-    scaler = execution.grad_scaler()
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
-
-    run_dir = config.run_dir
-    fresh = not run_dir.exists()
-    with _removed_on_failure(run_dir, fresh and accelerator.is_main_process):
-        if accelerator.is_main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config.save(run_dir)
-            env = _environment(accelerator, config, execution, manifest.image_size)
-            write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
-            _trim_metrics(run_dir, int(state.get("step", 0)))
-        if config.log_with:
-            accelerator.init_trackers(config.name, config={k: str(v) for k, v in asdict(config).items()})
-
-        epoch = int(state.get("epoch", 0))
-        skip = int(state.get("batch_in_epoch", 0))
-        global_step = int(state.get("step", 0))
-        views_per_image = cls.views_per_image(config)
-        unwrapped: Method = accelerator.unwrap_model(model)
-        pairs_per_step = unwrapped.pairs_per_step(config.batch)
-        throughput: dict[str, float] = {}
-        interrupted = False
-
-        def save(epoch_now: int, batch_now: int) -> None:
-            if not accelerator.is_main_process:
-                return
-            training_state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": ckpt.rng_state(),
-                "epoch": epoch_now,
-                "batch_in_epoch": batch_now,
-                "step": global_step,
-            }
-            ckpt.save_checkpoint(
-                run_dir, unwrapped, config.backbone, training_state, global_step, config.keep_checkpoints
-            )
-
-        display = TrainDisplay(show and accelerator.is_main_process, config.epochs)
-        total_steps = _total_steps(config, steps_per_epoch)
-        started = time.perf_counter()
-        probe_s = 0.0
-        elapsed_before = _elapsed_so_far(run_dir) if resume_from is not None else 0.0
+        display = TrainDisplay(show and t.main, config.epochs)
+        progress.started = time.perf_counter()
+        progress.elapsed_before = records.elapsed_so_far(config.run_dir) if t.resumed else 0.0
         sample_log = None
         if config.log_samples:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            sample_log = open_log(run_dir / f"samples-rank{accelerator.process_index}.jsonl")
+            config.run_dir.mkdir(parents=True, exist_ok=True)
+            sample_log = open_log(config.run_dir / f"samples-rank{t.accelerator.process_index}.jsonl")
         with display:
-            while epoch < config.epochs and not (config.max_steps and global_step >= config.max_steps):
-                unwrapped.on_epoch_start(
-                    EpochContext(
-                        epoch, make_loader, execution, num_classes, manifest.image_size, manifest.mean, manifest.std
-                    )
-                )
-                model.train()
-                display.start_epoch(epoch, steps_per_epoch)
-                sums = {"loss": torch.zeros((), device=device)}
-                counted = 0
-                wait = 0.0
-                epoch_start = time.perf_counter()
-                batches = iter(loader.epoch(epoch))
-                batch_in_epoch = 0
-                try:
-                    for _ in range(skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
-                        next(batches)
-                        batch_in_epoch += 1
-                    skip = 0
-                    step_start = time.perf_counter()
-                    while True:
-                        tick = time.perf_counter()
-                        batch = next(batches, None)
-                        wait += time.perf_counter() - tick
-                        if batch is None:
-                            break
-                        out = _train_step(accelerator, execution, model, batch, optimizer, scheduler, scaler)
-                        if sample_log is not None:
-                            sample_log.write(json.dumps([global_step, batch.index.tolist()]) + "\n")
-                        batch_in_epoch += 1
-                        global_step += 1
-                        counted += 1
-                        sums["loss"] += out.loss.detach().float()
-                        for key, value in out.metrics.items():
-                            tensor = torch.as_tensor(value, device=device, dtype=torch.float32)
-                            sums[key] = sums.get(key, torch.zeros((), device=device)) + tensor.detach()
-                        if display.enabled and (batch_in_epoch % 5 == 0 or batch_in_epoch == steps_per_epoch):
-                            running = _rates(
-                                sums,
-                                counted,
-                                time.perf_counter() - step_start,
-                                wait,
-                                config.batch,
-                                views_per_image,
-                                pairs_per_step,
-                                accelerator.num_processes,
-                                device,
-                            )
-                            per_step = (time.perf_counter() - step_start) / counted
-                            display.update(batch_in_epoch, running, (total_steps - global_step) * per_step)
-                        if config.max_steps and global_step >= config.max_steps:
-                            break
-                except KeyboardInterrupt:
-                    interrupted = True
-                elapsed = time.perf_counter() - epoch_start
-                epoch_done = batch_in_epoch >= steps_per_epoch
-                metrics = _rates(
-                    sums,
-                    counted,
-                    elapsed,
-                    wait,
-                    config.batch,
-                    views_per_image,
-                    pairs_per_step,
-                    accelerator.num_processes,
-                    device,
-                )
-                metrics = _reduce_across_ranks(accelerator, metrics)
-                next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, batch_in_epoch)
-                record = {"epoch": epoch + 1, "step": global_step, "complete": epoch_done, **metrics}
-                record["skipped"] = loader.skipped  # corrupt samples left out (--skip-corrupt)
-                probe_started = time.perf_counter()
-                if epoch_done and accelerator.is_main_process:
-                    record.update(_run_probes(probes, epoch + 1, unwrapped.backbone, shard_dir, execution))
-                probe_s += time.perf_counter() - probe_started
-                record["elapsed_s"] = round(elapsed_before + time.perf_counter() - started - probe_s, 3)
-                if accelerator.is_main_process:
-                    append_line(run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
-                    if config.log_with:
-                        accelerator.log(
-                            {k: v for k, v in record.items() if isinstance(v, (int, float))}, step=global_step
-                        )
-                display.end_epoch(epoch, metrics)
-                throughput = metrics
-                last_epoch = next_epoch >= config.epochs
-                stop_now = interrupted or bool(config.max_steps and global_step >= config.max_steps)
-                if (next_epoch % config.checkpoint_every == 0) or last_epoch or stop_now or not epoch_done:
-                    save(next_epoch, next_batch)
-                epoch = next_epoch
-                if interrupted:
+            while not progress.finished(config):
+                _run_epoch(t, progress, display, probes, sample_log)
+                if progress.interrupted:
                     break
         if sample_log is not None:
             sample_log.close()
-        in_sync = _weights_in_sync(accelerator, unwrapped)
-        accelerator.wait_for_everyone()
-        total = time.perf_counter() - started
+        _report(t, progress, show)
+    if progress.interrupted:
+        raise SsrrError(f"interrupted: progress saved in {config.run_dir}; continue with the same command and --resume")
+    return RunResult(config.run_dir, progress.epoch, progress.step, progress.throughput)
+
+
+def _open_run(t: Training) -> None:
+    """The run folder (main process): config, environment, metrics trimmed to the checkpoint; the trackers."""
+    run_dir = t.config.run_dir
+    if t.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        t.config.save(run_dir)
+        env = records.environment(t.accelerator, t.config, t.execution, t.manifest.image_size)
+        write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
+        records.trim_metrics(run_dir, int(t.state.get("step", 0)))
+    if t.config.log_with:
+        t.accelerator.init_trackers(t.config.name, config={k: str(v) for k, v in asdict(t.config).items()})
+
+
+def _run_epoch(
+    t: Training, progress: Progress, display: TrainDisplay, probes: Sequence[Probe], sample_log: Any
+) -> None:
+    """One epoch (or what is left of it): the method's epoch hook, the steps, the record, the probes, a
+    checkpoint when due. Ctrl-C ends the epoch early with its progress saved."""
+    config, epoch = t.config, progress.epoch
+    t.method.on_epoch_start(
+        EpochContext(
+            epoch, t.make_loader, t.execution, t.num_classes, t.manifest.image_size, t.manifest.mean, t.manifest.std
+        )
+    )
+    t.model.train()
+    display.start_epoch(epoch, t.steps_per_epoch)
+    tally = EpochTally(t.device)
+    batches = iter(t.loader.epoch(epoch))
+    try:
+        for _ in range(progress.skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
+            next(batches)
+            tally.batch_in_epoch += 1
+        progress.skip = 0
+        _run_steps(t, progress, tally, batches, display, sample_log)
+    except KeyboardInterrupt:
+        progress.interrupted = True
+    epoch_done = tally.batch_in_epoch >= t.steps_per_epoch
+    metrics = records.reduce_across_ranks(t.accelerator, _rates(t, tally, time.perf_counter() - tally.started))
+    next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, tally.batch_in_epoch)
+    record = {"epoch": epoch + 1, "step": progress.step, "complete": epoch_done, **metrics}
+    record["skipped"] = t.loader.skipped  # corrupt samples left out (--skip-corrupt)
+    probe_started = time.perf_counter()
+    if epoch_done and t.main:
+        record.update(_run_probes(probes, epoch + 1, t.method.backbone, t.shard_dir, t.execution))
+    progress.probe_s += time.perf_counter() - probe_started
+    record["elapsed_s"] = round(progress.elapsed_before + time.perf_counter() - progress.started - progress.probe_s, 3)
+    if t.main:
+        append_line(config.run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
         if config.log_with:
-            accelerator.end_training()
-        if accelerator.is_main_process:
-            summary = {
-                **throughput,
-                "wall_s": total,
-                "steps": global_step,
-                "epochs": epoch,
-                "processes": accelerator.num_processes,
-                "weights_in_sync": in_sync,
-                **execution.record(),
-                "projected_run_s": _projected_run_s(throughput, config, steps_per_epoch, accelerator.num_processes),
-                "skipped": loader.skipped,
-            }
-            write_text_atomic(run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
-            if show:
-                extra = {
-                    "run": str(run_dir),
-                    "method / backbone": f"{config.method} / {config.backbone}",
-                    "K x M": f"{views_per_image} x {config.batch}",
-                    "device": f"{device} x{accelerator.num_processes}",
-                    "precision": execution.describe(),
-                    "epochs / steps": f"{epoch} / {global_step}",
-                    "wall": f"{total:.1f} s",
-                    "configured run": f"~{_hours(summary['projected_run_s'])} at this speed",
-                }
-                console.print(summary_table("pretraining summary (last epoch)", throughput, extra))
-    if interrupted:
-        raise SsrrError(f"interrupted: progress saved in {run_dir}; continue with the same command and --resume")
-    return RunResult(run_dir, epoch, global_step, throughput)
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            t.accelerator.log(numbers, step=progress.step)
+    display.end_epoch(epoch, metrics)
+    progress.throughput = metrics
+    stop_now = progress.interrupted or bool(config.max_steps and progress.step >= config.max_steps)
+    if (next_epoch % config.checkpoint_every == 0) or next_epoch >= config.epochs or stop_now or not epoch_done:
+        _save(t, progress.step, next_epoch, next_batch)
+    progress.epoch = next_epoch
 
 
-def _trim_metrics(run_dir: Path, step: int) -> None:
-    """Before a run (re)starts at `step`: drop a half-written last line of metrics.jsonl and the records of
-    steps after the checkpoint resumed from (a kill between a record and its checkpoint), which the resumed
-    run writes again; a fresh run (step 0) keeps none."""
+def _run_steps(
+    t: Training, progress: Progress, tally: EpochTally, batches: Iterator[Any], display: TrainDisplay, sample_log: Any
+) -> None:
+    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data."""
+    config = t.config
+    total_steps = records.total_steps(config, t.steps_per_epoch)
+    tally.step_started = time.perf_counter()
+    while True:
+        tick = time.perf_counter()
+        batch = next(batches, None)
+        tally.wait += time.perf_counter() - tick
+        if batch is None:
+            break
+        out = _train_step(t.accelerator, t.execution, t.model, batch, t.optimizer, t.scheduler, t.scaler)
+        if sample_log is not None:
+            sample_log.write(json.dumps([progress.step, batch.index.tolist()]) + "\n")
+        progress.step += 1
+        tally.add(out)
+        if display.enabled and (tally.batch_in_epoch % 5 == 0 or tally.batch_in_epoch == t.steps_per_epoch):
+            running = _rates(t, tally, time.perf_counter() - tally.step_started)
+            per_step = (time.perf_counter() - tally.step_started) / tally.counted
+            display.update(tally.batch_in_epoch, running, (total_steps - progress.step) * per_step)
+        if config.max_steps and progress.step >= config.max_steps:
+            break
 
-    def before(line: str) -> bool:
-        try:
-            return int(json.loads(line).get("step", 0)) <= step
-        except (ValueError, TypeError, AttributeError):
-            return False
 
-    keep_lines(run_dir / METRICS_FILE, before)
+def _rates(t: Training, tally: EpochTally, elapsed: float) -> dict[str, float]:
+    sums = tally.sums or {"loss": torch.zeros((), device=t.device)}
+    return records.rates(
+        sums,
+        tally.counted,
+        elapsed,
+        tally.wait,
+        t.config.batch,
+        t.views_per_image,
+        t.pairs_per_step,
+        t.accelerator.num_processes,
+        t.device,
+    )
+
+
+def _save(t: Training, step: int, epoch_now: int, batch_now: int) -> None:
+    """A checkpoint (main process): weights, optimizer, schedule, loss scale, RNGs, and where to resume."""
+    if not t.main:
+        return
+    training_state = {
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "rng": ckpt.rng_state(),
+        "epoch": epoch_now,
+        "batch_in_epoch": batch_now,
+        "step": step,
+    }
+    ckpt.save_checkpoint(t.config.run_dir, t.method, t.config.backbone, training_state, step, t.config.keep_checkpoints)
+
+
+def _report(t: Training, progress: Progress, show: bool) -> None:
+    """The end of a call: weights in sync across ranks, throughput.json, the summary table."""
+    config = t.config
+    in_sync = records.weights_in_sync(t.accelerator, t.method)
+    t.accelerator.wait_for_everyone()
+    total = time.perf_counter() - progress.started
+    if config.log_with:
+        t.accelerator.end_training()
+    if not t.main:
+        return
+    processes = t.accelerator.num_processes
+    summary = {
+        **progress.throughput,
+        "wall_s": total,
+        "steps": progress.step,
+        "epochs": progress.epoch,
+        "processes": processes,
+        "weights_in_sync": in_sync,
+        **t.execution.record(),
+        "projected_run_s": records.projected_run_s(progress.throughput, config, t.steps_per_epoch, processes),
+        "skipped": t.loader.skipped,
+    }
+    write_text_atomic(config.run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
+    if show:
+        extra = {
+            "run": str(config.run_dir),
+            "method / backbone": f"{config.method} / {config.backbone}",
+            "K x M": f"{t.views_per_image} x {config.batch}",
+            "device": f"{t.device} x{processes}",
+            "precision": t.execution.describe(),
+            "epochs / steps": f"{progress.epoch} / {progress.step}",
+            "wall": f"{total:.1f} s",
+            "configured run": f"~{records.hours(summary['projected_run_s'])} at this speed",
+        }
+        console.print(summary_table("pretraining summary (last epoch)", progress.throughput, extra))
 
 
 def _train_step(
@@ -428,73 +326,6 @@ def _train_step(
     return out
 
 
-def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
-    """Classes of the labels a method trains on (supervised), or of the dataset (DeepCluster's k)."""
-    splits = [manifest.splits[name] for name in config.split.split("+") if name in manifest.splits]
-    if uses_labels and not all(split.labeled for split in splits):  # an unknown split: the loader's error
-        raise SsrrError(f"{shard_dir}: split {config.split} is not all labelled; --method {config.method} needs labels")
-    if config.labels == "coarse":
-        if not manifest.coarse_classes:
-            raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
-        return len(manifest.coarse_classes)
-    return max(manifest.num_classes, 1)
-
-
-def _rates(
-    sums: dict[str, torch.Tensor],
-    steps: int,
-    elapsed: float,
-    wait: float,
-    batch: int,
-    views_per_image: int,
-    pairs_per_step: int,
-    processes: int,
-    device: torch.device,
-) -> dict[str, float]:
-    steps = max(steps, 1)
-    values = {key: float(value) / steps for key, value in sums.items()}  # one sync per report
-    images = batch * steps * processes
-    elapsed = max(elapsed, 1e-9)
-    values.update(
-        images_per_s=images / elapsed,
-        views_per_s=images * views_per_image / elapsed,
-        pairs_per_s=pairs_per_step * steps * processes / elapsed if pairs_per_step else None,  # type: ignore[arg-type]
-        data_wait=wait / elapsed,
-        memory_mb=_memory_mb(device),
-    )
-    return {k: v for k, v in values.items() if v is not None}
-
-
-def _reduce_across_ranks(accelerator: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """Losses and accuracies averaged over ranks; throughput was already scaled by the process count.
-
-    Per-rank views/s are kept as `views_per_s_rank<N>` so a slow rank shows.
-    """
-    if accelerator.num_processes == 1:
-        return metrics
-    keys = sorted(metrics)
-    local = torch.tensor([metrics[k] for k in keys], device=accelerator.device, dtype=torch.float64)
-    gathered = accelerator.gather(local[None]).reshape(accelerator.num_processes, len(keys)).cpu()
-    reduced = dict(zip(keys, gathered.mean(0).tolist(), strict=True))
-    views = keys.index("views_per_s")
-    for rank in range(accelerator.num_processes):
-        reduced[f"views_per_s_rank{rank}"] = float(gathered[rank, views]) / accelerator.num_processes
-    reduced["memory_mb"] = float(gathered[:, keys.index("memory_mb")].max())
-    return reduced
-
-
-def _weights_in_sync(accelerator: Accelerator, method: torch.nn.Module) -> bool:
-    """Whether every rank ends with bit-identical weights (DDP keeps them so; a mismatch means a bug)."""
-    if accelerator.num_processes == 1:
-        return True
-    flat = torch.cat([p.detach().double().flatten() for p in method.parameters()])
-    fingerprint = torch.stack(
-        [flat.sum(), (flat * torch.arange(len(flat), dtype=flat.dtype, device=flat.device)).sum()]
-    )
-    gathered = accelerator.gather(fingerprint[None]).reshape(accelerator.num_processes, 2)
-    return bool((gathered == gathered[0]).all())
-
-
 def _run_probes(
     probes: Sequence[Probe], epochs_done: int, backbone: torch.nn.Module, shard_dir: Path, execution: Execution
 ) -> dict[str, float]:
@@ -504,37 +335,3 @@ def _run_probes(
         for probe in probes
         if probe.every and epochs_done % probe.every == 0
     }
-
-
-def _elapsed_so_far(run_dir: Path) -> float:
-    """Pretraining seconds recorded before a resume (the last `elapsed_s` of metrics.jsonl), so time keeps adding up."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return 0.0
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:  # a half-written last line (a killed run, trimmed by the main process) counts as nothing
-        return float(json.loads(lines[-1]).get("elapsed_s", 0.0)) if lines else 0.0
-    except (ValueError, TypeError, AttributeError):
-        return 0.0
-
-
-def _total_steps(config: RunConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps of the whole configured run (`--max-steps` caps it)."""
-    total = config.epochs * steps_per_epoch
-    return min(total, config.max_steps) if config.max_steps else total
-
-
-def _projected_run_s(
-    throughput: dict[str, float], config: RunConfig, steps_per_epoch: int, processes: int
-) -> float | None:
-    """Seconds the whole configured run takes at the last epoch's speed (what users plan by)."""
-    images_per_s = throughput.get("images_per_s")  # summed over processes
-    if not images_per_s:
-        return None
-    return _total_steps(config, steps_per_epoch) * config.batch * processes / images_per_s
-
-
-def _hours(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,198 @@
+"""The first stage of a pretraining run: check the config and the data before anything is written, then build
+the method, the optimizer and this rank's loader on the run's device and precision, restoring the training
+state when resuming. Everything the later stages (ssrr.train.loop) read is one `Training`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from ssrr.config import RunConfig
+from ssrr.data.formats import Manifest, load_manifest
+from ssrr.data.remote import resolve_dataset_any
+from ssrr.errors import SsrrError
+from ssrr.hardware import tune_cpu_allocator
+from ssrr.methods.base import Method, method_class, with_method_defaults
+from ssrr.models.backbones import build_backbone
+from ssrr.pipelines.loader import ViewLoader
+from ssrr.precision import Execution
+from ssrr.precision import resolve as resolve_execution
+from ssrr.train import checkpoint as ckpt
+from ssrr.train.progress import console
+from ssrr.train.records import METRICS_FILE
+
+
+def use_cuda(config: RunConfig) -> bool:
+    return config.device != "cpu" and torch.cuda.is_available()
+
+
+def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
+    """Validate the run folder against --resume; return the checkpoint to resume from (or None)."""
+    run_dir = config.run_dir
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if resume:
+        if not checkpoints:
+            return None  # nothing saved yet: --resume starts the run
+        saved = RunConfig.load(run_dir)
+        mismatch = saved.model_mismatch(config)
+        if mismatch:
+            raise SsrrError(f"{run_dir}: checkpoint of another model ({'; '.join(mismatch)})")
+        return checkpoints[-1]
+    if checkpoints or (run_dir / METRICS_FILE).exists():
+        raise SsrrError(f"{run_dir} already exists: pass --resume to continue it, or choose another --name")
+    return None
+
+
+@dataclass
+class Training:
+    """What a run is set up with (the first stage), read by every stage after it."""
+
+    config: RunConfig
+    shard_dir: Path
+    manifest: Manifest
+    num_classes: int
+    accelerator: Accelerator
+    execution: Execution
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped with several processes)
+    method: Method  # the same, unwrapped
+    optimizer: Any
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    loader: ViewLoader
+    make_loader: Callable[..., ViewLoader]
+    state: dict[str, Any]  # the training state resumed from ({} for a fresh run)
+    resumed: bool
+    views_per_image: int
+    pairs_per_step: int
+
+    @property
+    def main(self) -> bool:
+        return bool(self.accelerator.is_main_process)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
+    """Check the config and the data (before anything is written), then build the model, the optimizer and the
+    loader on the run's device and precision, restoring the training state when resuming."""
+    config = with_method_defaults(config.resolved().validate()).validate()
+    shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
+    manifest = load_manifest(shard_dir)
+    cls = method_class(config.method)
+    num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
+    train_samples = sum(manifest.splits[name].samples for name in config.split.split("+") if name in manifest.splits)
+    cls.check_data(config, train_samples, num_classes)  # before anything is written
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise SsrrError("--device cuda: no CUDA device is available")
+    resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
+    accelerator = Accelerator(
+        cpu=not use_cuda(config),
+        mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
+        gradient_accumulation_steps=config.grad_accum,
+        log_with=config.log_with or None,
+        project_dir=str(config.run_dir),
+    )
+    execution = resolve_execution(config.precision, accelerator.device, channels_last=config.channels_last)
+    if accelerator.device.type == "cpu":
+        tune_cpu_allocator()
+    if accelerator.is_main_process and show and execution.describe() != execution.precision:
+        console.print(f"precision: {execution.describe()}")
+    method = _build_method(config, cls, num_classes, accelerator, execution)
+    state: dict[str, Any] = {}
+    if resume_from is not None:
+        ckpt.load_method_weights(method, resume_from)
+        state = ckpt.load_training_state(resume_from)
+    optimizer = method.build_optimizer()
+    make_loader = _loader_factory(config, shard_dir, accelerator, execution)
+    loader = make_loader(cls.recipe(config, manifest.image_size))
+    if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
+        console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}", highlight=False)
+    if len(loader) == 0:
+        raise SsrrError(
+            f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
+        )
+    scheduler = method.build_scheduler(optimizer, len(loader))
+    model, optimizer = accelerator.prepare(method, optimizer)
+    scaler = execution.grad_scaler()
+    _restore(state, optimizer, scheduler, scaler)
+    unwrapped: Method = accelerator.unwrap_model(model)
+    return Training(
+        config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
+        scaler, loader, make_loader, state, resume_from is not None, cls.views_per_image(config),
+        unwrapped.pairs_per_step(config.batch),
+    )  # fmt: skip
+
+
+def _build_method(
+    config: RunConfig, cls: type[Method], num_classes: int, accelerator: Accelerator, execution: Execution
+) -> Method:
+    """The method around a freshly seeded backbone, on the device and in the memory format of the run."""
+    set_seed(config.seed)
+    backbone = build_backbone(config.backbone)
+    method: Method = cls(config, backbone, num_classes)
+    if config.sync_bn and accelerator.num_processes > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method = execution.prepare(method)
+    if config.compile:
+        method.backbone = torch.compile(method.backbone)  # type: ignore[assignment]
+    return method
+
+
+def _loader_factory(
+    config: RunConfig, shard_dir: Path, accelerator: Accelerator, execution: Execution
+) -> Callable[..., ViewLoader]:
+    """make_loader(recipe, split=..., training=...): this rank's views of the shards (DeepCluster makes more)."""
+
+    def make_loader(recipe: Any, *, split: str = config.split, training: bool = True) -> ViewLoader:
+        return ViewLoader(
+            shard_dir,
+            recipe,
+            split=split,
+            batch_size=config.batch,
+            device=accelerator.device,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            seed=config.seed,
+            dtype=execution.view_dtype,
+            training=training,
+            num_threads=config.num_threads or None,
+            skip_corrupt=config.skip_corrupt,
+        )
+
+    return make_loader
+
+
+def _restore(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler | None) -> None:
+    """Resuming: the optimizer's moments, the schedule, the loss scale and every RNG as they were saved."""
+    if not state:
+        return
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler"):
+        scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    ckpt.set_rng_state(state["rng"])
+
+
+def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
+    """Classes of the labels a method trains on (supervised), or of the dataset (DeepCluster's k)."""
+    splits = [manifest.splits[name] for name in config.split.split("+") if name in manifest.splits]
+    if uses_labels and not all(split.labeled for split in splits):  # an unknown split: the loader's error
+        raise SsrrError(f"{shard_dir}: split {config.split} is not all labelled; --method {config.method} needs labels")
+    if config.labels == "coarse":
+        if not manifest.coarse_classes:
+            raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
+        return len(manifest.coarse_classes)
+    return max(manifest.num_classes, 1)
