@@ -15,6 +15,18 @@ bench_app = new_app("Benchmarks: ours against the baseline, side by side in one 
 RECORD_HELP = "Write the result into docs/benchmarks.md."
 
 
+# Options several benchmarks share, declared once (one default, one help text).
+Dataset = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read.")
+Backbone = typer.Option("conv4", help="Backbone.")
+K = typer.Option(32, "--k", help="Views per image.")
+Batch = typer.Option(64, help="Images per step (M).")
+Amp = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides.")
+Precision = typer.Option(None, help=PRECISION_HELP)
+Device = typer.Option("auto", help="auto, cpu or cuda.")
+AsJson = typer.Option(False, "--json", help="Print one JSON object.")
+Record = typer.Option(True, "--record/--no-record", help=RECORD_HELP)
+
+
 def _emit(name: str, result: dict, as_json: bool, write: bool) -> None:
     if write:
         record(name, result)
@@ -26,15 +38,15 @@ def _emit(name: str, result: dict, as_json: bool, write: bool) -> None:
 
 @bench_app.command("pipeline")
 def pipeline(
-    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
-    k: int = typer.Option(32, "--k", help="Views per image."),
-    batch: int = typer.Option(64, help="Images per step (M)."),
+    dataset: str = Dataset,
+    k: int = K,
+    batch: int = Batch,
     device: str = typer.Option("cpu", help="cpu or gpu."),
     repeats: int = typer.Option(5, help="Repeats (medians reported)."),
     steps: int = typer.Option(20, help="Steps timed per repeat."),
     workers: int = typer.Option(2, help="DataLoader workers of the torchvision baseline."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """Views/s of the DALI pipeline vs the torchvision reference (K transforms per image in workers).
 
@@ -52,17 +64,17 @@ def pipeline(
 
 @bench_app.command("step")
 def step(
-    backbone: str = typer.Option("conv4", help="Backbone."),
-    k: int = typer.Option(32, "--k", help="Views per image."),
-    batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
-    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    backbone: str = Backbone,
+    k: int = K,
+    batch: int = Batch,
+    amp: bool = Amp,
+    precision: str | None = Precision,
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC (ours)."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
     baseline_repeats: int = typer.Option(3, help="Timed steps of the public-code-style baseline (0: skip)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """One training step, model only, and the relation stage alone, each against the literal baseline.
 
@@ -86,18 +98,18 @@ def step(
 
 @bench_app.command("e2e")
 def e2e(
-    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
-    backbone: str = typer.Option("conv4", help="Backbone."),
-    k: int = typer.Option(32, "--k", help="Views per image."),
-    batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
-    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    dataset: str = Dataset,
+    backbone: str = Backbone,
+    k: int = K,
+    batch: int = Batch,
+    amp: bool = Amp,
+    precision: str | None = Precision,
     steps: int = typer.Option(20, help="Timed steps per repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats (median)."),
     baseline_steps: int = typer.Option(5, help="Timed steps of the public-code-style baseline (0: skip)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    device: str = Device,
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """End-to-end pretraining views/s (DALI pipeline + model step) and the share of time waiting for data.
 
@@ -122,20 +134,20 @@ def e2e(
 
 @bench_app.command("methods")
 def methods(
-    dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read."),
+    dataset: str = Dataset,
     names: str = typer.Option(
         "relational,simclr,rotation,deepcluster,infomax,supervised", "--methods", help="Comma-separated methods."
     ),
-    backbone: str = typer.Option("conv4", help="Backbone."),
+    backbone: str = Backbone,
     k: int = typer.Option(32, "--k", help="Views per image (relational)."),
-    batch: int = typer.Option(64, help="Images per step (M)."),
-    amp: bool = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
-    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    batch: int = Batch,
+    amp: bool = Amp,
+    precision: str | None = Precision,
     steps: int = typer.Option(10, help="Timed steps per method and repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats, round-robin over the methods (median)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    device: str = Device,
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """Training views/s of every method (its pipeline + step), side by side with relational reasoning.
 
@@ -165,9 +177,9 @@ def methods(
 @bench_app.command("accuracy")
 def accuracy(
     dataset: str = typer.Option("shards/synthetic", help="Shard folder or name."),
-    backbone: str = typer.Option("conv4", help="Backbone."),
+    backbone: str = Backbone,
     k: int = typer.Option(4, "--k", help="Views per image."),
-    batch: int = typer.Option(64, help="Images per step (M)."),
+    batch: int = Batch,
     epochs: int = typer.Option(2, help="Pretraining epochs, both ways."),
     linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
     seeds: str = typer.Option("1,2,3", help="Seeds, comma-separated: ours and the baseline each run every seed."),
@@ -175,10 +187,10 @@ def accuracy(
         None, "--target-top1", help="Probe after every epoch; report the pretraining time to this linear top-1 (%)."
     ),
     amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
-    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    precision: str | None = Precision,
     device: str = typer.Option("auto", help="auto, cpu or cuda (both sides)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """Time to an accuracy: pretraining wall time and linear top-1 over seeds, ours against the public code's way.
 
@@ -225,8 +237,8 @@ def shard(
     per_class: int = typer.Option(100, "--per-class", min=1, help="--encodings: train images per class."),
     k: int = typer.Option(4, "--k", min=1, help="--encodings: views per image in the pipeline."),
     steps: int = typer.Option(10, "--steps", min=1, help="--encodings: pipeline steps timed per repeat."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """Time to shard an ImageFolder archive, and the read speed of the raw encoding vs PNG and JPEG; or, with
     --encodings, the encodings compared on larger images.
@@ -255,8 +267,8 @@ def linear(
     backbone: str = typer.Option("random:conv4", help="Run folder, checkpoint, or random:<backbone>."),
     epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
     baseline_epochs: int = typer.Option(2, help="Epochs of the recompute-every-epoch baseline, extrapolated."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    write: bool = typer.Option(True, "--record/--no-record", help=RECORD_HELP),
+    as_json: bool = AsJson,
+    write: bool = Record,
 ) -> None:
     """Linear evaluation on cached features vs recomputing features every epoch (the public code's way).
 

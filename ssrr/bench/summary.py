@@ -106,8 +106,9 @@ def _machine(info: dict[str, Any]) -> str:
     return text + (f", {info['gpu']}" if info.get("gpu") else "")
 
 
-def summary_markdown(blocks: list[Recorded]) -> str:
-    """The headline table: one row per recorded benchmark with a known kind."""
+def summary_markdown(blocks: list[Recorded], history: bool = True) -> str:
+    """The headline table: one row per recorded benchmark with a known kind (`history=False`: only the rows of
+    the machine of the newest record)."""
     lines = [
         "| benchmark | ours | baseline (same run) | ratio | machine | command |",
         "|---|---|---|---|---|---|",
@@ -123,9 +124,11 @@ def summary_markdown(blocks: list[Recorded]) -> str:
             ours, base, ratio = cells(block.result)
         except KeyError:  # recorded by an older version of the benchmark: left to the raw block
             continue
-        history = "" if block.machine == current else " (history: another machine)"
+        if block.machine != current and not history:
+            continue
+        old = "" if block.machine == current else " (history: another machine)"
         lines.append(
-            f"| {label}{history} (`{block.name}`, {block.when}) | {ours} | {base} | {ratio} "
+            f"| {label}{old} (`{block.name}`, {block.when}) | {ours} | {base} | {ratio} "
             f"| {_machine(block.machine)} | `{block.command}` |"
         )
     return "\n".join(lines) + "\n"
@@ -145,6 +148,12 @@ def replace_between_markers(path: Path, body: str) -> bool:
 
 
 def write_summary(benchmarks: Path, targets: list[Path]) -> list[Path]:
-    """Regenerate the summary table from `benchmarks` into every target that has the markers."""
-    body = summary_markdown(read_blocks(benchmarks))
-    return [path for path in targets if path.is_file() and replace_between_markers(path, body)]
+    """Regenerate the summary table from `benchmarks` into every target that has the markers: all rows in the
+    benchmarks file itself (older machines labelled history), the newest machine's rows elsewhere (the README)."""
+    blocks = read_blocks(benchmarks)
+    written = []
+    for path in targets:
+        body = summary_markdown(blocks, history=path.resolve() == benchmarks.resolve())
+        if path.is_file() and replace_between_markers(path, body):
+            written.append(path)
+    return written
