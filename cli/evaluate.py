@@ -104,6 +104,7 @@ class _EpochProgress:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # a bar only where it can redraw: no stray blank line in logs
         )
         self.task: Any = None
 
