@@ -70,6 +70,21 @@ SCALES: dict[str, Scale] = {
         semi_epochs=10,
         runs="runs-small",
     ),
+    "cifar10": Scale(
+        "cifar10",
+        "every dataset slot read from the real CIFAR-10 shards (`ssrr shard imagefolder "
+        "../shared/data/cifar10-jpeg.tar.gz --name cifar10-jpeg`), every backbone -> conv4, the same budget for "
+        "every method: 3 epochs, K=8, linear 100 epochs, fine-tune 1 epoch, seeds 1-3, no grain",
+        k=8,
+        k_values=(4, 8, 16),
+        pretrain_epochs=3,
+        finetune_epochs=1,
+        semi_epochs=100,
+        dataset="cifar10-jpeg",
+        backbones=(("resnet32", "conv4"), ("resnet34", "conv4"), ("resnet56", "conv4")),
+        grain=False,
+        runs="runs-cifar10",
+    ),
     "tiny": Scale(
         "tiny",
         "every dataset slot read from the embedded `synthetic` shards, resnet32/34 -> resnet8, conv4 kept, "
