@@ -23,6 +23,7 @@ from torch import nn
 
 from ssrr.bench.literal import literal_relation_logits
 from ssrr.bench.step import intra_op_threads
+from ssrr.bench.timing import timed_steps
 from ssrr.hardware import cores, default_workers
 from ssrr.losses import focal_loss
 from ssrr.models.backbones import build_backbone
@@ -68,15 +69,6 @@ class Timing:
     repeats: int
 
 
-def _timed(batches: Iterator[Batch], step: Callable[[Batch], None], warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step(next(batches))
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(next(batches))
-    return time.perf_counter() - start
-
-
 class Baseline:
     """The public-code pretraining of one dataset, backbone, K and M, on one device and precision."""
 
@@ -105,7 +97,7 @@ class Baseline:
             step = baseline_step(self.backbone, self.k, self.execution)[0]
             for repeat in range(timing.repeats):
                 batches = self.batches(workers, seed=repeat)
-                seconds = _timed(batches, step, timing.warmup, timing.steps)
+                seconds = timed_steps(batches, step, timing.warmup, timing.steps)[0]
                 batches.close()  # type: ignore[attr-defined]
                 runs.append(timing.steps * self.k * self.m / seconds)
         return runs
@@ -113,7 +105,7 @@ class Baseline:
     def loader_views_per_s(self, workers: int, timing: Timing) -> float:
         """The loader alone (nothing consumes the batches): what the step could at most be fed."""
         batches = self.batches(workers, seed=0)
-        seconds = _timed(batches, lambda batch: None, max(timing.warmup, workers), timing.steps)
+        seconds = timed_steps(batches, lambda batch: None, max(timing.warmup, workers), timing.steps)[0]
         batches.close()  # type: ignore[attr-defined]
         return timing.steps * self.k * self.m / seconds
 

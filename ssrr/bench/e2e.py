@@ -12,8 +12,7 @@ sides; figures are medians over repeats. The share of time ours spends waiting f
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 
 from ssrr.bench.baseline import Baseline, Timing, grid, tuned_baseline
 from ssrr.bench.limits import step_limit
+from ssrr.bench.timing import endless_batches, timed_steps
 from ssrr.config import RunConfig
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods import method_class
@@ -38,29 +38,6 @@ def bench_execution(device: str, precision: str, *, channels_last: bool = True) 
     if dev.type == "cpu":
         tune_cpu_allocator()
     return resolve_precision(precision, dev, channels_last=channels_last)
-
-
-def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
-    epoch = first_epoch
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
-
-
-def timed_steps(
-    batches: Iterator[Batch], step: Callable[[Batch], None], warmup: int, steps: int
-) -> tuple[float, float]:
-    """(seconds for `steps` steps after `warmup`, seconds of those spent waiting for the next batch)."""
-    for _ in range(warmup):
-        step(next(batches))
-    wait = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        tick = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - tick
-        step(batch)
-    return time.perf_counter() - start, wait
 
 
 def method_step(method: Method, execution: Execution) -> Callable[[Batch], None]:

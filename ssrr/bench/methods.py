@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ssrr.bench.e2e import bench_execution, endless_batches, method_step, timed_steps
+from ssrr.bench.e2e import bench_execution, method_step
+from ssrr.bench.timing import endless_batches, timed_steps
 from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.methods import METHODS, method_class

@@ -1,0 +1,31 @@
+"""Timing helpers every benchmark shares: endless batches of a loader, and steps timed after a warm-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from ssrr.pipelines.loader import Batch, ViewLoader
+
+
+def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
+    epoch = first_epoch
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def timed_steps(
+    batches: Iterator[Batch], step: Callable[[Batch], None], warmup: int, steps: int
+) -> tuple[float, float]:
+    """(seconds for `steps` steps after `warmup`, seconds of those spent waiting for the next batch)."""
+    for _ in range(warmup):
+        step(next(batches))
+    wait = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        tick = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - tick
+        step(batch)
+    return time.perf_counter() - start, wait
