@@ -6,15 +6,22 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from typing import Any
 
 import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.config import RunConfig
+from ssrr.presets import apply_preset
 
 
 def pretrain(
     ctx: typer.Context,
+    preset: str = typer.Option(
+        "paper",
+        help="paper: the paper's settings (below). fast: the same method tuned for accuracy per second "
+        "(docs/fast.md); options typed here override it.",
+    ),
     method: str = typer.Option(
         "relational", help="relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised."
     ),
@@ -29,6 +36,11 @@ def pretrain(
         None, help="Learning rate (default: the method's: Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)."
     ),
     weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    lr_schedule: str = typer.Option(
+        "constant", help="constant (the paper's), or cosine: decay to 0 at the last step (after any warm-up)."
+    ),
+    warmup_epochs: float = typer.Option(0.0, help="Linear learning-rate warm-up over this many epochs."),
+    crop_min: float = typer.Option(0.08, help="Smallest area fraction of the random resized crop (paper: 0.08)."),
     loss: str = typer.Option("focal", help="focal (gamma 2, alpha 0.5) or bce."),
     aggregation: str = typer.Option("cat", help="cat, sum, mean or max."),
     head: str = typer.Option("relation", help="relation, dot or encoder-dot (the seed's head ablation)."),
@@ -86,6 +98,8 @@ def pretrain(
 
       ssrr pretrain --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 2 --name quick
 
+      ssrr pretrain --preset fast --dataset shards/cifar10-jpeg --backbone conv4   # docs/fast.md
+
       ssrr pretrain --name quick --epochs 4 --resume  # continue (and extend) a run
 
       accelerate launch --multi_gpu --num_processes 2 -m ssrr pretrain --dataset cifar10 --backbone conv4
@@ -98,10 +112,24 @@ def pretrain(
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
     values["log_with"] = list(values.get("log_with") or [])
     values["precision"] = precision_option(precision, amp)
+    typed = {name for name in ctx.params if _given(ctx, name)}
+    if "amp" in typed:
+        typed.add("precision")
+    values = apply_preset(values, preset, typed, lambda: _data_shape(values))
     config = RunConfig(**values)
     if resume:
         config = _merge_with_saved(ctx, config)
     run(config, resume=resume, show=not quiet, probes=probes_for(config))
+
+
+def _data_shape(values: dict[str, Any]) -> tuple[int, tuple[int, int]]:
+    """(training samples, (H, W)) of the run's dataset and split, for a preset sized by the data."""
+    from ssrr.data.formats import load_manifest
+    from ssrr.data.remote import resolve_dataset_any
+
+    manifest = load_manifest(resolve_dataset_any(values["dataset"], values["shards_root"], show=False))
+    samples = sum(manifest.splits[name].samples for name in values["split"].split("+") if name in manifest.splits)
+    return samples, manifest.image_size
 
 
 def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:

@@ -20,6 +20,9 @@ def report(
     curves: Path | None = typer.Option(
         None, "--curves", help="Also draw accuracy against pretraining time (runs made with --eval-every) to FILE.png."
     ),
+    final: bool = typer.Option(
+        False, "--final", help="The last probe of each run (--eval-every), mean±std over runs named NAME-sSEED."
+    ),
 ) -> None:
     """Compare runs: rows = methods (x backbone), columns = protocols, cells = mean±std over seeds.
 
@@ -30,7 +33,12 @@ def report(
       ssrr report runs/relational-resnet32-cifar100-s* runs/random-resnet32 --markdown docs/results.md
 
       ssrr report runs/fast-s1 runs/paper-s1 --curves docs/fast.png   # accuracy vs wall time
+
+      ssrr report runs/ablations --final                  # each setting's last probe over seeds
     """
+    if final:
+        _final(runs, as_json)
+        return
     if curves is not None:
         from ssrr.eval.curves import curves_png, find_curves
 
@@ -38,6 +46,32 @@ def report(
         if not _has_results(runs):
             return
     _report(runs, markdown, as_json, all_columns)
+
+
+def _final(runs: list[str], as_json: bool) -> None:
+    import json
+
+    from rich.table import Table
+
+    from ssrr.eval.curves import final_groups, find_curves
+
+    groups = final_groups(find_curves(list(runs)))
+    if as_json:
+        typer.echo(json.dumps([group.as_dict() for group in groups]))
+        return
+    table = Table(title="last probe of each run, over seeds")
+    for column in ("setting", "probe", "runs", "top-1 (%)", "pretraining (s)"):
+        table.add_column(column)
+    for group in groups:
+        row = group.as_dict()
+        table.add_row(
+            group.group,
+            group.metric,
+            str(len(group.runs)),
+            f"{group.mean:.2f} ± {group.std:.2f}",
+            f"{row['pretrain_s_mean']}",
+        )
+    console.print(table)
 
 
 def _has_results(runs: list[str]) -> bool:

@@ -99,12 +99,12 @@ class Recipe:
         return max(0.0, 1.0 - strength), 1.0 + strength
 
 
-def _simclr_like(name: str, views: int) -> Recipe:
+def _simclr_like(name: str, views: int, crop_min: float = 0.08) -> Recipe:
     return Recipe(
         name=name,
         views=views,
         crop="resized",
-        crop_scale=(0.08, 1.0),
+        crop_scale=(crop_min, 1.0),
         crop_ratio=(3 / 4, 4 / 3),
         flip_p=0.5,
         jitter_p=0.8,
@@ -116,11 +116,12 @@ def _simclr_like(name: str, views: int) -> Recipe:
     )
 
 
-def relational(k: int) -> Recipe:
-    """The full SimCLR-style recipe of method.md with K views per image (K >= 2)."""
+def relational(k: int, crop_min: float = 0.08) -> Recipe:
+    """The full SimCLR-style recipe of method.md with K views per image (K >= 2); `crop_min` is the smallest area
+    fraction of the random resized crop (the paper's 0.08; the fast preset's is in docs/fast.md)."""
     if k < 2:
         raise SsrrError(f"relational reasoning needs at least 2 views per image (K >= 2), got K={k}")
-    return _simclr_like("relational", k)
+    return _simclr_like("relational", k, crop_min)
 
 
 def simclr() -> Recipe:

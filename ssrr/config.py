@@ -10,6 +10,8 @@ from typing import Any
 from ssrr.errors import SsrrError
 from ssrr.options import check_name, check_number, require_tracker
 from ssrr.precision import check_precision
+from ssrr.presets import check_preset
+from ssrr.schedules import SCHEDULES
 
 CONFIG_FILE = "config.json"
 
@@ -18,7 +20,7 @@ MODEL_DEFINING = ("method", "backbone", "head", "aggregation")
 # Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
 NUMERIC = (
     "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
-    "max_steps", "knn_every", "eval_every", "num_threads",
+    "max_steps", "knn_every", "eval_every", "num_threads", "warmup_epochs",
 )  # fmt: skip
 
 
@@ -27,6 +29,7 @@ class RunConfig:
     """Everything a pretraining run depends on. Defaults are the paper's (ResNet-32, K=32, M=64, 200 epochs)."""
 
     method: str = "relational"
+    preset: str = "paper"  # paper | fast: where the defaults below came from (ssrr/presets.py)
     dataset: str = "cifar100"  # a name under shards/ or a shard folder
     split: str = "train"  # the split trained on; "unlabeled" for STL-10 (the authors' pretraining set)
     backbone: str = "resnet32"
@@ -35,6 +38,9 @@ class RunConfig:
     epochs: int = 200
     lr: float | None = None  # None: the method's own (Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant (the paper's) | cosine (decay to 0 at the last step): ssrr/schedules.py
+    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs
+    crop_min: float = 0.08  # smallest area fraction of the random resized crop (the paper's 0.08)
     loss: str = "focal"  # relational: focal (gamma 2, alpha 0.5, as the public code) or bce
     aggregation: str = "cat"
     head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
@@ -87,6 +93,11 @@ class RunConfig:
             raise SsrrError(f"--supervised-augment must be crop-flip or affine-erase, got {self.supervised_augment!r}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise SsrrError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0.0 < self.crop_min <= 1.0:
+            raise SsrrError(f"--crop-min must be in (0, 1], got {self.crop_min}")
+        check_preset(self.preset)
         check_precision(self.precision)
         if self.device not in ("auto", "cpu", "cuda"):
             raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")

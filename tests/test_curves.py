@@ -53,3 +53,19 @@ def test_no_probe_in_any_run_is_one_line(tmp_path: Path) -> None:
 )
 def test_time_left_reads_at_the_precision_a_plan_needs(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_final_groups_seeds_of_one_setting(tmp_path: Path) -> None:
+    from fixtures_data import run_ssrr
+
+    fake_run(tmp_path / "a" / "fast-s1", [(5.0, 40.0), (10.0, 50.0)])
+    fake_run(tmp_path / "a" / "fast-s2", [(6.0, 41.0), (12.0, 54.0)])
+    fake_run(tmp_path / "a" / "paper-s1", [(10.0, 30.0), (20.0, 45.0)])
+    result = run_ssrr("report", tmp_path / "a", "--final", "--json")
+    assert result.exit_code == 0, result.output
+    groups = {g["group"]: g for g in json.loads(result.output)}
+    assert groups["fast"]["runs"] == ["fast-s1", "fast-s2"] and groups["fast"]["top1"] == [50.0, 54.0]
+    assert groups["fast"]["top1_mean"] == 52.0 and groups["fast"]["top1_std"] == 2.0
+    assert groups["fast"]["pretrain_s_mean"] == 11.0 and groups["paper"]["top1"] == [45.0]
+    table = run_ssrr("report", tmp_path / "a", "--final")
+    assert table.exit_code == 0 and "52.00 ± 2.00" in table.output

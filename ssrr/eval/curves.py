@@ -2,12 +2,14 @@
 
 Each run's `metrics.jsonl` holds, per epoch, `elapsed_s` (pretraining seconds so far, probe time excluded) and
 the probes' values (`linear_top1`, `knn_top1`). `ssrr report RUN... --curves FILE.png` draws one line per run,
-so presets and settings compare by what users plan by: accuracy reached at a given time.
+so presets and settings compare by what users plan by: accuracy reached at a given time. `final_groups` gives
+each setting's last probe over seeds (`ssrr report RUN... --final`, the ablations of docs/fast.md).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,3 +71,46 @@ def curves_png(curves: list[Curve], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+@dataclass
+class FinalGroup:
+    """The last probe value of the runs of one setting (run names that differ only in a `-sN` seed suffix)."""
+
+    group: str
+    metric: str
+    runs: list[str]
+    values: list[float]  # the last probe of each run
+    seconds: list[float]  # the pretraining time of that probe
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation over the runs (0 for one run)."""
+        return (sum((v - self.mean) ** 2 for v in self.values) / len(self.values)) ** 0.5
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "group": self.group,
+            "metric": self.metric,
+            "runs": self.runs,
+            "top1": self.values,
+            "top1_mean": round(self.mean, 3),
+            "top1_std": round(self.std, 3),
+            "pretrain_s_mean": round(sum(self.seconds) / len(self.seconds), 1),
+        }
+
+
+def final_groups(curves: list[Curve]) -> list[FinalGroup]:
+    """Each run's last probe, grouped by the run name without its seed suffix (`fast-s1`, `fast-s2` -> `fast`)."""
+    groups: dict[tuple[str, str], FinalGroup] = {}
+    for curve in curves:
+        name = re.sub(r"-s\d+$", "", curve.run)
+        group = groups.setdefault((name, curve.metric), FinalGroup(name, curve.metric, [], [], []))
+        group.runs.append(curve.run)
+        group.values.append(curve.values[-1])
+        group.seconds.append(curve.seconds[-1])
+    return list(groups.values())

@@ -13,6 +13,7 @@ from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import Backbone
 from ssrr.precision import Execution
+from ssrr.schedules import build_lr_scheduler
 
 if TYPE_CHECKING:
     from ssrr.pipelines.loader import Batch
@@ -87,8 +88,11 @@ class Method(nn.Module):
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, steps_per_epoch: int
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """No schedule by default."""
-        return None
+        """The run's `--lr-schedule` and `--warmup-epochs`, stepped once per optimizer step (none for the paper's
+        constant rate)."""
+        warmup = round(self.config.warmup_epochs * steps_per_epoch)
+        total = self.config.epochs * steps_per_epoch
+        return build_lr_scheduler(optimizer, self.config.lr_schedule, total, warmup)
 
     def on_epoch_start(self, context: EpochContext) -> None:
         """Hook for methods that need a pass over the data before each epoch."""

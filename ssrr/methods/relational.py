@@ -39,7 +39,7 @@ class Relational(Method):
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
-        return recipes.relational(config.k)
+        return recipes.relational(config.k, config.crop_min)
 
     @staticmethod
     def views_per_image(config: RunConfig) -> int:

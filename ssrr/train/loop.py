@@ -188,6 +188,7 @@ def _run_epoch(
     next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, tally.batch_in_epoch)
     record = {"epoch": epoch + 1, "step": progress.step, "complete": epoch_done, **metrics}
     record["skipped"] = t.loader.skipped  # corrupt samples left out (--skip-corrupt)
+    record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
     probe_started = time.perf_counter()
     if epoch_done and t.main:
         record.update(_run_probes(probes, epoch + 1, t.method.backbone, t.shard_dir, t.execution))

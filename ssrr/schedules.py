@@ -1,0 +1,42 @@
+"""Learning-rate schedules as pure functions of the optimizer step (unit-tested without an optimizer).
+
+`constant`: the paper's (Adam 1e-3 throughout). `cosine`: a linear warm-up from ~0 to the peak over
+`warmup_steps`, then a half cosine from the peak to 0 at `total_steps` (the fast preset, docs/fast.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ssrr.errors import SsrrError
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The multiplier of the peak learning rate at optimizer step `step` (0-based) of `total_steps`."""
+    if schedule not in SCHEDULES:
+        raise SsrrError(f"unknown --lr-schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """A LambdaLR stepping `lr_factor` once per optimizer step; None for a constant rate without warm-up, so
+    the paper's runs carry no scheduler state at all."""
+    if schedule not in SCHEDULES:
+        raise SsrrError(f"unknown --lr-schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    if schedule == "constant" and warmup_steps == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, step, total_steps, warmup_steps)
+    )

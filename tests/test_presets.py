@@ -1,0 +1,123 @@
+"""`--preset paper|fast`, the learning-rate schedules and the crop option the fast preset uses."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_data import error_lines, run_ssrr
+
+from ssrr.config import RunConfig
+from ssrr.errors import SsrrError
+from ssrr.methods.base import method_class
+from ssrr.models.backbones import build_backbone
+from ssrr.presets import FAST, FAST_EPOCHS_CIFAR, apply_preset, fast_epochs, preset_values
+from ssrr.schedules import build_lr_scheduler, lr_factor
+
+
+def test_constant_schedule_is_one_after_warmup() -> None:
+    assert [lr_factor("constant", s, 100, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor("constant", 99, 100) == 1.0
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    total, warmup = 110, 10
+    assert lr_factor("cosine", 0, total, warmup) == pytest.approx(0.1)
+    assert lr_factor("cosine", warmup, total, warmup) == pytest.approx(1.0)
+    assert lr_factor("cosine", warmup + 50, total, warmup) == pytest.approx(0.5)
+    assert lr_factor("cosine", total, total, warmup) == pytest.approx(0.0, abs=1e-12)
+    decay = [lr_factor("cosine", s, total, warmup) for s in range(warmup, total + 1)]
+    assert all(a >= b for a, b in itertools.pairwise(decay))
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(SsrrError, match="lr-schedule"):
+        lr_factor("step", 0, 10)
+
+
+def test_scheduler_sets_the_optimizer_rate_each_step() -> None:
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.Adam([weight], lr=2e-3)
+    assert build_lr_scheduler(optimizer, "constant", 10) is None  # the paper's runs carry no scheduler state
+    scheduler = build_lr_scheduler(optimizer, "cosine", 10, 2)
+    assert scheduler is not None
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen[0] == pytest.approx(1e-3) and seen[1] == pytest.approx(2e-3)
+    assert seen[-1] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+def test_method_builds_the_runs_schedule() -> None:
+    config = RunConfig(backbone="conv4", k=4, batch=8, epochs=3, lr_schedule="cosine", warmup_epochs=1.0)
+    method = method_class("relational")(config, build_backbone("conv4"), 10)
+    optimizer = method.build_optimizer()
+    scheduler = method.build_scheduler(optimizer, steps_per_epoch=5)
+    assert scheduler is not None
+    for _ in range(15):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # 3 epochs x 5 steps: decayed to 0
+    assert method_class("relational")(RunConfig(), build_backbone("conv4"), 10).build_scheduler(optimizer, 5) is None
+
+
+def test_crop_min_reaches_the_recipe() -> None:
+    cls = method_class("relational")
+    assert cls.recipe(RunConfig(k=4)).crop_scale == (0.08, 1.0)  # the paper's
+    assert cls.recipe(RunConfig(k=4, crop_min=0.25)).crop_scale == (0.25, 1.0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("crop_min", 0.0), ("crop_min", 1.5), ("lr_schedule", "step")])
+def test_config_refuses_bad_schedule_and_crop(field: str, value: object) -> None:
+    with pytest.raises(SsrrError, match=field.replace("_", "-")):
+        RunConfig(**{field: value}).validate()
+
+
+def test_paper_preset_is_the_papers_defaults() -> None:
+    assert preset_values("paper") == {}
+    values = apply_preset({"k": 32, "epochs": 200}, "paper", set(), lambda: pytest.fail("data not needed"))
+    assert values == {"k": 32, "epochs": 200, "preset": "paper"}
+    defaults = RunConfig()
+    assert (defaults.k, defaults.batch, defaults.epochs, defaults.lr_schedule) == (32, 0, 200, "constant")
+
+
+def test_fast_preset_epochs_follow_the_data() -> None:
+    assert fast_epochs(4, 50_000, (32, 32)) == FAST_EPOCHS_CIFAR
+    assert fast_epochs(8, 50_000, (32, 32)) == FAST_EPOCHS_CIFAR // 2  # twice the views: half the epochs
+    assert fast_epochs(4, 100_000, (64, 64)) == round(FAST_EPOCHS_CIFAR / 8)  # tiny-ImageNet: 8x the pixels
+    assert fast_epochs(4, 105_000, (96, 96)) == 1  # never below one epoch
+    with pytest.raises(SsrrError, match="samples"):
+        fast_epochs(4, 0, (32, 32))
+
+
+def test_typed_options_override_the_fast_preset() -> None:
+    base = {"k": 32, "batch": 0, "lr": None, "epochs": 200, "precision": "fp32"}
+    values = apply_preset(base, "fast", set(), lambda: (50_000, (32, 32)))
+    assert {key: values[key] for key in FAST} == FAST
+    assert values["epochs"] == FAST_EPOCHS_CIFAR and values["preset"] == "fast"
+    typed = apply_preset({**base, "k": 8, "precision": "fp32"}, "fast", {"k", "precision"}, lambda: (50_000, (32, 32)))
+    assert (typed["k"], typed["precision"], typed["epochs"]) == (8, "fp32", FAST_EPOCHS_CIFAR // 2)
+    fixed = apply_preset({**base, "epochs": 3}, "fast", {"epochs"}, lambda: pytest.fail("epochs were typed"))
+    assert fixed["epochs"] == 3
+
+
+def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) -> None:
+    common = ["pretrain", "--preset", "fast", "--dataset", tiny_shards, "--backbone", "conv4", "--batch", "16"]
+    result = run_ssrr(*common, "--max-steps", "2", "--out", tmp_path, "--name", "f", "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "f" / "config.json").read_text())
+    assert saved["preset"] == "fast" and saved["k"] == FAST["k"] and saved["batch"] == 16  # --batch typed: it wins
+    assert saved["lr_schedule"] == "cosine" and saved["precision"] == "auto"
+    assert saved["epochs"] == fast_epochs(FAST["k"], 256, (32, 32))  # sized by the fixture's 256 images
+    lines = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < lines[-1]["lr"] < FAST["lr"]  # still warming up after 2 steps
+
+    refused = run_ssrr("pretrain", "--preset", "quick", "--dataset", tiny_shards, "--out", tmp_path)
+    assert refused.exit_code != 0
+    assert error_lines(refused) == ["Error: --preset must be one of paper, fast, got 'quick'"]
