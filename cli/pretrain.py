@@ -112,13 +112,11 @@ def pretrain(
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
     values["log_with"] = list(values.get("log_with") or [])
     values["precision"] = precision_option(precision, amp)
-    typed = {name for name in ctx.params if _given(ctx, name)}
-    if "amp" in typed:
-        typed.add("precision")
+    typed = _typed(ctx)
     values = apply_preset(values, preset, typed, lambda: _data_shape(values))
     config = RunConfig(**values)
     if resume:
-        config = _merge_with_saved(ctx, config)
+        config = _merge_with_saved(typed, config)
     run(config, resume=resume, show=not quiet, probes=probes_for(config))
 
 
@@ -128,24 +126,26 @@ def _data_shape(values: dict[str, Any]) -> tuple[int, tuple[int, int]]:
     from ssrr.data.remote import resolve_dataset_any
 
     manifest = load_manifest(resolve_dataset_any(values["dataset"], values["shards_root"], show=False))
-    samples = sum(manifest.splits[name].samples for name in values["split"].split("+") if name in manifest.splits)
-    return samples, manifest.image_size
+    return manifest.samples_in(values["split"]), manifest.image_size
 
 
-def _merge_with_saved(ctx: typer.Context, config: RunConfig) -> RunConfig:
-    """On --resume, the saved config wins except for options given explicitly on this command line."""
+def _typed(ctx: typer.Context) -> set[str]:
+    """The options typed on this command line (`--amp` counts as typing the precision): they beat presets and,
+    on --resume, the saved config."""
+    typed = {name for name in ctx.params if _given(ctx, name)}
+    if "amp" in typed:
+        typed.add("precision")
+    return typed
+
+
+def _merge_with_saved(typed: set[str], config: RunConfig) -> RunConfig:
+    """On --resume, the saved config wins except for options typed on this command line."""
     resolved = config.resolved()
     try:
         saved = RunConfig.load(resolved.run_dir)
     except Exception:  # no saved run yet: --resume starts it
         return config
-    explicit = {
-        name: value
-        for name, value in ctx.params.items()
-        if name in {f.name for f in fields(RunConfig)} and _given(ctx, name)
-    }
-    if _given(ctx, "amp") or _given(ctx, "precision"):
-        explicit["precision"] = config.precision
+    explicit = {f.name: getattr(config, f.name) for f in fields(RunConfig) if f.name in typed}
     merged = {**{f.name: getattr(saved, f.name) for f in fields(RunConfig)}, **explicit}
     merged["out"], merged["name"] = config.out, resolved.name  # the folder the config came from, never its own
     merged["log_with"] = list(merged.get("log_with") or [])

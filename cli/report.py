@@ -63,13 +63,12 @@ def _final(runs: list[str], as_json: bool) -> None:
     for column in ("setting", "probe", "runs", "top-1 (%)", "pretraining (s)"):
         table.add_column(column)
     for group in groups:
-        row = group.as_dict()
         table.add_row(
             group.group,
             group.metric,
             str(len(group.runs)),
             f"{group.mean:.2f} ± {group.std:.2f}",
-            f"{row['pretrain_s_mean']}",
+            f"{group.pretrain_s:.1f}",
         )
     console.print(table)
 

@@ -11,7 +11,7 @@ from ssrr.errors import SsrrError
 from ssrr.options import check_name, check_number, require_tracker
 from ssrr.precision import check_precision
 from ssrr.presets import check_preset
-from ssrr.schedules import SCHEDULES
+from ssrr.schedules import check_schedule
 
 CONFIG_FILE = "config.json"
 
@@ -93,8 +93,7 @@ class RunConfig:
             raise SsrrError(f"--supervised-augment must be crop-flip or affine-erase, got {self.supervised_augment!r}")
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise SsrrError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        check_schedule(self.lr_schedule)
         if not 0.0 < self.crop_min <= 1.0:
             raise SsrrError(f"--crop-min must be in (0, 1], got {self.crop_min}")
         check_preset(self.preset)

@@ -15,10 +15,14 @@ from ssrr.errors import SsrrError
 SCHEDULES = ("constant", "cosine")
 
 
+def check_schedule(schedule: str) -> None:
+    if schedule not in SCHEDULES:
+        raise SsrrError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0) -> float:
     """The multiplier of the peak learning rate at optimizer step `step` (0-based) of `total_steps`."""
-    if schedule not in SCHEDULES:
-        raise SsrrError(f"unknown --lr-schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    check_schedule(schedule)
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
@@ -33,8 +37,7 @@ def build_lr_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A LambdaLR stepping `lr_factor` once per optimizer step; None for a constant rate without warm-up, so
     the paper's runs carry no scheduler state at all."""
-    if schedule not in SCHEDULES:
-        raise SsrrError(f"unknown --lr-schedule {schedule!r} (known: {', '.join(SCHEDULES)})")
+    check_schedule(schedule)
     if schedule == "constant" and warmup_steps == 0:
         return None
     return torch.optim.lr_scheduler.LambdaLR(

@@ -106,6 +106,11 @@ class Manifest:
         `default_eval_split` (test if it exists and is labelled, else val if it is)."""
         return self.eval_split or default_eval_split(self.splits)
 
+    def samples_in(self, split: str) -> int:
+        """Samples of a split, or of splits joined with "+" (train+unlabeled); a name the manifest lacks counts 0
+        (the loader names it in its error)."""
+        return sum(self.splits[name].samples for name in split.split("+") if name in self.splits)
+
     @property
     def pixels_ext(self) -> str:
         """The tar member extension that holds a sample's pixels: rgb, jpg, png or webp."""

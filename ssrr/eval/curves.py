@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,17 @@ class FinalGroup:
 
     @property
     def mean(self) -> float:
-        return sum(self.values) / len(self.values)
+        return statistics.fmean(self.values)
 
     @property
     def std(self) -> float:
-        """Population standard deviation over the runs (0 for one run)."""
-        return (sum((v - self.mean) ** 2 for v in self.values) / len(self.values)) ** 0.5
+        """Population standard deviation over the runs (0 for one run), as the report's cells."""
+        return statistics.pstdev(self.values)
+
+    @property
+    def pretrain_s(self) -> float:
+        """The mean pretraining time of the last probes."""
+        return statistics.fmean(self.seconds)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -100,7 +106,7 @@ class FinalGroup:
             "top1": self.values,
             "top1_mean": round(self.mean, 3),
             "top1_std": round(self.std, 3),
-            "pretrain_s_mean": round(sum(self.seconds) / len(self.seconds), 1),
+            "pretrain_s_mean": round(self.pretrain_s, 1),
         }
 
 

@@ -92,7 +92,7 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
     num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
-    train_samples = sum(manifest.splits[name].samples for name in config.split.split("+") if name in manifest.splits)
+    train_samples = manifest.samples_in(config.split)
     cls.check_data(config, train_samples, num_classes)  # before anything is written
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
