@@ -41,6 +41,15 @@ def pretrain(
     ),
     warmup_epochs: float = typer.Option(0.0, help="Linear learning-rate warm-up over this many epochs."),
     crop_min: float = typer.Option(0.08, help="Smallest area fraction of the random resized crop (paper: 0.08)."),
+    view_size: int = typer.Option(
+        0, help="Side of the first epoch's training views in pixels (0: the images' own; evaluation stays there)."
+    ),
+    view_size_end: int = typer.Option(0, help="Side of the last epoch's views, linear in between (0: --view-size)."),
+    bn_recalibrate: bool = typer.Option(
+        False,
+        "--bn-recalibrate/--no-bn-recalibrate",
+        help="After the last epoch, recompute the backbone's BatchNorm statistics on the clean training images.",
+    ),
     loss: str = typer.Option("focal", help="focal (gamma 2, alpha 0.5) or bce."),
     aggregation: str = typer.Option("cat", help="cat, sum, mean or max."),
     head: str = typer.Option("relation", help="relation, dot or encoder-dot (the seed's head ablation)."),

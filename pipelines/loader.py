@@ -176,8 +176,6 @@ class ViewLoader:
         self.training = training
         self.source_size: tuple[int, int] = tuple(self.manifest.image_size)  # type: ignore[assignment]
         self.image_size = _size(image_size, self.source_size)
-        if min(self.image_size) < 1:
-            raise SsrrError(f"image_size must be positive, got {image_size}")
         self.num_threads = num_threads or max(1, min(8, len(os.sched_getaffinity(0))))
         self.prefetch = prefetch
         self.skip_corrupt = skip_corrupt
@@ -210,14 +208,10 @@ class ViewLoader:
             raise SsrrError(f"{self.shard_dir / formats.MANIFEST}: std {tuple(std)} has a zero channel")
         self._mean255 = tuple(float(x) for x in mean * 255)
         self._std255 = tuple(float(x) for x in std * 255)
-        bound_dtype = torch.float32  # colour recipes come out of DALI as float32 (converted while clamping)
-        # The clamp bounds (the uint8 range in normalised units) expanded to a whole (H, W, 3) view: the clamp
-        # then broadcasts over the outer dimensions only and vectorises (per-channel (3,) bounds do not).
-        out_h, out_w = self.image_size
-        lo = torch.tensor(-mean / std, dtype=bound_dtype)
-        hi = torch.tensor((1 - mean) / std, dtype=bound_dtype)
-        self._lo = lo.expand(out_h, out_w, 3).contiguous().to(self.device)
-        self._hi = hi.expand(out_h, out_w, 3).contiguous().to(self.device)
+        # colour recipes come out of DALI as float32 (converted while clamping)
+        self._lo_channels = torch.tensor(-mean / std, dtype=torch.float32)
+        self._hi_channels = torch.tensor((1 - mean) / std, dtype=torch.float32)
+        self.set_image_size(self.image_size)
         self._contrast = "arith" if self.device.type == "cuda" else "fused"
         self._buffer: torch.Tensor | None = None
 
@@ -225,6 +219,17 @@ class ViewLoader:
     def __len__(self) -> int:
         """Steps per epoch, identical on every rank."""
         return self._len
+
+    def set_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """The output side (or (H, W)) of the epochs started from now on (progressive resizing)."""
+        size = _size(image_size, self.source_size)
+        if min(size) < 1:
+            raise SsrrError(f"image_size must be positive, got {image_size}")
+        self.image_size = size
+        # The clamp bounds (the uint8 range in normalised units) expanded to a whole (H, W, 3) view: the clamp
+        # then broadcasts over the outer dimensions only and vectorises (per-channel (3,) bounds do not).
+        self._lo = self._lo_channels.expand(*size, 3).contiguous().to(self.device)
+        self._hi = self._hi_channels.expand(*size, 3).contiguous().to(self.device)
 
     @property
     def views(self) -> int:

@@ -25,7 +25,7 @@ pair() {  # pair NAME ARGS... : every seed in the background, never more than tw
 }
 case $WHAT in
   finals)
-    for seed in $SEEDS; do one finals fast "$seed" --preset fast --eval-every 6; done
+    for seed in $SEEDS; do one finals fast "$seed" --preset fast --eval-every 8; done
     for seed in $SEEDS; do one finals paper-k16 "$seed" --amp --k 16 --epochs 4 --eval-every 1; done
     ;;
   ablations)

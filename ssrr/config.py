@@ -20,7 +20,7 @@ MODEL_DEFINING = ("method", "backbone", "head", "aggregation")
 # Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
 NUMERIC = (
     "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
-    "max_steps", "knn_every", "eval_every", "num_threads", "warmup_epochs",
+    "max_steps", "knn_every", "eval_every", "num_threads", "warmup_epochs", "view_size", "view_size_end",
 )  # fmt: skip
 
 
@@ -41,6 +41,9 @@ class RunConfig:
     lr_schedule: str = "constant"  # constant (the paper's) | cosine (decay to 0 at the last step): ssrr/schedules.py
     warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs
     crop_min: float = 0.08  # smallest area fraction of the random resized crop (the paper's 0.08)
+    view_size: int = 0  # side of the first epoch's training views in pixels (0: the images' own side)
+    view_size_end: int = 0  # side of the last epoch's views, linear in between (0: view_size throughout)
+    bn_recalibrate: bool = False  # after the last epoch: BatchNorm statistics of the clean training images
     loss: str = "focal"  # relational: focal (gamma 2, alpha 0.5, as the public code) or bce
     aggregation: str = "cat"
     head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
@@ -101,6 +104,11 @@ class RunConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return self
+
+    def view_sides(self, image_side: int) -> tuple[int, int]:
+        """(first, last) side of the training views for images of side `image_side` (evaluation stays there)."""
+        first = self.view_size or image_side
+        return first, self.view_size_end or first
 
     def resolved(self) -> RunConfig:
         """A copy with a run name filled in."""

@@ -72,6 +72,8 @@ LIMITS: dict[str, Limit] = {
     "num_threads": Limit(0, 1024),
     "shard_size": Limit(1, 100_000_000),
     "size": Limit(1, 8192),
+    "view_size": Limit(0, 8192),  # pretrain: 0 is the images' own side
+    "view_size_end": Limit(0, 8192),  # pretrain: 0 is view_size's
     "train_per_class": Limit(1, 100_000),
     "test_per_class": Limit(1, 100_000),
     "repeats": Limit(1, 10_000),

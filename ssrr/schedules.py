@@ -1,7 +1,8 @@
-"""Learning-rate schedules as pure functions of the optimizer step (unit-tested without an optimizer).
+"""Schedules as pure functions of the step or epoch (unit-tested without an optimizer or a loader).
 
-`constant`: the paper's (Adam 1e-3 throughout). `cosine`: a linear warm-up from ~0 to the peak over
-`warmup_steps`, then a half cosine from the peak to 0 at `total_steps` (the fast preset, docs/fast.md).
+Learning rate: `constant` is the paper's (Adam 1e-3 throughout); `cosine` is a linear warm-up from ~0 to the
+peak over `warmup_steps`, then a half cosine from the peak to 0 at `total_steps` (the fast preset, docs/fast.md).
+View size (progressive resizing): the side of the training views goes linearly from a first to a last side.
 """
 
 from __future__ import annotations
@@ -43,3 +44,12 @@ def build_lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(schedule, step, total_steps, warmup_steps)
     )
+
+
+def view_side(epoch: int, epochs: int, first: int, last: int) -> int:
+    """The side of the training views in epoch `epoch` (0-based) of `epochs`: linear from `first` (epoch 0) to
+    `last` (the last epoch), rounded to whole pixels."""
+    if epochs <= 1:
+        return last
+    progress = min(1.0, max(0.0, epoch / (epochs - 1)))
+    return round(first + (last - first) * progress)

@@ -232,6 +232,19 @@ def test_image_size_resizes(pipe_smooth: Path) -> None:
     assert crops.views.shape == (16, 3, 24, 20)
 
 
+def test_set_image_size_changes_later_epochs(pipe_smooth: Path) -> None:
+    """Progressive resizing: the output side can change between epochs, the clamp to the uint8 range with it."""
+    loader = ViewLoader(pipe_smooth, recipes.relational(2), batch_size=8)
+    assert next(iter(loader.epoch(0))).views.shape == (16, 3, 32, 32)
+    loader.set_image_size(20)
+    small = next(iter(loader.epoch(1))).views
+    assert small.shape == (16, 3, 20, 20)
+    pixels = _to_uint8(loader, small)
+    assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3 and pixels.std() > 0
+    with pytest.raises(SsrrError, match="image_size must be positive"):
+        loader.set_image_size(0)
+
+
 def test_length_formulas(pipe_smooth: Path) -> None:
     for world in (1, 2, 3, 4):
         shares = rank_shares(TRAIN, world)

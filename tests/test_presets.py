@@ -15,8 +15,8 @@ from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.methods.base import method_class
 from ssrr.models.backbones import build_backbone
-from ssrr.presets import FAST, FAST_EPOCHS_CIFAR, apply_preset, fast_epochs, preset_values
-from ssrr.schedules import build_lr_scheduler, lr_factor
+from ssrr.presets import FAST, FAST_EPOCHS_CIFAR, apply_preset, fast_epochs, fast_view_side, preset_values
+from ssrr.schedules import build_lr_scheduler, lr_factor, view_side
 
 
 def test_constant_schedule_is_one_after_warmup() -> None:
@@ -67,6 +67,20 @@ def test_method_builds_the_runs_schedule() -> None:
     assert method_class("relational")(RunConfig(), build_backbone("conv4"), 10).build_scheduler(optimizer, 5) is None
 
 
+def test_view_side_goes_linearly_from_first_to_last() -> None:
+    assert [view_side(e, 5, 20, 32) for e in range(5)] == [20, 23, 26, 29, 32]
+    assert [view_side(e, 3, 24, 24) for e in range(3)] == [24, 24, 24]
+    assert view_side(0, 1, 20, 32) == 32  # a one-epoch run trains at the last side
+    assert view_side(9, 5, 20, 32) == 32  # past the end (a longer resumed run): the last side
+
+
+def test_view_sides_default_to_the_images_own() -> None:
+    assert RunConfig().view_sides(32) == (32, 32)
+    assert RunConfig(view_size=24).view_sides(32) == (24, 24)
+    assert RunConfig(view_size=20, view_size_end=32).view_sides(96) == (20, 32)
+    assert RunConfig(view_size_end=48).view_sides(96) == (96, 48)
+
+
 def test_crop_min_reaches_the_recipe() -> None:
     cls = method_class("relational")
     assert cls.recipe(RunConfig(k=4)).crop_scale == (0.08, 1.0)  # the paper's
@@ -88,23 +102,31 @@ def test_paper_preset_is_the_papers_defaults() -> None:
 
 
 def test_fast_preset_epochs_follow_the_data() -> None:
-    assert fast_epochs(4, 50_000, (32, 32)) == FAST_EPOCHS_CIFAR
-    assert fast_epochs(8, 50_000, (32, 32)) == FAST_EPOCHS_CIFAR // 2  # twice the views: half the epochs
-    assert fast_epochs(4, 100_000, (64, 64)) == round(FAST_EPOCHS_CIFAR / 8)  # tiny-ImageNet: 8x the pixels
-    assert fast_epochs(4, 105_000, (96, 96)) == 1  # never below one epoch
+    assert fast_epochs(4, 50_000, 32) == FAST_EPOCHS_CIFAR  # the budget's own unit: full-size CIFAR views
+    assert fast_epochs(4, 50_000, 24) == 32  # 3/4 of the side: 0.75 of the time per epoch (VIEW_OVERHEAD_PIXELS)
+    assert fast_epochs(8, 50_000, 24) == 16  # twice the views: half the epochs
+    assert fast_epochs(4, 100_000, fast_view_side((64, 64))) == 7  # tiny-ImageNet, 48-px views
+    assert fast_epochs(4, 100_000, 512) == 1  # never below one epoch
     with pytest.raises(SsrrError, match="samples"):
-        fast_epochs(4, 0, (32, 32))
+        fast_epochs(4, 0, 32)
+
+
+def test_fast_view_side_is_three_quarters_of_the_image() -> None:
+    assert [fast_view_side(size) for size in ((32, 32), (64, 64), (96, 96), (1, 1))] == [24, 48, 72, 1]
 
 
 def test_typed_options_override_the_fast_preset() -> None:
     base = {"k": 32, "batch": 0, "lr": None, "epochs": 200, "precision": "fp32"}
     values = apply_preset(base, "fast", set(), lambda: (50_000, (32, 32)))
     assert {key: values[key] for key in FAST} == FAST
-    assert values["epochs"] == FAST_EPOCHS_CIFAR and values["preset"] == "fast"
+    assert (values["epochs"], values["view_size"], values["preset"]) == (32, 24, "fast")
     typed = apply_preset({**base, "k": 8, "precision": "fp32"}, "fast", {"k", "precision"}, lambda: (50_000, (32, 32)))
-    assert (typed["k"], typed["precision"], typed["epochs"]) == (8, "fp32", FAST_EPOCHS_CIFAR // 2)
-    fixed = apply_preset({**base, "epochs": 3}, "fast", {"epochs"}, lambda: pytest.fail("epochs were typed"))
-    assert fixed["epochs"] == 3
+    assert (typed["k"], typed["precision"], typed["epochs"]) == (8, "fp32", 16)
+    full = apply_preset({**base, "view_size": 32}, "fast", {"view_size"}, lambda: (50_000, (32, 32)))
+    assert (full["view_size"], full["epochs"]) == (32, FAST_EPOCHS_CIFAR)  # full-size views: the budget's epochs
+    typed_both = {"epochs", "view_size"}
+    fixed = apply_preset({**base, "epochs": 3, "view_size": 0}, "fast", typed_both, lambda: pytest.fail("typed"))
+    assert (fixed["epochs"], fixed["view_size"]) == (3, 0)
 
 
 def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) -> None:
@@ -114,10 +136,23 @@ def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) ->
     saved = json.loads((tmp_path / "f" / "config.json").read_text())
     assert saved["preset"] == "fast" and saved["k"] == FAST["k"] and saved["batch"] == 16  # --batch typed: it wins
     assert saved["lr_schedule"] == "cosine" and saved["precision"] == "auto"
-    assert saved["epochs"] == fast_epochs(FAST["k"], 256, (32, 32))  # sized by the fixture's 256 images
+    assert saved["view_size"] == 24 and saved["bn_recalibrate"] is True
+    assert saved["epochs"] == fast_epochs(FAST["k"], 256, 24)  # sized by the fixture's 256 images
     lines = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     assert 0 < lines[-1]["lr"] < FAST["lr"]  # still warming up after 2 steps
 
     refused = run_ssrr("pretrain", "--preset", "quick", "--dataset", tiny_shards, "--out", tmp_path)
     assert refused.exit_code != 0
     assert error_lines(refused) == ["Error: --preset must be one of paper, fast, got 'quick'"]
+
+
+def test_cli_view_size_ramps_and_is_logged(tiny_shards: Path, tmp_path: Path) -> None:
+    result = run_ssrr(
+        "pretrain", "--dataset", tiny_shards, "--backbone", "conv4", "--k", "2", "--batch", "64", "--epochs", "3",
+        "--view-size", "16", "--view-size-end", "32", "--out", tmp_path, "--name", "v", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["view_size"] for line in lines] == [16, 24, 32]
+    refused = run_ssrr("pretrain", "--dataset", tiny_shards, "--view-size", "-1", "--out", tmp_path)
+    assert refused.exit_code != 0 and "view-size" in refused.output

@@ -1,6 +1,8 @@
-"""Models: backbones (`ssrr.models.backbones`) and relation / ablation heads (`ssrr.models.heads`)."""
+"""Models: backbones (`ssrr.models.backbones`), relation / ablation heads (`ssrr.models.heads`) and the
+BatchNorm recalibration of a trained backbone (`ssrr.models.batchnorm`)."""
 
 from ssrr.models.backbones import BACKBONES, Backbone, build_backbone
+from ssrr.models.batchnorm import recalibrate_batchnorm
 from ssrr.models.heads import AGGREGATIONS, HEADS, DotHead, EncoderDotHead, RelationHead
 
 __all__ = [
@@ -12,4 +14,5 @@ __all__ = [
     "EncoderDotHead",
     "RelationHead",
     "build_backbone",
+    "recalibrate_batchnorm",
 ]

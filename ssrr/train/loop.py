@@ -27,7 +27,10 @@ from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.files import append_line, open_log, write_text_atomic
 from ssrr.methods.base import EpochContext
+from ssrr.models.batchnorm import recalibrate_batchnorm
+from ssrr.pipelines import recipes
 from ssrr.precision import Execution
+from ssrr.schedules import view_side
 from ssrr.train import checkpoint as ckpt
 from ssrr.train import records
 from ssrr.train.progress import TrainDisplay, console, summary_table
@@ -160,6 +163,15 @@ def _open_run(t: Training) -> None:
         t.accelerator.init_trackers(t.config.name, config={k: str(v) for k, v in asdict(t.config).items()})
 
 
+def _view_size(t: Training, epoch: int) -> tuple[int, int]:
+    """This epoch's (H, W) of the training views: the images' own, or the progressive-resizing side."""
+    if not (t.config.view_size or t.config.view_size_end):
+        return tuple(t.manifest.image_size)  # type: ignore[return-value]
+    first, last = t.config.view_sides(min(t.manifest.image_size))
+    side = view_side(epoch, t.config.epochs, first, last)
+    return side, side
+
+
 def _run_epoch(
     t: Training, progress: Progress, display: TrainDisplay, probes: Sequence[Probe], sample_log: Any
 ) -> None:
@@ -174,6 +186,8 @@ def _run_epoch(
     t.model.train()
     display.start_epoch(epoch, t.steps_per_epoch)
     tally = EpochTally(t.device)
+    view_size = _view_size(t, epoch)
+    t.loader.set_image_size(view_size)
     batches = iter(t.loader.epoch(epoch))
     try:
         for _ in range(progress.skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
@@ -184,11 +198,14 @@ def _run_epoch(
     except KeyboardInterrupt:
         progress.interrupted = True
     epoch_done = tally.batch_in_epoch >= t.steps_per_epoch
+    if epoch_done and epoch + 1 >= config.epochs and config.bn_recalibrate:
+        _recalibrate_batchnorm(t)
     metrics = records.reduce_across_ranks(t.accelerator, _rates(t, tally, time.perf_counter() - tally.started))
     next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, tally.batch_in_epoch)
     record = {"epoch": epoch + 1, "step": progress.step, "complete": epoch_done, **metrics}
     record["skipped"] = t.loader.skipped  # corrupt samples left out (--skip-corrupt)
     record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
+    record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
     probe_started = time.perf_counter()
     if epoch_done and t.main:
         record.update(_run_probes(probes, epoch + 1, t.method.backbone, t.shard_dir, t.execution))
@@ -205,6 +222,14 @@ def _run_epoch(
     if (next_epoch % config.checkpoint_every == 0) or next_epoch >= config.epochs or stop_now or not epoch_done:
         _save(t, progress.step, next_epoch, next_batch)
     progress.epoch = next_epoch
+
+
+def _recalibrate_batchnorm(t: Training) -> None:
+    """`--bn-recalibrate`, after the last epoch (pretraining time): the backbone's BatchNorm statistics
+    recomputed on the clean training images at their own size, the inputs every evaluation gives it."""
+    loader = t.make_loader(recipes.evaluation(), training=False)
+    batches = (t.execution.inputs(batch.views).float() for batch in loader.epoch(0))
+    recalibrate_batchnorm(t.method.backbone, batches)
 
 
 def _run_steps(
