@@ -2,6 +2,7 @@
 # The measurements of docs/fast.md on real CIFAR-10 (conv4, linear protocol, seeds 1-3). Usage:
 #   scripts/fast_ablations.sh DATASET OUT finals     # fast preset vs paper preset (K=16, 4 epochs), one at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
+#   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
 # Finals run alone (their times are the result). Ablations compare accuracy at a fixed number of views, so they
@@ -28,24 +29,37 @@ case $WHAT in
     for seed in $SEEDS; do one finals fast "$seed" --preset fast --eval-every 8; done
     for seed in $SEEDS; do one finals paper-k16 "$seed" --amp --k 16 --epochs 4 --eval-every 1; done
     ;;
-  ablations)
+  ablations)  # each choice against its alternative at a 6-epoch budget of full-size views (8 of 24-px views)
     E=6
-    pair fast --preset fast --epochs $E --eval-every $E
-    pair lr2e-3 --preset fast --epochs $E --eval-every $E --lr 2e-3
-    pair constant-lr --preset fast --epochs $E --eval-every $E --lr-schedule constant --warmup-epochs 0
-    SEEDS=1 pair m256 --preset fast --epochs $E --eval-every $E --batch 256
+    pair fast --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3))
+    pair full-size-views --preset fast --epochs $E --eval-every $E --view-size 32
+    pair no-bn-recalibrate --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --no-bn-recalibrate
+    wait
+    ;;
+  ablations-v1)  # the first fast preset's ablations (full-size views, no recalibration): schedule, rate, M
+    E=6
+    V1=(--view-size 32 --no-bn-recalibrate)
+    pair fast-v1 --preset fast --epochs $E --eval-every $E "${V1[@]}"
+    pair lr2e-3 --preset fast --epochs $E --eval-every $E --lr 2e-3 "${V1[@]}"
+    pair constant-lr --preset fast --epochs $E --eval-every $E --lr-schedule constant --warmup-epochs 0 "${V1[@]}"
+    SEEDS=1 pair m256 --preset fast --epochs $E --eval-every $E --batch 256 "${V1[@]}"
     wait
     ;;
   screens)  # seed 1 only: the other values tried for K, the learning rate and the crop (same 6-epoch budget)
     E=6
     SEEDS=1
-    pair k2-m256-same-views --preset fast --epochs $((E * 2)) --eval-every $((E * 2)) --k 2 --batch 256
-    pair k3-same-views --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --k 3
-    pair k8-same-views-lr2e-3 --preset fast --epochs $((E / 2)) --eval-every $((E / 2)) --k 8 --lr 2e-3
-    pair lr5e-3 --preset fast --epochs $E --eval-every $E --lr 5e-3
-    pair lr2e-2 --preset fast --epochs $E --eval-every $E --lr 2e-2
-    pair crop25-lr2e-3 --preset fast --epochs $E --eval-every $E --crop-min 0.25 --lr 2e-3
+    V1=(--view-size 32 --no-bn-recalibrate)  # the first preset's screens (K, rate, crop) used full-size views
+    pair k2-m256-same-views --preset fast --epochs $((E * 2)) --eval-every $((E * 2)) --k 2 --batch 256 "${V1[@]}"
+    pair k3-same-views --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --k 3 "${V1[@]}"
+    pair k8-same-views-lr2e-3 --preset fast --epochs $((E / 2)) --eval-every $((E / 2)) --k 8 --lr 2e-3 "${V1[@]}"
+    pair lr5e-3 --preset fast --epochs $E --eval-every $E --lr 5e-3 "${V1[@]}"
+    pair lr2e-2 --preset fast --epochs $E --eval-every $E --lr 2e-2 "${V1[@]}"
+    pair crop25-lr2e-3 --preset fast --epochs $E --eval-every $E --crop-min 0.25 --lr 2e-3 "${V1[@]}"
+    # the view side at about the same time as 6 full-size epochs: 20 px for 12 epochs; ramps 20->32 and 24->32
+    pair view20 --preset fast --epochs $((E * 2)) --eval-every $((E * 2)) --view-size 20 --no-bn-recalibrate
+    pair ramp20-32 --preset fast --epochs 8 --eval-every 8 --view-size 20 --view-size-end 32 --no-bn-recalibrate
+    pair ramp24-32 --preset fast --epochs 7 --eval-every 7 --view-size 24 --view-size-end 32 --no-bn-recalibrate
     wait
     ;;
-  *) echo "unknown: $WHAT (finals, ablations or screens)" >&2; exit 2 ;;
+  *) echo "unknown: $WHAT (finals, ablations, ablations-v1 or screens)" >&2; exit 2 ;;
 esac
