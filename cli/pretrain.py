@@ -70,9 +70,11 @@ def pretrain(
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
     checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
     max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
-    knn_every: int = typer.Option(0, help="k-NN probe on the held-out split every N epochs (0: never)."),
+    knn_every: int = typer.Option(
+        0, help="k-NN probe on the held-out split every N epochs and after the last (0: never)."
+    ),
     eval_every: int = typer.Option(
-        0, help="Linear protocol on the held-out split every N epochs, logged with the time (0: never)."
+        0, help="Linear protocol on the held-out split every N epochs and after the last, with the time (0: never)."
     ),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),

@@ -34,6 +34,7 @@ case $WHAT in
     pair fast --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3))
     pair full-size-views --preset fast --epochs $E --eval-every $E --view-size 32
     pair no-bn-recalibrate --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --no-bn-recalibrate
+    pair m128-lr1e-2 --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --batch 128 --lr 1e-2
     wait
     ;;
   ablations-v1)  # the first fast preset's ablations (full-size views, no recalibration): schedule, rate, M
@@ -59,6 +60,9 @@ case $WHAT in
     pair view20 --preset fast --epochs $((E * 2)) --eval-every $((E * 2)) --view-size 20 --no-bn-recalibrate
     pair ramp20-32 --preset fast --epochs 8 --eval-every 8 --view-size 20 --view-size-end 32 --no-bn-recalibrate
     pair ramp24-32 --preset fast --epochs 7 --eval-every 7 --view-size 24 --view-size-end 32 --no-bn-recalibrate
+    # M with 24-px views and the recalibration, seeds 1 and 2 (the ablation's budget of 8 epochs)
+    SEEDS="1 2" pair m32-lr1e-2 --preset fast --epochs 8 --eval-every 8 --batch 32 --lr 1e-2
+    SEEDS="1 2" pair m64-lr1e-2 --preset fast --epochs 8 --eval-every 8 --lr 1e-2
     wait
     ;;
   *) echo "unknown: $WHAT (finals, ablations, ablations-v1 or screens)" >&2; exit 2 ;;

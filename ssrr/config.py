@@ -60,8 +60,8 @@ class RunConfig:
     keep_checkpoints: int = 2
     checkpoint_every: int = 1  # epochs
     max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
-    knn_every: int = 0  # run a k-NN probe on the held-out split (test; val for tiny-ImageNet) every N epochs (0: never)
-    eval_every: int = 0  # run the linear protocol on the held-out split every N epochs (0: never)
+    knn_every: int = 0  # k-NN probe on the held-out split (test; val for tiny-ImageNet) every N epochs and the last
+    eval_every: int = 0  # the linear protocol on the held-out split every N epochs and after the last (0: never)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)

@@ -174,18 +174,18 @@ class CountingProbe:
         return 10.0 * self.calls
 
 
-def test_probes_run_every_n_epochs_beside_the_pretraining_time_without_their_own(
+def test_probes_run_every_n_epochs_and_after_the_last_beside_the_pretraining_time_without_their_own(
     tiny_shards: Path, tmp_path: Path
 ) -> None:
     probe = CountingProbe(every=2, pause=1.5)
-    result = pretrain(config(tiny_shards, tmp_path, epochs=4), show=False, probes=[probe])
+    result = pretrain(config(tiny_shards, tmp_path, epochs=5), show=False, probes=[probe])
     lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert probe.calls == 2 and [line.get("fake_top1") for line in lines] == [None, 10.0, None, 20.0]
+    assert probe.calls == 3 and [line.get("fake_top1") for line in lines] == [None, 10.0, None, 20.0, 30.0]
     elapsed = [line["elapsed_s"] for line in lines]
     assert elapsed == sorted(elapsed) and elapsed[0] > 0
     throughput = json.loads((result.run_dir / "throughput.json").read_text())
-    assert elapsed[-1] < throughput["wall_s"] - 2.5  # the two 1.5 s probes are not pretraining time
-    assert throughput["projected_run_s"] == pytest.approx(4 * (256 // 32) * 32 / throughput["images_per_s"])
+    assert elapsed[-1] < throughput["wall_s"] - 4.0  # the three 1.5 s probes are not pretraining time
+    assert throughput["projected_run_s"] == pytest.approx(5 * (256 // 32) * 32 / throughput["images_per_s"])
 
 
 def test_a_resumed_run_keeps_adding_up_its_pretraining_time(tiny_shards: Path, tmp_path: Path) -> None:

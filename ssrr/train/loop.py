@@ -208,7 +208,7 @@ def _run_epoch(
     record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
     probe_started = time.perf_counter()
     if epoch_done and t.main:
-        record.update(_run_probes(probes, epoch + 1, t.method.backbone, t.shard_dir, t.execution))
+        record.update(_run_probes(probes, t, epoch + 1))
     progress.probe_s += time.perf_counter() - probe_started
     record["elapsed_s"] = round(progress.elapsed_before + time.perf_counter() - progress.started - progress.probe_s, 3)
     if t.main:
@@ -352,12 +352,12 @@ def _train_step(
     return out
 
 
-def _run_probes(
-    probes: Sequence[Probe], epochs_done: int, backbone: torch.nn.Module, shard_dir: Path, execution: Execution
-) -> dict[str, float]:
-    """The values of the probes due after `epochs_done` complete epochs."""
+def _run_probes(probes: Sequence[Probe], t: Training, epochs_done: int) -> dict[str, float]:
+    """The values of the probes due after `epochs_done` complete epochs: every `every` epochs, and after the
+    run's last epoch (so a curve always ends at the final backbone)."""
+    last = epochs_done >= t.config.epochs
     return {
-        probe.name: probe(backbone, shard_dir, execution)
+        probe.name: probe(t.method.backbone, t.shard_dir, t.execution)
         for probe in probes
-        if probe.every and epochs_done % probe.every == 0
+        if probe.every and (epochs_done % probe.every == 0 or last)
     }
