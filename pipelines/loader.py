@@ -175,7 +175,6 @@ class ViewLoader:
         self.dtype = dtype
         self.training = training
         self.source_size: tuple[int, int] = tuple(self.manifest.image_size)  # type: ignore[assignment]
-        self.image_size = _size(image_size, self.source_size)
         self.num_threads = num_threads or max(1, min(8, len(os.sched_getaffinity(0))))
         self.prefetch = prefetch
         self.skip_corrupt = skip_corrupt
@@ -211,7 +210,7 @@ class ViewLoader:
         # colour recipes come out of DALI as float32 (converted while clamping)
         self._lo_channels = torch.tensor(-mean / std, dtype=torch.float32)
         self._hi_channels = torch.tensor((1 - mean) / std, dtype=torch.float32)
-        self.set_image_size(self.image_size)
+        self.set_image_size(self.source_size if image_size is None else image_size)
         self._contrast = "arith" if self.device.type == "cuda" else "fused"
         self._buffer: torch.Tensor | None = None
 

@@ -52,9 +52,9 @@ def fast_view_side(image_size: tuple[int, int]) -> int:
 
 def fast_epochs(k: int, train_samples: int, view_side: int) -> int:
     """The epochs of the fast preset's time budget for K views of side `view_side` of `train_samples` images."""
-    per_epoch = k * train_samples * (view_side * view_side + VIEW_OVERHEAD_PIXELS)
     if train_samples <= 0:
         raise SsrrError(f"the fast preset needs a training split with images, got {train_samples} samples")
+    per_epoch = k * train_samples * (view_side * view_side + VIEW_OVERHEAD_PIXELS)
     return max(1, round(FAST_BUDGET / per_epoch))
 
 
@@ -71,7 +71,7 @@ def apply_preset(values: dict[str, Any], name: str, typed: set[str], data_shape:
     if "view_size" not in typed:
         merged["view_size"] = fast_view_side(image_size)
     if "epochs" not in typed:
-        first = merged["view_size"] or min(image_size)
+        first = merged["view_size"] or min(image_size)  # RunConfig.view_sides' rule (config sits a layer above)
         last = merged.get("view_size_end") or first
         merged["epochs"] = fast_epochs(merged["k"], samples, round((first + last) / 2))  # a ramp: its mean side
     return merged
