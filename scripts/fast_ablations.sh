@@ -4,17 +4,19 @@
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
+#   scripts/fast_ablations.sh DATASET OUT resnet32   # the fast preset on ResNet-32, 6 epochs (~28 min), alone
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
 # Finals run alone (their times are the result). Ablations compare accuracy at a fixed number of views, so they
 # run two at a time with one thread each (their times are not used). A finished run is skipped on a rerun.
 set -euo pipefail
 DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals or ablations}
 SEEDS=${SEEDS:-"1 2 3"}
+BACKBONE=conv4
 one() {  # one GROUP NAME SEED ARGS...
   local group=$1 name=$2 seed=$3; shift 3
   [ -f "$OUT/$group/$name-s$seed/throughput.json" ] && return 0
   rm -rf "$OUT/$group/$name-s$seed"
-  ssrr pretrain --dataset "$DATASET" --backbone conv4 --seed "$seed" --out "$OUT/$group" --name "$name-s$seed" \
+  ssrr pretrain --dataset "$DATASET" --backbone "$BACKBONE" --seed "$seed" --out "$OUT/$group" --name "$name-s$seed" \
     --quiet "$@"
 }
 pair() {  # pair NAME ARGS... : every seed in the background, never more than two runs at once, one thread each
@@ -35,6 +37,9 @@ case $WHAT in
     pair full-size-views --preset fast --epochs $E --eval-every $E --view-size 32
     pair no-bn-recalibrate --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --no-bn-recalibrate
     pair m128-lr1e-2 --preset fast --epochs $((E * 4 / 3)) --eval-every $((E * 4 / 3)) --batch 128 --lr 1e-2
+    # K at the same views per step (K x M = 256), steps and warm-up steps: K=2 for twice the epochs, K=8 for half
+    pair k2-m128 --preset fast --epochs $((E * 8 / 3)) --eval-every $((E * 8 / 3)) --k 2 --batch 128 --warmup-epochs 2
+    pair k8-m32 --preset fast --epochs $((E * 2 / 3)) --eval-every $((E * 2 / 3)) --k 8 --batch 32 --warmup-epochs 0.5
     wait
     ;;
   ablations-v1)  # the first fast preset's ablations (full-size views, no recalibration): schedule, rate, M
@@ -65,5 +70,9 @@ case $WHAT in
     SEEDS="1 2" pair m64-lr1e-2 --preset fast --epochs 8 --eval-every 8 --lr 1e-2
     wait
     ;;
-  *) echo "unknown: $WHAT (finals, ablations, ablations-v1 or screens)" >&2; exit 2 ;;
+  resnet32)  # as many epochs as fit in 30 minutes here (~270 s each), probed every 2 epochs (EVAL_EVERY)
+    BACKBONE=resnet32
+    for seed in $SEEDS; do one resnet32 fast "$seed" --preset fast --epochs 6 --eval-every "${EVAL_EVERY:-2}"; done
+    ;;
+  *) echo "unknown: $WHAT (finals, ablations, ablations-v1, screens or resnet32)" >&2; exit 2 ;;
 esac
