@@ -194,3 +194,15 @@ def test_a_resumed_run_keeps_adding_up_its_pretraining_time(tiny_shards: Path, t
     pretrain(config(tiny_shards, tmp_path, epochs=2), resume=True, show=False)
     after = json.loads((first.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["elapsed_s"]
     assert after > before
+
+
+def test_a_compiled_run_saves_weights_under_the_plain_names(
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dynamo traces the backbone as --compile does; the eager backend skips the slow C++ code generation.
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager"))
+    plain = pretrain(config(tiny_shards, tmp_path, epochs=1, name="plain"), show=False)
+    compiled = pretrain(config(tiny_shards, tmp_path, epochs=1, name="compiled", compile=True), show=False)
+    assert weights(compiled.run_dir).keys() == weights(plain.run_dir).keys()
+    assert load_backbone(compiled.run_dir).name == "conv4"

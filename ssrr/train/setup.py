@@ -146,7 +146,9 @@ def _build_method(
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method = execution.prepare(method)
     if config.compile:
-        method.backbone = torch.compile(method.backbone)  # type: ignore[assignment]
+        # In place (Module.compile), not torch.compile(module): a wrapper would prefix every parameter's name
+        # with `_orig_mod.`, and the saved backbone would not load into an uncompiled one for evaluation.
+        method.backbone.compile()
     return method
 
 
