@@ -4,12 +4,13 @@
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
+#   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's time (14 epochs), alone
 #   scripts/fast_ablations.sh DATASET OUT resnet32   # the fast preset on ResNet-32, 6 epochs (~28 min), alone
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
 # Finals run alone (their times are the result). Ablations compare accuracy at a fixed number of views, so they
 # run two at a time with one thread each (their times are not used). A finished run is skipped on a rerun.
 set -euo pipefail
-DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals or ablations}
+DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, ablations, ablations-v1, screens, k8-budget or resnet32}
 SEEDS=${SEEDS:-"1 2 3"}
 BACKBONE=conv4
 one() {  # one GROUP NAME SEED ARGS...
@@ -70,9 +71,12 @@ case $WHAT in
     SEEDS="1 2" pair m64-lr1e-2 --preset fast --epochs 8 --eval-every 8 --lr 1e-2
     wait
     ;;
+  k8-budget)  # K=8 x M=32 with the budget's epochs (the preset's time), probed halfway and at the end
+    for seed in $SEEDS; do one k8-budget k8-m32 "$seed" --preset fast --k 8 --batch 32 --warmup-epochs 0.5 --eval-every 7; done
+    ;;
   resnet32)  # as many epochs as fit in 30 minutes here (~270 s each), probed every 2 epochs (EVAL_EVERY)
     BACKBONE=resnet32
     for seed in $SEEDS; do one resnet32 fast "$seed" --preset fast --epochs 6 --eval-every "${EVAL_EVERY:-2}"; done
     ;;
-  *) echo "unknown: $WHAT (finals, ablations, ablations-v1, screens or resnet32)" >&2; exit 2 ;;
+  *) echo "unknown: $WHAT (finals, ablations, ablations-v1, screens, k8-budget or resnet32)" >&2; exit 2 ;;
 esac

@@ -83,6 +83,7 @@ class Progress:
     started: float
     elapsed_before: float  # pretraining seconds of the run before this call (resumed runs)
     probe_s: float = 0.0  # seconds spent in probes, not pretraining
+    elapsed_s: float = 0.0  # pretraining seconds of the whole run at the last record (resumed calls included)
     throughput: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -210,7 +211,8 @@ def _run_epoch(
     if epoch_done and t.main:
         record.update(_run_probes(probes, t, epoch + 1))
     progress.probe_s += time.perf_counter() - probe_started
-    record["elapsed_s"] = round(progress.elapsed_before + time.perf_counter() - progress.started - progress.probe_s, 3)
+    progress.elapsed_s = progress.elapsed_before + time.perf_counter() - progress.started - progress.probe_s
+    record["elapsed_s"] = round(progress.elapsed_s, 3)
     if t.main:
         append_line(config.run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
         if config.log_with:
@@ -308,7 +310,7 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         "processes": processes,
         "weights_in_sync": in_sync,
         **t.execution.record(),
-        "projected_run_s": records.projected_run_s(progress.throughput, config, t.steps_per_epoch, processes),
+        "projected_run_s": records.projected_run_s(progress.elapsed_s, progress.step, config, t.steps_per_epoch),
         "skipped": t.loader.skipped,
     }
     write_text_atomic(config.run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
@@ -321,7 +323,7 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
             "precision": t.execution.describe(),
             "epochs / steps": f"{progress.epoch} / {progress.step}",
             "wall": f"{total:.1f} s",
-            "configured run": f"~{records.hours(summary['projected_run_s'])} at this speed",
+            "configured run": f"~{records.hours(summary['projected_run_s'])} at this run's pace",
         }
         console.print(summary_table("pretraining summary (last epoch)", progress.throughput, extra))
 

@@ -149,14 +149,12 @@ def total_steps(config: RunConfig, steps_per_epoch: int) -> int:
     return min(total, config.max_steps) if config.max_steps else total
 
 
-def projected_run_s(
-    throughput: dict[str, float], config: RunConfig, steps_per_epoch: int, processes: int
-) -> float | None:
-    """Seconds the whole configured run takes at the last epoch's speed (what users plan by)."""
-    images_per_s = throughput.get("images_per_s")  # summed over processes
-    if not images_per_s:
+def projected_run_s(elapsed_s: float, steps_done: int, config: RunConfig, steps_per_epoch: int) -> float | None:
+    """Seconds of pretraining the whole configured run takes at the pace of its steps so far (`elapsed_s` over
+    `steps_done`, resumed calls included): what users plan by, and for a finished run, its own time."""
+    if steps_done <= 0 or elapsed_s <= 0:
         return None
-    return total_steps(config, steps_per_epoch) * config.batch * processes / images_per_s
+    return elapsed_s * total_steps(config, steps_per_epoch) / steps_done
 
 
 def hours(seconds: float | None) -> str:
