@@ -29,8 +29,8 @@ FAST: dict[str, Any] = {
 FAST_VIEW_SCALE = 0.75  # training views at this fraction of the images' side (24 px of 32)
 FAST_EPOCHS_CIFAR = 29  # the budget: the time of this many epochs of K=4 24-px views of 50,000 images
 # A view costs its pixels plus a fixed share (the relation head, the optimizer, per-view pipeline work) worth
-# this many pixels: measured on conv4, CIFAR-10, a 24-px epoch takes 0.75 of a 32-px one (docs/fast.md).
-VIEW_OVERHEAD_PIXELS = 768
+# this many pixels: fitted on conv4 to an epoch's time with 24-, 32- and 48-px views (docs/fast.md, "The budget").
+VIEW_OVERHEAD_PIXELS = 550
 FAST_BUDGET = FAST_EPOCHS_CIFAR * 4 * 50_000 * (24 * 24 + VIEW_OVERHEAD_PIXELS)
 
 
