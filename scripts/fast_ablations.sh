@@ -77,16 +77,18 @@ case $WHAT in
     for seed in $SEEDS; do one k8-budget k8-m32 "$seed" --preset fast --k 8 --batch 32 --warmup-epochs 0.5 --eval-every 7; done
     ;;
   budget)  # an epoch of the preset (no recalibration) on 24-px views, 32-px views and LARGE's: elapsed_s of each
+    LARGE=${LARGE:?LARGE=shards of larger images}
+    epoch_time() {  # epoch_time NAME DATA ARGS...
+      local name=$1 data=$2; shift 2
+      rm -rf "$OUT/budget/$name"
+      ssrr pretrain --dataset "$data" --backbone "$BACKBONE" --out "$OUT/budget" --name "$name" --quiet \
+        --preset fast --epochs 1 --no-bn-recalibrate "$@"
+      echo "$name $(tail -n1 "$OUT/budget/$name/metrics.jsonl")"
+    }
     for repeat in 1 2 3; do
-      for variant in "$DATASET" "$DATASET --view-size 32" "${LARGE:?LARGE=shards of larger images}"; do
-        read -r data extra <<< "$variant"
-        name=$(basename "$data")${extra:+-view32}-r$repeat
-        rm -rf "$OUT/budget/$name"
-        # shellcheck disable=SC2086  # $extra: the variant's options, split on purpose
-        ssrr pretrain --dataset "$data" --backbone "$BACKBONE" --out "$OUT/budget" --name "$name" --quiet \
-          --preset fast --epochs 1 --no-bn-recalibrate $extra
-        echo "$name $(tail -n1 "$OUT/budget/$name/metrics.jsonl")"
-      done
+      epoch_time "$(basename "$DATASET")-r$repeat" "$DATASET"
+      epoch_time "$(basename "$DATASET")-view32-r$repeat" "$DATASET" --view-size 32
+      epoch_time "$(basename "$LARGE")-r$repeat" "$LARGE"
     done
     ;;
   resnet32)  # as many epochs as fit in 30 minutes here (~270 s each), probed every 2 epochs (EVAL_EVERY)

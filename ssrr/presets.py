@@ -4,7 +4,7 @@
 A preset is a set of RunConfig values; options typed on the command line override it. `fast` trains on views
 at 3/4 of the images' side (24 px on CIFAR; evaluation stays at the full side) and ends by recomputing the
 backbone's BatchNorm statistics on the clean images. Its length is a budget of time rather than a number of
-epochs: the epochs whose views cost what 29 epochs of its K=4, 24-px views of CIFAR-10 cost (807-881 s measured
+epochs: the epochs whose views cost what 29 epochs of its K=4, 24-px views of CIFAR-10 cost (775-881 s measured
 on 2 CPU cores with native bf16, docs/fast.md), so larger images or more of them get fewer epochs.
 """
 
