@@ -12,6 +12,7 @@ import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.config import RunConfig
+from ssrr.options import parse_duration
 from ssrr.presets import apply_preset
 
 
@@ -70,6 +71,12 @@ def pretrain(
     keep_checkpoints: int = typer.Option(2, help="Checkpoints kept (the newest N)."),
     checkpoint_every: int = typer.Option(1, help="Checkpoint every N epochs."),
     max_steps: int = typer.Option(0, help="Stop after N optimizer steps in total (0: all epochs)."),
+    time_budget: str | None = typer.Option(
+        None,
+        help="End pretraining within this time (900s, 15m, 0.25h): the run measures its pace over its first steps "
+        "and plans its steps and schedule to fit; --epochs then only caps it. --preset fast: 15m unless --epochs "
+        "is typed.",
+    ),
     knn_every: int = typer.Option(
         0, help="k-NN probe on the held-out split every N epochs and after the last (0: never)."
     ),
@@ -123,21 +130,22 @@ def pretrain(
     values = {f.name: ctx.params[f.name] for f in fields(RunConfig) if f.name in ctx.params}
     values["log_with"] = list(values.get("log_with") or [])
     values["precision"] = precision_option(precision, amp)
+    values["time_budget_s"] = parse_duration(time_budget) if time_budget is not None else 0.0
     typed = _typed(ctx)
-    values = apply_preset(values, preset, typed, lambda: _data_shape(values))
+    values = apply_preset(values, preset, typed, lambda: _image_size(values))
     config = RunConfig(**values)
     if resume:
         config = _merge_with_saved(typed, config)
     run(config, resume=resume, show=not quiet, probes=probes_for(config))
 
 
-def _data_shape(values: dict[str, Any]) -> tuple[int, tuple[int, int]]:
-    """(training samples, (H, W)) of the run's dataset and split, for a preset sized by the data."""
+def _image_size(values: dict[str, Any]) -> tuple[int, int]:
+    """(H, W) of the run's dataset, for a preset whose view side follows the images'."""
     from ssrr.data.formats import load_manifest
     from ssrr.data.remote import resolve_dataset_any
 
     manifest = load_manifest(resolve_dataset_any(values["dataset"], values["shards_root"], show=False))
-    return manifest.samples_in(values["split"]), manifest.image_size
+    return manifest.image_size
 
 
 def _typed(ctx: typer.Context) -> set[str]:
@@ -146,6 +154,8 @@ def _typed(ctx: typer.Context) -> set[str]:
     typed = {name for name in ctx.params if _given(ctx, name)}
     if "amp" in typed:
         typed.add("precision")
+    if "time_budget" in typed:
+        typed.add("time_budget_s")
     return typed
 
 

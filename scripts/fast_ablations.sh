@@ -4,15 +4,13 @@
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
-#   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's time (14 epochs), alone
+#   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's 15 minutes, alone
 #   scripts/fast_ablations.sh DATASET OUT resnet32   # the fast preset on ResNet-32, 6 epochs (~28 min), alone
-#   LARGE=SHARDS scripts/fast_ablations.sh DATASET OUT budget  # an epoch's time: 24-px and 32-px views of DATASET,
-#                                                    # LARGE's (larger images); in turn, 3 repeats: the budget's cost model
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
 # Finals run alone (their times are the result). Ablations compare accuracy at a fixed number of views, so they
 # run two at a time with one thread each (their times are not used). A finished run is skipped on a rerun.
 set -euo pipefail
-DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, ablations, ablations-v1, screens, k8-budget, budget or resnet32}
+DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, ablations, ablations-v1, screens, k8-budget or resnet32}
 SEEDS=${SEEDS:-"1 2 3"}
 BACKBONE=conv4
 one() {  # one GROUP NAME SEED ARGS...
@@ -76,24 +74,9 @@ case $WHAT in
   k8-budget)  # K=8 x M=32 with the budget's epochs (the preset's time), probed halfway and at the end
     for seed in $SEEDS; do one k8-budget k8-m32 "$seed" --preset fast --k 8 --batch 32 --warmup-epochs 0.5 --eval-every 7; done
     ;;
-  budget)  # an epoch of the preset (no recalibration) on 24-px views, 32-px views and LARGE's: elapsed_s of each
-    LARGE=${LARGE:?LARGE=shards of larger images}
-    epoch_time() {  # epoch_time NAME DATA ARGS...
-      local name=$1 data=$2; shift 2
-      rm -rf "$OUT/budget/$name"
-      ssrr pretrain --dataset "$data" --backbone "$BACKBONE" --out "$OUT/budget" --name "$name" --quiet \
-        --preset fast --epochs 1 --no-bn-recalibrate "$@"
-      echo "$name $(tail -n1 "$OUT/budget/$name/metrics.jsonl")"
-    }
-    for repeat in 1 2 3; do
-      epoch_time "$(basename "$DATASET")-r$repeat" "$DATASET"
-      epoch_time "$(basename "$DATASET")-view32-r$repeat" "$DATASET" --view-size 32
-      epoch_time "$(basename "$LARGE")-r$repeat" "$LARGE"
-    done
-    ;;
   resnet32)  # as many epochs as fit in 30 minutes here (~270 s each), probed every 2 epochs (EVAL_EVERY)
     BACKBONE=resnet32
     for seed in $SEEDS; do one resnet32 fast "$seed" --preset fast --epochs 6 --eval-every "${EVAL_EVERY:-2}"; done
     ;;
-  *) echo "unknown: $WHAT (finals, ablations, ablations-v1, screens, k8-budget, budget or resnet32)" >&2; exit 2 ;;
+  *) echo "unknown: $WHAT (finals, ablations, ablations-v1, screens, k8-budget or resnet32)" >&2; exit 2 ;;
 esac

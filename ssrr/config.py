@@ -60,6 +60,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     checkpoint_every: int = 1  # epochs
     max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
+    time_budget_s: float = 0.0  # end pretraining within this many seconds (0: none): ssrr/train/budget.py
     knn_every: int = 0  # k-NN probe on the held-out split (test; val for tiny-ImageNet) every N epochs and the last
     eval_every: int = 0  # the linear protocol on the held-out split every N epochs and after the last (0: never)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
@@ -97,6 +98,8 @@ class RunConfig:
         if self.labels not in ("fine", "coarse"):
             raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
         check_schedule(self.lr_schedule)
+        if not 0.0 <= self.time_budget_s <= 30 * 86400:
+            raise SsrrError(f"--time-budget must be positive and at most 30 days, got {self.time_budget_s} s")
         if not 0.0 < self.crop_min <= 1.0:
             raise SsrrError(f"--crop-min must be in (0, 1], got {self.crop_min}")
         check_preset(self.preset)

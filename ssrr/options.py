@@ -166,3 +166,16 @@ def require_scheme(url: str) -> None:
         return
     extra = SCHEMES.get(scheme, Extra(("fsspec",), "remote"))
     _require(extra, f"{url}: the {scheme}:// scheme")
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*")
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """Seconds in `900`, `900s`, `15m` or `0.25h`; a one-line error naming `flag` otherwise."""
+    match = _DURATION.fullmatch(text)
+    seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"] if match else 0.0
+    if not match or not 0 < seconds <= 30 * 86400:
+        raise SsrrError(f"{flag} must be a duration such as 900s, 15m or 0.25h (up to 30 days), got {text!r}")
+    return seconds

@@ -3,13 +3,14 @@
 
 A preset is a set of RunConfig values; options typed on the command line override it. `fast` trains on views
 at 3/4 of the images' side (24 px on CIFAR; evaluation stays at the full side) and ends by recomputing the
-backbone's BatchNorm statistics on the clean images. Its length is a budget of time rather than a number of
-epochs: the epochs whose views cost what 29 epochs of its K=4, 24-px views of CIFAR-10 cost (775-881 s measured
-on 2 CPU cores with native bf16, docs/fast.md), so larger images or more of them get fewer epochs.
+backbone's BatchNorm statistics on the clean images. Its length is a time budget of 15 minutes of pretraining
+(`--time-budget`, ssrr/train/budget.py: the run measures its own pace and plans its steps), so it ends in time
+on any machine; a typed `--epochs` or `--time-budget` replaces it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ssrr.errors import SsrrError
@@ -27,11 +28,7 @@ FAST: dict[str, Any] = {
     "bn_recalibrate": True,  # BatchNorm statistics of the clean, full-size images (not of the small crops)
 }
 FAST_VIEW_SCALE = 0.75  # training views at this fraction of the images' side (24 px of 32)
-FAST_EPOCHS_CIFAR = 29  # the budget: the time of this many epochs of K=4 24-px views of 50,000 images
-# A view costs its pixels plus a fixed share (the relation head, the optimizer, per-view pipeline work) worth
-# this many pixels: fitted on conv4 to an epoch's time with 24-, 32- and 48-px views (docs/fast.md, "The budget").
-VIEW_OVERHEAD_PIXELS = 550
-FAST_BUDGET = FAST_EPOCHS_CIFAR * 4 * 50_000 * (24 * 24 + VIEW_OVERHEAD_PIXELS)
+FAST_TIME_BUDGET_S = 900.0  # 15 minutes of pretraining, planned from the run's own pace
 
 
 def check_preset(name: str) -> None:
@@ -40,7 +37,7 @@ def check_preset(name: str) -> None:
 
 
 def preset_values(name: str) -> dict[str, Any]:
-    """The RunConfig values a preset sets, except what depends on the data (`fast_epochs`)."""
+    """The RunConfig values a preset sets, except what depends on the data (the view side)."""
     check_preset(name)
     return dict(FAST) if name == "fast" else {}
 
@@ -50,28 +47,19 @@ def fast_view_side(image_size: tuple[int, int]) -> int:
     return max(1, round(FAST_VIEW_SCALE * min(image_size)))
 
 
-def fast_epochs(k: int, train_samples: int, view_side: int) -> int:
-    """The epochs of the fast preset's time budget for K views of side `view_side` of `train_samples` images."""
-    if train_samples <= 0:
-        raise SsrrError(f"the fast preset needs a training split with images, got {train_samples} samples")
-    per_epoch = k * train_samples * (view_side * view_side + VIEW_OVERHEAD_PIXELS)
-    return max(1, round(FAST_BUDGET / per_epoch))
-
-
-def apply_preset(values: dict[str, Any], name: str, typed: set[str], data_shape: Any) -> dict[str, Any]:
+def apply_preset(
+    values: dict[str, Any], name: str, typed: set[str], image_size: Callable[[], tuple[int, int]]
+) -> dict[str, Any]:
     """`values` (RunConfig fields) with preset `name` applied under the options in `typed` (typed on the
-    command line: they win). `data_shape()` -> (training samples, (H, W)) is called only when the preset's
-    view side or epochs depend on the data."""
+    command line: they win). `image_size()` -> (H, W) is called only when the preset's view side depends on
+    the data."""
     merged = dict(values)
     merged.update({key: value for key, value in preset_values(name).items() if key not in typed})
     merged["preset"] = name
-    if name != "fast" or {"epochs", "view_size"} <= typed:
+    if name != "fast":
         return merged
-    samples, image_size = data_shape()
+    if not {"epochs", "time_budget_s"} & typed:
+        merged["time_budget_s"] = FAST_TIME_BUDGET_S  # the epochs (200 unless typed) are then only a cap
     if "view_size" not in typed:
-        merged["view_size"] = fast_view_side(image_size)
-    if "epochs" not in typed:
-        first = merged["view_size"] or min(image_size)  # RunConfig.view_sides' rule (config sits a layer above)
-        last = merged.get("view_size_end") or first
-        merged["epochs"] = fast_epochs(merged["k"], samples, round((first + last) / 2))  # a ramp: its mean side
+        merged["view_size"] = fast_view_side(image_size())
     return merged

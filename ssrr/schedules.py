@@ -8,6 +8,7 @@ View size (progressive resizing): the side of the training views goes linearly f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -34,16 +35,16 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int = 0)
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int = 0
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int | Callable[[], int], warmup_steps: int = 0
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """A LambdaLR stepping `lr_factor` once per optimizer step; None for a constant rate without warm-up, so
-    the paper's runs carry no scheduler state at all."""
+    the paper's runs carry no scheduler state at all. `total_steps` may be a callable read at every step (a
+    time budget's plan, which changes as the run measures its pace)."""
     check_schedule(schedule)
     if schedule == "constant" and warmup_steps == 0:
         return None
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(schedule, step, total_steps, warmup_steps)
-    )
+    total = total_steps if callable(total_steps) else lambda: total_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(schedule, step, total(), warmup_steps))
 
 
 def view_side(epoch: int, epochs: int, first: int, last: int) -> int:

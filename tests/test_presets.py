@@ -15,7 +15,7 @@ from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.methods.base import method_class
 from ssrr.models.backbones import build_backbone
-from ssrr.presets import FAST, FAST_EPOCHS_CIFAR, apply_preset, fast_epochs, fast_view_side, preset_values
+from ssrr.presets import FAST, FAST_TIME_BUDGET_S, apply_preset, fast_view_side, preset_values
 from ssrr.schedules import build_lr_scheduler, lr_factor, view_side
 
 
@@ -101,33 +101,24 @@ def test_paper_preset_is_the_papers_defaults() -> None:
     assert (defaults.k, defaults.batch, defaults.epochs, defaults.lr_schedule) == (32, 0, 200, "constant")
 
 
-def test_fast_preset_epochs_follow_the_data() -> None:
-    assert fast_epochs(4, 50_000, 24) == FAST_EPOCHS_CIFAR  # the budget's own unit: CIFAR, 24-px views
-    assert fast_epochs(4, 50_000, 32) == 21  # full-size views: an epoch takes 1.4x the time (VIEW_OVERHEAD_PIXELS)
-    assert fast_epochs(4, 50_000, 48) == 11  # CIFAR upscaled to 64 px: 48-px views, 2.5x the time
-    assert fast_epochs(8, 50_000, 24) == round(FAST_EPOCHS_CIFAR / 2)  # twice the views: half the epochs
-    assert fast_epochs(4, 100_000, fast_view_side((64, 64))) == 6  # tiny-ImageNet, 48-px views
-    assert fast_epochs(4, 100_000, 512) == 1  # never below one epoch
-    with pytest.raises(SsrrError, match="samples"):
-        fast_epochs(4, 0, 32)
-
-
 def test_fast_view_side_is_three_quarters_of_the_image() -> None:
     assert [fast_view_side(size) for size in ((32, 32), (64, 64), (96, 96), (1, 1))] == [24, 48, 72, 1]
 
 
 def test_typed_options_override_the_fast_preset() -> None:
-    base = {"k": 32, "batch": 0, "lr": None, "epochs": 200, "precision": "fp32"}
-    values = apply_preset(base, "fast", set(), lambda: (50_000, (32, 32)))
+    base = {"k": 32, "batch": 0, "lr": None, "epochs": 200, "precision": "fp32", "time_budget_s": 0.0}
+    values = apply_preset(base, "fast", set(), lambda: (32, 32))
     assert {key: values[key] for key in FAST} == FAST
-    assert (values["epochs"], values["view_size"], values["preset"]) == (FAST_EPOCHS_CIFAR, 24, "fast")
-    typed = apply_preset({**base, "k": 8, "precision": "fp32"}, "fast", {"k", "precision"}, lambda: (50_000, (32, 32)))
-    assert (typed["k"], typed["precision"], typed["epochs"]) == (8, "fp32", round(FAST_EPOCHS_CIFAR / 2))
-    full = apply_preset({**base, "view_size": 32}, "fast", {"view_size"}, lambda: (50_000, (32, 32)))
-    assert (full["view_size"], full["epochs"]) == (32, 21)  # full-size views: fewer epochs in the same time
-    typed_both = {"epochs", "view_size"}
-    fixed = apply_preset({**base, "epochs": 3, "view_size": 0}, "fast", typed_both, lambda: pytest.fail("typed"))
-    assert (fixed["epochs"], fixed["view_size"]) == (3, 0)
+    assert (values["time_budget_s"], values["view_size"], values["preset"]) == (FAST_TIME_BUDGET_S, 24, "fast")
+    assert values["epochs"] == 200  # only a cap: the budget plans the steps
+    typed = apply_preset({**base, "k": 8}, "fast", {"k", "precision"}, lambda: (32, 32))
+    assert (typed["k"], typed["precision"], typed["time_budget_s"]) == (8, "fp32", FAST_TIME_BUDGET_S)
+    epochs = apply_preset({**base, "epochs": 3}, "fast", {"epochs"}, lambda: (32, 32))
+    assert (epochs["epochs"], epochs["time_budget_s"]) == (3, 0.0)  # typed epochs: no budget
+    budget = apply_preset({**base, "time_budget_s": 60.0}, "fast", {"time_budget_s"}, lambda: (32, 32))
+    assert budget["time_budget_s"] == 60.0
+    fixed = apply_preset({**base, "view_size": 0}, "fast", {"epochs", "view_size"}, lambda: pytest.fail("typed"))
+    assert fixed["view_size"] == 0
 
 
 def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) -> None:
@@ -138,7 +129,7 @@ def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) ->
     assert saved["preset"] == "fast" and saved["k"] == FAST["k"] and saved["batch"] == 16  # --batch typed: it wins
     assert saved["lr_schedule"] == "cosine" and saved["precision"] == "auto"
     assert saved["view_size"] == 24 and saved["bn_recalibrate"] is True
-    assert saved["epochs"] == fast_epochs(FAST["k"], 256, 24)  # sized by the fixture's 256 images
+    assert saved["time_budget_s"] == FAST_TIME_BUDGET_S
     lines = [json.loads(line) for line in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     assert 0 < lines[-1]["lr"] < FAST["lr"]  # still warming up after 2 steps
 

@@ -14,7 +14,7 @@ from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
 from ssrr.train.checkpoint import list_checkpoints, load_backbone
 from ssrr.train.loop import pretrain
-from ssrr.train.records import projected_run_s
+from ssrr.train.records import projected_run_s, total_steps
 
 
 def config(shards: Path, out: Path, **changes) -> RunConfig:
@@ -191,9 +191,10 @@ def test_probes_run_every_n_epochs_and_after_the_last_beside_the_pretraining_tim
 
 def test_the_projected_time_follows_the_pace_of_the_steps_so_far() -> None:
     six_epochs = RunConfig(epochs=6)
-    assert projected_run_s(10.0, 4, six_epochs, steps_per_epoch=8) == pytest.approx(120.0)  # 4 of 48 steps
-    assert projected_run_s(10.0, 4, replace(six_epochs, max_steps=4), steps_per_epoch=8) == pytest.approx(10.0)
-    assert projected_run_s(0.0, 0, six_epochs, steps_per_epoch=8) is None  # nothing trained yet
+    run_steps = total_steps(six_epochs, steps_per_epoch=8)
+    assert projected_run_s(10.0, 4, run_steps) == pytest.approx(120.0)  # 4 of 48 steps
+    assert projected_run_s(10.0, 4, total_steps(replace(six_epochs, max_steps=4), 8)) == pytest.approx(10.0)
+    assert projected_run_s(0.0, 0, run_steps) is None  # nothing trained yet
 
 
 def test_a_resumed_run_keeps_adding_up_its_pretraining_time(tiny_shards: Path, tmp_path: Path) -> None:

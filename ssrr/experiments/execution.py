@@ -38,6 +38,8 @@ def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
         args += ["--supervised-augment", config.supervised_augment]
     if config.max_steps:
         args += ["--max-steps", str(config.max_steps)]
+    if config.time_budget_s:
+        args += ["--time-budget", f"{config.time_budget_s:g}s"]
     if config.precision != "fp32":
         args += ["--precision", config.precision]
     if config.device != "auto":

@@ -86,12 +86,12 @@ class Method(nn.Module):
         return self.default_lr if self.config.lr is None else self.config.lr
 
     def build_scheduler(
-        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+        self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: Callable[[], int] | None = None
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
         """The run's `--lr-schedule` and `--warmup-epochs`, stepped once per optimizer step (none for the paper's
-        constant rate)."""
+        constant rate). `total_steps()`: the run's length when a time budget plans it (default: its epochs)."""
         warmup = round(self.config.warmup_epochs * steps_per_epoch)
-        total = self.config.epochs * steps_per_epoch
+        total = total_steps or self.config.epochs * steps_per_epoch
         return build_lr_scheduler(optimizer, self.config.lr_schedule, total, warmup)
 
     def on_epoch_start(self, context: EpochContext) -> None:

@@ -33,6 +33,7 @@ from ssrr.precision import Execution
 from ssrr.schedules import view_side
 from ssrr.train import checkpoint as ckpt
 from ssrr.train import records
+from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import TrainDisplay, console, summary_table
 from ssrr.train.records import ENVIRONMENT_FILE, METRICS_FILE, THROUGHPUT_FILE
 from ssrr.train.setup import Training, set_up
@@ -86,9 +87,16 @@ class Progress:
     elapsed_s: float = 0.0  # pretraining seconds of the whole run at the last record (resumed calls included)
     throughput: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
+    first_step: int = 0  # the step this call started at
 
-    def finished(self, config: RunConfig) -> bool:
+    def finished(self, config: RunConfig, budget: TimeBudget | None) -> bool:
+        if budget is not None and budget.ended(self.step):
+            return True
         return self.epoch >= config.epochs or bool(config.max_steps and self.step >= config.max_steps)
+
+    def pretraining_s(self) -> float:
+        """Pretraining seconds of the whole run so far (resumed calls included, probes left out)."""
+        return self.elapsed_before + time.perf_counter() - self.started - self.probe_s
 
 
 @dataclass
@@ -131,7 +139,8 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             started=0.0,
             elapsed_before=0.0,
         )
-        display = TrainDisplay(show and t.main, config.epochs)
+        progress.first_step = progress.step
+        display = TrainDisplay(show and t.main, _epochs(t))
         progress.started = time.perf_counter()
         progress.elapsed_before = records.elapsed_so_far(config.run_dir) if t.resumed else 0.0
         sample_log = None
@@ -139,7 +148,7 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
             config.run_dir.mkdir(parents=True, exist_ok=True)
             sample_log = open_log(config.run_dir / f"samples-rank{t.accelerator.process_index}.jsonl")
         with display:
-            while not progress.finished(config):
+            while not progress.finished(config, t.budget):
                 _run_epoch(t, progress, display, probes, sample_log)
                 if progress.interrupted:
                     break
@@ -164,12 +173,35 @@ def _open_run(t: Training) -> None:
         t.accelerator.init_trackers(t.config.name, config={k: str(v) for k, v in asdict(t.config).items()})
 
 
+def _epochs(t: Training) -> int:
+    """The run's epochs: its --epochs, or as many as its time budget's plan touches."""
+    return t.budget.epochs if t.budget is not None else t.config.epochs
+
+
+def _ends_run(t: Training, progress: Progress, epoch_done: bool) -> bool:
+    """Whether the epoch just trained ends the run (its last epoch, or the time budget's last step)."""
+    return (epoch_done and progress.epoch + 1 >= _epochs(t)) or (t.budget is not None and t.budget.ended(progress.step))
+
+
+def _plan_budget(t: Training, progress: Progress, display: TrainDisplay, epoch_end: bool) -> None:
+    """--time-budget: plan the run's steps from its pace so far, when due (the same step on every rank, and the
+    slowest rank's time, so every rank plans alike)."""
+    budget = t.budget
+    if budget is None or not budget.due(progress.step - progress.first_step, progress.step, epoch_end):
+        return
+    elapsed = records.slowest(t.accelerator, progress.pretraining_s())
+    if t.config.bn_recalibrate:  # one forward pass over the clean images: about half an epoch's step time per view
+        budget.end_reserve_s = elapsed / max(progress.step, 1) * t.steps_per_epoch / (2 * t.views_per_image)
+    budget.plan(elapsed, progress.step)
+    display.total_epochs = budget.epochs
+
+
 def _view_size(t: Training, epoch: int) -> tuple[int, int]:
     """This epoch's (H, W) of the training views: the images' own, or the progressive-resizing side."""
     if not (t.config.view_size or t.config.view_size_end):
         return tuple(t.manifest.image_size)  # type: ignore[return-value]
     first, last = t.config.view_sides(min(t.manifest.image_size))
-    side = view_side(epoch, t.config.epochs, first, last)
+    side = view_side(epoch, _epochs(t), first, last)
     return side, side
 
 
@@ -199,7 +231,10 @@ def _run_epoch(
     except KeyboardInterrupt:
         progress.interrupted = True
     epoch_done = tally.batch_in_epoch >= t.steps_per_epoch
-    if epoch_done and epoch + 1 >= config.epochs and config.bn_recalibrate:
+    if not progress.interrupted:
+        _plan_budget(t, progress, display, epoch_end=True)
+    ends_run = not progress.interrupted and _ends_run(t, progress, epoch_done)
+    if ends_run and config.bn_recalibrate:
         _recalibrate_batchnorm(t)
     metrics = records.reduce_across_ranks(t.accelerator, _rates(t, tally, time.perf_counter() - tally.started))
     next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, tally.batch_in_epoch)
@@ -208,10 +243,10 @@ def _run_epoch(
     record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
     record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
     probe_started = time.perf_counter()
-    if epoch_done and t.main:
-        record.update(_run_probes(probes, t, epoch + 1))
+    if (epoch_done or ends_run) and t.main:
+        record.update(_run_probes(probes, t, epoch + 1, ends_run))
     progress.probe_s += time.perf_counter() - probe_started
-    progress.elapsed_s = progress.elapsed_before + time.perf_counter() - progress.started - progress.probe_s
+    progress.elapsed_s = progress.pretraining_s()
     record["elapsed_s"] = round(progress.elapsed_s, 3)
     if t.main:
         append_line(config.run_dir / METRICS_FILE, json.dumps(record))  # appended: resuming keeps history
@@ -220,8 +255,8 @@ def _run_epoch(
             t.accelerator.log(numbers, step=progress.step)
     display.end_epoch(epoch, metrics)
     progress.throughput = metrics
-    stop_now = progress.interrupted or bool(config.max_steps and progress.step >= config.max_steps)
-    if (next_epoch % config.checkpoint_every == 0) or next_epoch >= config.epochs or stop_now or not epoch_done:
+    stop_now = progress.interrupted or ends_run or bool(config.max_steps and progress.step >= config.max_steps)
+    if (next_epoch % config.checkpoint_every == 0) or next_epoch >= _epochs(t) or stop_now or not epoch_done:
         _save(t, progress.step, next_epoch, next_batch)
     progress.epoch = next_epoch
 
@@ -239,7 +274,6 @@ def _run_steps(
 ) -> None:
     """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data."""
     config = t.config
-    total_steps = records.total_steps(config, t.steps_per_epoch)
     tally.step_started = time.perf_counter()
     while True:
         tick = time.perf_counter()
@@ -252,12 +286,19 @@ def _run_steps(
             sample_log.write(json.dumps([progress.step, batch.index.tolist()]) + "\n")
         progress.step += 1
         tally.add(out)
+        if tally.batch_in_epoch < t.steps_per_epoch:  # an epoch's end plans in _run_epoch
+            _plan_budget(t, progress, display, epoch_end=False)
         if display.enabled and (tally.batch_in_epoch % 5 == 0 or tally.batch_in_epoch == t.steps_per_epoch):
             running = _rates(t, tally, time.perf_counter() - tally.step_started)
             per_step = (time.perf_counter() - tally.step_started) / tally.counted
-            display.update(tally.batch_in_epoch, running, (total_steps - progress.step) * per_step)
-        if config.max_steps and progress.step >= config.max_steps:
+            display.update(tally.batch_in_epoch, running, (_total_steps(t) - progress.step) * per_step)
+        if (config.max_steps and progress.step >= config.max_steps) or (t.budget and t.budget.ended(progress.step)):
             break
+
+
+def _total_steps(t: Training) -> int:
+    """The run's steps: its time budget's plan, or its epochs (capped by --max-steps)."""
+    return t.budget.planned_steps if t.budget is not None else records.total_steps(t.config, t.steps_per_epoch)
 
 
 def _rates(t: Training, tally: EpochTally, elapsed: float) -> dict[str, float]:
@@ -284,6 +325,7 @@ def _save(t: Training, step: int, epoch_now: int, batch_now: int) -> None:
         "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         "rng": ckpt.rng_state(),
+        "budget": t.budget.state() if t.budget is not None else None,  # resuming keeps the plan
         "epoch": epoch_now,
         "batch_in_epoch": batch_now,
         "step": step,
@@ -310,8 +352,9 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         "processes": processes,
         "weights_in_sync": in_sync,
         **t.execution.record(),
-        "projected_run_s": records.projected_run_s(progress.elapsed_s, progress.step, config, t.steps_per_epoch),
+        "projected_run_s": records.projected_run_s(progress.elapsed_s, progress.step, _total_steps(t)),
         "skipped": t.loader.skipped,
+        **(t.budget.state() if t.budget is not None else {}),
     }
     write_text_atomic(config.run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
     if show:
@@ -325,6 +368,8 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
             "wall": f"{total:.1f} s",
             "configured run": f"~{records.hours(summary['projected_run_s'])} at this run's pace",
         }
+        if t.budget is not None:
+            extra["time budget"] = t.budget.describe()
         console.print(summary_table("pretraining summary (last epoch)", progress.throughput, extra))
 
 
@@ -354,10 +399,9 @@ def _train_step(
     return out
 
 
-def _run_probes(probes: Sequence[Probe], t: Training, epochs_done: int) -> dict[str, float]:
-    """The values of the probes due after `epochs_done` complete epochs: every `every` epochs, and after the
-    run's last epoch (so a curve always ends at the final backbone)."""
-    last = epochs_done >= t.config.epochs
+def _run_probes(probes: Sequence[Probe], t: Training, epochs_done: int, last: bool) -> dict[str, float]:
+    """The values of the probes due after `epochs_done` epochs: every `every` complete epochs, and after the
+    run's `last` epoch (so a curve always ends at the final backbone)."""
     return {
         probe.name: probe(t.method.backbone, t.shard_dir, t.execution)
         for probe in probes

@@ -149,12 +149,21 @@ def total_steps(config: RunConfig, steps_per_epoch: int) -> int:
     return min(total, config.max_steps) if config.max_steps else total
 
 
-def projected_run_s(elapsed_s: float, steps_done: int, config: RunConfig, steps_per_epoch: int) -> float | None:
-    """Seconds of pretraining the whole configured run takes at the pace of its steps so far (`elapsed_s` over
-    `steps_done`, resumed calls included): what users plan by, and for a finished run, its own time."""
+def projected_run_s(elapsed_s: float, steps_done: int, run_steps: int) -> float | None:
+    """Seconds of pretraining the whole run (`run_steps` steps: `total_steps`, or a time budget's plan) takes at
+    the pace of its steps so far (`elapsed_s` over `steps_done`, resumed calls included): what users plan by,
+    and for a finished run, its own time."""
     if steps_done <= 0 or elapsed_s <= 0:
         return None
-    return elapsed_s * total_steps(config, steps_per_epoch) / steps_done
+    return elapsed_s * run_steps / steps_done
+
+
+def slowest(accelerator: Accelerator, seconds: float) -> float:
+    """The largest of every rank's `seconds` (the same value on every rank)."""
+    if accelerator.num_processes == 1:
+        return seconds
+    local = torch.tensor([seconds], device=accelerator.device, dtype=torch.float64)
+    return float(accelerator.gather(local).max())
 
 
 def hours(seconds: float | None) -> str:

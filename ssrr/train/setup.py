@@ -24,6 +24,7 @@ from ssrr.pipelines.loader import ViewLoader
 from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
+from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
 
@@ -67,6 +68,7 @@ class Training:
     loader: ViewLoader
     make_loader: Callable[..., ViewLoader]
     state: dict[str, Any]  # the training state resumed from ({} for a fresh run)
+    budget: TimeBudget | None  # --time-budget's plan of the run's steps (None: its epochs decide)
     resumed: bool
     views_per_image: int
     pairs_per_step: int
@@ -123,16 +125,27 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
         raise SsrrError(
             f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
         )
-    scheduler = method.build_scheduler(optimizer, len(loader))
+    budget = _time_budget(config, len(loader), state)
+    scheduler = method.build_scheduler(optimizer, len(loader), budget.total if budget else None)
     model, optimizer = accelerator.prepare(method, optimizer)
     scaler = execution.grad_scaler()
     _restore(state, optimizer, scheduler, scaler)
     unwrapped: Method = accelerator.unwrap_model(model)
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
-        scaler, loader, make_loader, state, resume_from is not None, cls.views_per_image(config),
+        scaler, loader, make_loader, state, budget, resume_from is not None, cls.views_per_image(config),
         unwrapped.pairs_per_step(config.batch),
     )  # fmt: skip
+
+
+def _time_budget(config: RunConfig, steps_per_epoch: int, state: dict[str, Any]) -> TimeBudget | None:
+    """The plan of a run with `--time-budget`: capped by its epochs and --max-steps; resumed, the saved plan."""
+    if not config.time_budget_s:
+        return None
+    cap = config.epochs * steps_per_epoch
+    if config.max_steps:
+        cap = min(cap, config.max_steps)
+    return TimeBudget.for_run(config.time_budget_s, steps_per_epoch, cap, state.get("budget"))
 
 
 def _build_method(
