@@ -193,7 +193,7 @@ def _plan_budget(t: Training, progress: Progress, display: TrainDisplay, epoch_e
     if t.config.bn_recalibrate:  # one forward pass over the clean images: about half an epoch's step time per view
         budget.end_reserve_s = elapsed / max(progress.step, 1) * t.steps_per_epoch / (2 * t.views_per_image)
     budget.plan(elapsed, progress.step)
-    display.total_epochs = budget.epochs
+    display.total_epochs, display.plan = budget.epochs, f" (budget {budget.describe()})"
 
 
 def _view_size(t: Training, epoch: int) -> tuple[int, int]:

@@ -52,7 +52,7 @@ class TrainDisplay:
             TimeElapsedColumn(),
             TextColumn("epoch left"),
             TimeRemainingColumn(),
-            TextColumn("run left {task.fields[run_left]}"),
+            TextColumn("run left {task.fields[run_left]}{task.fields[plan]}"),
             TextColumn("{task.fields[metrics]}"),
             console=console,
             transient=False,
@@ -60,6 +60,7 @@ class TrainDisplay:
         )
         self.task: TaskID | None = None
         self.run_left = "?"
+        self.plan = ""  # a time budget's plan, e.g. " (budget 15 min: 22,000 steps (28.2 epochs))"
 
     def __enter__(self) -> TrainDisplay:
         self.progress.__enter__()
@@ -72,7 +73,13 @@ class TrainDisplay:
         if self.task is not None:
             self.progress.remove_task(self.task)
         self.task = self.progress.add_task(
-            "train", total=steps, epoch=epoch + 1, epochs=self.total_epochs, metrics="", run_left=self.run_left
+            "train",
+            total=steps,
+            epoch=epoch + 1,
+            epochs=self.total_epochs,
+            metrics="",
+            run_left=self.run_left,
+            plan=self.plan,
         )
 
     def update(self, step_in_epoch: int, metrics: dict[str, float], run_left_s: float | None = None) -> None:
@@ -81,12 +88,18 @@ class TrainDisplay:
             self.run_left = format_duration(run_left_s)
         if self.task is not None:
             self.progress.update(
-                self.task, completed=step_in_epoch, metrics=format_metrics(metrics), run_left=self.run_left
+                self.task,
+                completed=step_in_epoch,
+                metrics=format_metrics(metrics),
+                run_left=self.run_left,
+                epochs=self.total_epochs,
+                plan=self.plan,
             )
 
     def end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.enabled and not console.is_terminal:
-            line = f"epoch {epoch + 1}/{self.total_epochs}  run left ~{self.run_left}  {format_metrics(metrics)}"
+            left = f"run left ~{self.run_left}{self.plan}"
+            line = f"epoch {epoch + 1}/{self.total_epochs}  {left}  {format_metrics(metrics)}"
             console.print(line, highlight=False)
 
 
