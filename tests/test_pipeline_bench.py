@@ -72,9 +72,10 @@ def test_bench_time_to_accuracy_runs_every_seed_both_ways_and_times_the_target(t
     assert result["wall_s"] > 0 and result["baseline_wall_s"] > 0
     assert result["time_to_target_s"] == pytest.approx(sum(c["seconds"][0] for c in result["curves"]) / 2)
     assert result["baseline_time_to_target_s"] > 0
-    assert result["baseline_settings"]["best"] in [
-        {"workers": row["workers"], "threads": row["threads"]} for row in result["baseline_settings"]["tried"]
-    ]
+    settings = result["baseline_settings"]
+    assert settings["best"] in [{key: row[key] for key in settings["best"]} for row in settings["tried"]]
+    assert {row["channels_last"] for row in settings["tried"]} == {False, True}  # both memory formats tried
+    assert result["wall_ratio"] == pytest.approx(result["baseline_wall_s"] / result["wall_s"])
 
 
 def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path: Path) -> None:
@@ -87,9 +88,10 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path:
         tmp_path / "synthetic", k=2, m=8, steps=2, repeats=2, warmup=1, baseline_steps=1, max_workers=1, max_threads=1
     )
     tried = result["baseline_settings"]["tried"]
-    assert [(row["workers"], row["threads"]) for row in tried] == [(0, 1), (1, 1)]
+    settings = [(row["workers"], row["threads"], row["channels_last"]) for row in tried]
+    assert settings == [(0, 1, False), (0, 1, True), (1, 1, False), (1, 1, True)]  # both memory formats
     best = max(tried, key=lambda row: row["views_per_s"])
-    assert result["baseline_settings"]["best"] == {"workers": best["workers"], "threads": best["threads"]}
+    assert result["baseline_settings"]["best"] == {key: best[key] for key in ("workers", "threads", "channels_last")}
     assert len(result["runs"]) == len(result["baseline_runs"]) == 2  # the same repeats on both sides
     assert result["ratio"] == pytest.approx(result["views_per_s"] / result["baseline_views_per_s"])
     assert result["baseline_loader_views_per_s"] > 0 and result["baseline_step_s"] > 0

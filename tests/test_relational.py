@@ -291,3 +291,6 @@ def test_step_benchmarks_smoke() -> None:
     for key in ("step_s", "views_per_s", "baseline_step_s", "step_speedup", "amp"):
         assert key in step
     assert step["views_per_s"] == pytest.approx(4 / step["step_s"])
+    tried = step["baseline_settings"]["tried"]  # the public step in NCHW and channels_last: the faster counts
+    assert [row["channels_last"] for row in tried] == [False, True]
+    assert step["baseline_step_s"] == min(row["step_s"] for row in tried)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ssrr.bench.baseline import Baseline, Timing, baseline_step, best_setting, grid
+from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_step, best_setting, grid
 from ssrr.bench.e2e import bench_execution
 from ssrr.bench.step import intra_op_threads
 from ssrr.config import RunConfig
@@ -44,19 +44,16 @@ def _ours(shard_dir: Path, config: RunConfig, probe: LinearProbe, execution: Exe
     return curve.seconds[-1], curve
 
 
-def _baseline(
-    baseline: Baseline, setting: tuple[int, int], epochs: int, seed: int, probe: LinearProbe
-) -> tuple[float, Curve]:
+def _baseline(baseline: Baseline, setting: Setting, epochs: int, seed: int, probe: LinearProbe) -> tuple[float, Curve]:
     """Train the public-code way for `epochs`, probing after every `probe.every`-th epoch (probe time excluded)."""
-    workers, threads = setting
     torch.manual_seed(seed)
     seconds, times, values = 0.0, [], []
-    with intra_op_threads(threads):
-        step, net = baseline_step(baseline.backbone, baseline.k, baseline.execution)
+    with intra_op_threads(setting.threads):
+        step, net = baseline_step(baseline.backbone, baseline.k, baseline.execution, setting.channels_last)
         for epoch in range(epochs):
             started = time.perf_counter()
             net.train()
-            for batch in baseline.epoch(workers, seed * 1000 + epoch):
+            for batch in baseline.epoch(setting.workers, seed * 1000 + epoch):
                 step(batch)
             seconds += time.perf_counter() - started
             if (epoch + 1) % probe.every == 0 or epoch + 1 == epochs:
@@ -118,6 +115,7 @@ def bench_time_to_accuracy(
         "wall_s": statistics.fmean(wall),
         "baseline_wall_s": statistics.fmean(baseline_wall),
         "speedup": statistics.fmean(baseline_wall) / statistics.fmean(wall),
+        "wall_ratio": statistics.fmean(baseline_wall) / statistics.fmean(wall),  # at equal epochs (and views)
         "target_top1": target_top1,
         "time_to_target_s": to_target,
         "baseline_time_to_target_s": baseline_to_target,
@@ -126,7 +124,7 @@ def bench_time_to_accuracy(
         "baseline_curves": [
             {"seed": s, "seconds": c.seconds, "top1": c.values} for s, (_, c) in zip(seeds, theirs, strict=True)
         ],
-        "baseline_settings": {"best": {"workers": setting[0], "threads": setting[1]}, "tried": tried},
+        "baseline_settings": {"best": setting.record(), "tried": tried},
         "dataset": str(shard_dir),
         "backbone": backbone,
         "k": k,

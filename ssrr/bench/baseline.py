@@ -2,9 +2,10 @@
 and `bench accuracy`.
 
 Its structure: a DataLoader whose workers apply the torchvision transform K times per PIL image, feeding a step
-with the literal pair loop (NCHW, plain relation head, focal loss, Adam 1e-3). Its settings are tuned as a user
-would: the best of a small grid of DataLoader workers (0..min(8, cores)) and torch threads (1..cores), each
-probed briefly; the best is then timed with the same warm-up, steps and repeats as ours. Its parts are timed too
+with the literal pair loop (plain relation head, focal loss, Adam 1e-3). Its settings are tuned as a user
+would: the best of a small grid of DataLoader workers (0..min(8, cores)), torch threads (1..cores) and memory
+format (NCHW, or channels_last: a flag any user can set), each probed briefly; the best is then timed with the
+same warm-up, steps and repeats as ours, its repeats interleaved with ours by the caller. Its parts are timed too
 (the loader alone, the step alone on a batch in memory) and checked to compose with the whole, so a starved or
 oversubscribed baseline shows instead of inflating a ratio.
 """
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -37,19 +38,21 @@ COMPOSE_TOLERANCE = 0.2  # the whole may fall this far short of the parts' seria
 
 
 def baseline_step(
-    backbone: str, k: int, execution: Execution | None = None
+    backbone: str, k: int, execution: Execution | None = None, channels_last: bool = False
 ) -> tuple[Callable[[Batch], None], nn.Module]:
     """The public implementation's training step and the backbone it trains, on the same device and in the same
-    precision as ours (`execution`; float32 on the CPU when None). Batches may come from the CPU."""
+    precision as ours (`execution`; float32 on the CPU when None), NCHW or `channels_last` (backbone and batch).
+    Batches may come from the CPU."""
     execution = execution or Execution(torch.device("cpu"))
-    net = build_backbone(backbone).to(execution.device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    net = build_backbone(backbone).to(execution.device).to(memory_format=layout)
     head = RelationHead(net.feature_dim, "cat", fused=False).to(execution.device)
     optimizer = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=1e-3)
     scaler = execution.grad_scaler()
 
     def step(batch: Batch) -> None:
         optimizer.zero_grad(set_to_none=True)
-        views = batch.views.to(execution.device, non_blocking=True).contiguous()
+        views = batch.views.to(execution.device, non_blocking=True).contiguous(memory_format=layout)
         with execution.autocast():
             logits, targets = literal_relation_logits(net(views), head, k, "cat")
         loss = focal_loss(logits.float(), targets)
@@ -58,6 +61,17 @@ def baseline_step(
             torch.cuda.synchronize(execution.device)
 
     return step, net
+
+
+class Setting(NamedTuple):
+    """One setting of the baseline a user would try."""
+
+    workers: int  # DataLoader workers
+    threads: int  # torch intra-op threads
+    channels_last: bool  # the backbone and batches in channels_last (else NCHW)
+
+    def record(self) -> dict[str, Any]:
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -90,13 +104,13 @@ class Baseline:
             yield from self.epoch(workers, seed * 1000 + epoch)
             epoch += 1
 
-    def views_per_s(self, workers: int, threads: int, timing: Timing) -> list[float]:
+    def views_per_s(self, setting: Setting, timing: Timing, first_seed: int = 0) -> list[float]:
         """Loader + step end to end, one figure per repeat (a fresh loader each repeat)."""
         runs = []
-        with intra_op_threads(threads):
-            step = baseline_step(self.backbone, self.k, self.execution)[0]
+        with intra_op_threads(setting.threads):
+            step = baseline_step(self.backbone, self.k, self.execution, setting.channels_last)[0]
             for repeat in range(timing.repeats):
-                batches = self.batches(workers, seed=repeat)
+                batches = self.batches(setting.workers, seed=first_seed + repeat)
                 seconds = timed_steps(batches, step, timing.warmup, timing.steps)[0]
                 batches.close()  # type: ignore[attr-defined]
                 runs.append(timing.steps * self.k * self.m / seconds)
@@ -109,11 +123,11 @@ class Baseline:
         batches.close()  # type: ignore[attr-defined]
         return timing.steps * self.k * self.m / seconds
 
-    def step_s(self, threads: int, timing: Timing) -> float:
+    def step_s(self, setting: Setting, timing: Timing) -> float:
         """The step alone on one batch already in memory: median seconds."""
         batch = next(self.batches(0, seed=0))
-        with intra_op_threads(threads):
-            step = baseline_step(self.backbone, self.k, self.execution)[0]
+        with intra_op_threads(setting.threads):
+            step = baseline_step(self.backbone, self.k, self.execution, setting.channels_last)[0]
             times = []
             for i in range(timing.warmup + timing.steps):
                 start = time.perf_counter()
@@ -123,35 +137,29 @@ class Baseline:
         return statistics.median(times)
 
 
-def grid(max_workers: int | None = None, max_threads: int | None = None) -> list[tuple[int, int]]:
-    """(workers, threads) settings a user would try: workers 0..min(8, cores), threads 1..cores."""
+def grid(max_workers: int | None = None, max_threads: int | None = None) -> list[Setting]:
+    """Settings a user would try: workers 0..min(8, cores), threads 1..cores, NCHW and channels_last."""
     workers = range(0, (max_workers if max_workers is not None else default_workers()) + 1)
     threads = range(1, (max_threads or cores()) + 1)
-    return [(w, t) for w in workers for t in threads]
+    return [Setting(w, t, last) for w in workers for t in threads for last in (False, True)]
 
 
-def best_setting(
-    baseline: Baseline, probe: Timing, settings: list[tuple[int, int]]
-) -> tuple[list[dict[str, Any]], tuple[int, int]]:
-    """Every (workers, threads) setting probed briefly end to end: the figures, and the fastest setting."""
+def best_setting(baseline: Baseline, probe: Timing, settings: list[Setting]) -> tuple[list[dict[str, Any]], Setting]:
+    """Every setting probed briefly end to end: the figures, and the fastest setting."""
     tried: list[dict[str, Any]] = []
-    for workers, threads in settings:
-        rate = statistics.median(baseline.views_per_s(workers, threads, probe))
-        tried.append({"workers": workers, "threads": threads, "views_per_s": rate})
+    for setting in settings:
+        rate = statistics.median(baseline.views_per_s(setting, probe))
+        tried.append({**setting.record(), "views_per_s": rate})
     best = max(tried, key=lambda row: row["views_per_s"])
-    return tried, (int(best["workers"]), int(best["threads"]))
+    return tried, Setting(int(best["workers"]), int(best["threads"]), bool(best["channels_last"]))
 
 
-def tuned_baseline(
-    baseline: Baseline, timing: Timing, probe: Timing, settings: list[tuple[int, int]]
-) -> dict[str, Any]:
-    """Probe every setting briefly, time the best with `timing` (ours' warm-up, steps and repeats), time its parts,
-    and check that they compose. Returns the `baseline_*` fields of a benchmark result."""
-    tried, (workers, threads) = best_setting(baseline, probe, settings)
-    runs = baseline.views_per_s(workers, threads, timing)
+def baseline_parts(baseline: Baseline, setting: Setting, timing: Timing, runs: list[float]) -> dict[str, Any]:
+    """The best setting's parts (its loader alone, its step alone) beside its end-to-end `runs`, and whether they
+    compose. Returns the `baseline_*` fields of a benchmark result (without the settings)."""
     combined = statistics.median(runs)
-    loader = baseline.loader_views_per_s(workers, timing)
-    step_s = baseline.step_s(threads, timing)
+    loader = baseline.loader_views_per_s(setting.workers, timing)
+    step_s = baseline.step_s(setting, timing)
     step_rate = baseline.k * baseline.m / step_s
     serial = 1 / (1 / loader + 1 / step_rate)  # the loader and the step one after the other (workers=0)
     overlapped = min(loader, step_rate)  # perfectly overlapped (workers on free cores)
@@ -159,7 +167,6 @@ def tuned_baseline(
     return {
         "baseline_views_per_s": combined,
         "baseline_runs": runs,
-        "baseline_settings": {"best": {"workers": workers, "threads": threads}, "tried": tried},
         "baseline_loader_views_per_s": loader,
         "baseline_step_s": step_s,
         "baseline_parts_predict": {"serial_views_per_s": serial, "overlapped_views_per_s": overlapped},

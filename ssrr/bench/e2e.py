@@ -4,8 +4,9 @@ Ours: the DALI `ViewLoader` feeding the relational method (channels_last, the ve
 in the benchmark's precision: `auto` is bf16 where the device runs it natively), Adam. Baseline, in the same
 process and run, on the same device and in the same precision: the torchvision reference loader (K transforms
 per image in DataLoader workers) feeding a step with the literal pair loop (the public implementation's
-structure), its workers and threads tuned (`ssrr.bench.baseline`). The same warm-up, steps and repeats on both
-sides; figures are medians over repeats. The share of time ours spends waiting for data is reported
+structure), its workers, threads and memory format tuned (`ssrr.bench.baseline`). The same warm-up, steps and
+repeats on both sides, the repeats interleaved (ours, the baseline, ours, ...) so that a machine's drift falls on
+both; figures are medians over repeats. The share of time ours spends waiting for data is reported
 (`data_wait`), and the step's FLOPs against the device's measured GEMM peak (`step_limit`).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ssrr.bench.baseline import Baseline, Timing, grid, tuned_baseline
+from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_setting, grid
 from ssrr.bench.limits import step_limit
 from ssrr.bench.timing import endless_batches, timed_steps
 from ssrr.config import RunConfig
@@ -84,26 +85,37 @@ def bench_e2e(
     dev = execution.device
     loader = ViewLoader(shard_dir, recipes.relational(k), batch_size=m, device=dev, dtype=execution.view_dtype)
     ours = _our_step(backbone, k, m, execution)
+    timing = Timing(warmup, steps, repeats)
+    baseline: Baseline | None = None
+    setting: Setting | None = None
+    tried: list[dict[str, Any]] = []
+    if baseline_steps:
+        baseline = Baseline(shard_dir, backbone, k, m, execution)
+        tried, setting = best_setting(baseline, Timing(1, baseline_steps, 1), grid(max_workers, max_threads))
     runs: list[float] = []
     waits: list[float] = []
-    for repeat in range(repeats):
+    baseline_runs: list[float] = []
+    for repeat in range(repeats):  # interleaved: drift of a shared machine falls on both sides
         batches = endless_batches(loader, first_epoch=1000 * repeat)
         seconds, wait = timed_steps(batches, ours, warmup, steps)
         batches.close()  # type: ignore[attr-defined]
         runs.append(steps * k * m / seconds)
         waits.append(wait / seconds)
+        if baseline is not None and setting is not None:
+            baseline_runs += baseline.views_per_s(setting, Timing(warmup, steps, 1), first_seed=repeat)
     views_per_s = statistics.median(runs)
     result: dict[str, Any] = {"baseline_views_per_s": None}
-    if baseline_steps:
-        timing, probe = Timing(warmup, steps, repeats), Timing(1, baseline_steps, 1)
-        settings = grid(max_workers, max_threads)
-        result = tuned_baseline(Baseline(shard_dir, backbone, k, m, execution), timing, probe, settings)
-    baseline = result["baseline_views_per_s"]
+    if baseline is not None and setting is not None:
+        result = {
+            **baseline_parts(baseline, setting, timing, baseline_runs),
+            "baseline_settings": {"best": setting.record(), "tried": tried},
+        }
+    baseline_rate = result["baseline_views_per_s"]
     return {
         "views_per_s": views_per_s,
         "images_per_s": views_per_s / k,
         "data_wait": statistics.median(waits),
-        "ratio": views_per_s / baseline if baseline else None,
+        "ratio": views_per_s / baseline_rate if baseline_rate else None,
         **result,
         "step_limit": _limit(loader, ours, execution, views_per_s / (k * m)),
         "backbone": backbone,
