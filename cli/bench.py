@@ -265,19 +265,19 @@ def shard(
 def linear(
     dataset: str = typer.Option("shards/cifar10-jpeg", help="Shard folder or name."),
     backbone: str = typer.Option("random:conv4", help="Run folder, checkpoint, or random:<backbone>."),
-    epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
-    baseline_epochs: int = typer.Option(2, help="Epochs of the recompute-every-epoch baseline, extrapolated."),
+    epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100), both ways."),
+    workers: int | None = typer.Option(None, help="The baseline's DataLoader workers (default: tuned for here)."),
     as_json: bool = AsJson,
     write: bool = Record,
 ) -> None:
-    """Linear evaluation on cached features vs recomputing features every epoch (the public code's way).
+    """Our linear evaluation vs plain torch on features cached once (torchvision DataLoader, nn.Linear, Adam).
 
     Example: ssrr bench linear --dataset shards/cifar10-jpeg --backbone random:resnet32 --json
     """
     from ssrr.bench.linear import bench_linear
     from ssrr.data.formats import resolve_dataset
 
-    result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, baseline_epochs=baseline_epochs)
+    result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, workers=workers)
     _emit(f"linear-{backbone.replace(':', '-').replace('/', '_')}", result, as_json, write)
 
 

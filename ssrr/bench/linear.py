@@ -1,15 +1,12 @@
-"""Benchmark: linear evaluation on cached features (ours) vs recomputing features every epoch (public code).
+"""Benchmark: the linear protocol our way against the way a competent user writes it in plain torch.
 
-Ours: extract train and test representations once through the DALI evaluation pipeline, then train the
-linear head for `epochs` epochs on the in-memory tensor. Baseline: the public code's way, every epoch reads
-the train split again (shuffled, normalise only), pushes every batch through the frozen backbone, and takes
-one Adam step on the head; the test split is scored once at the end. Running the baseline for 100 epochs
-would take long, so `baseline_epochs` epochs are measured and the per-epoch time extrapolated to `epochs`
-(`baseline_extrapolated: true` in the result).
-
-Accuracy check: both ways are trained for `baseline_epochs` epochs with the same seed and compared
-(they differ only in the order the shuffles visit the samples); the full `epochs` result of ours is
-reported as `top1`.
+Ours: train and test representations extracted once through the DALI evaluation pipeline, then the linear head
+trained for `epochs` epochs on the in-memory tensor with the closed-form step (`ssrr.eval.linear.train_linear`).
+Baseline: features also extracted once (the frozen backbone never changes, so nobody recomputes them), through a
+torchvision DataLoader (ToTensor + Normalize, workers as tuned for the machine), then `nn.Linear` trained with
+cross-entropy, autograd and `torch.optim.Adam` over the same epochs, batches and shuffles
+(`ssrr.eval.linear.train_linear_autograd`). Both report their top-1; the ratio is what our extraction and our
+step save against that, and it may be below 1 (the summary row then says ours does not beat it).
 """
 
 from __future__ import annotations
@@ -19,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ssrr.data.formats import load_manifest
 from ssrr.eval.common import resolve_device, seed_everything
 from ssrr.eval.features import class_names, eval_image_size, extract_features
-from ssrr.eval.linear import BATCH, LR, classification_metrics, fit_and_score, new_head, predict
+from ssrr.eval.linear import classification_metrics, fit_and_score, predict, train_linear_autograd
+from ssrr.hardware import default_workers
+from ssrr.pipelines import recipes
+from ssrr.pipelines.reference import ReferenceViews
 from ssrr.precision import as_execution
 from ssrr.train.checkpoint import load_backbone
 
@@ -34,65 +33,73 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def recompute_baseline(
+@torch.no_grad()
+def reference_features(
     backbone: torch.nn.Module,
     shard_dir: Path | str,
-    classes: int,
+    split: str,
+    *,
+    device: torch.device,
+    image_size: tuple[int, int] | None,
+    workers: int,
+    batch: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, fine labels) of every sample of `split` through a torchvision DataLoader, in stored order."""
+    data = ReferenceViews(shard_dir, split, recipes.evaluation(), image_size=image_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=False, num_workers=workers)
+    backbone.eval()
+    zs, labels = [], []
+    for views, label in loader:
+        zs.append(as_execution(device).forward(backbone, views[:, 0].to(device)).float())
+        labels.append(label[:, 0])
+    return torch.cat(zs), torch.cat(labels)
+
+
+def cached_baseline(
+    backbone: torch.nn.Module,
+    shard_dir: Path | str,
+    names: list[str],
     *,
     epochs: int,
     device: torch.device,
     image_size: tuple[int, int] | None,
     seed: int,
-    batch: int = BATCH,
-    lr: float = LR,
-) -> tuple[torch.nn.Linear, float]:
-    """Train the head the public code's way for `epochs` epochs; return it and the seconds spent."""
-    from ssrr.pipelines import recipes
-    from ssrr.pipelines.loader import ViewLoader
-
-    dim = int(getattr(backbone, "feature_dim", 0)) or 0
-    loader = ViewLoader(
-        shard_dir,
-        recipes.evaluation(),
-        split="train",
-        batch_size=batch,
-        device=str(device),
-        seed=seed,
-        training=True,
-        image_size=image_size,
-    )
-    backbone.eval()
-    head: torch.nn.Linear | None = new_head(dim, classes, seed).to(device) if dim else None
-    optimiser = torch.optim.Adam(head.parameters(), lr=lr) if head is not None else None
+    workers: int,
+) -> dict[str, Any]:
+    """The plain-torch linear protocol: features cached once, nn.Linear + torch.optim.Adam. Times and top-1."""
     _sync(device)
     started = time.perf_counter()
-    for epoch in range(epochs):
-        for b in loader.epoch(epoch):
-            keep = b.valid.bool()
-            with torch.no_grad():
-                z = as_execution(device).forward(backbone, b.views[: len(keep)][keep.to(b.views.device)])
-            if head is None:  # a backbone without feature_dim: size the head from the first batch
-                head = new_head(z.shape[1], classes, seed).to(device)
-                optimiser = torch.optim.Adam(head.parameters(), lr=lr)
-            loss = F.cross_entropy(head(z), b.fine[keep.to(b.fine.device)].long().to(device))
-            optimiser.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-            loss.backward()
-            optimiser.step()  # type: ignore[union-attr]
+    train_z, train_y = reference_features(
+        backbone, shard_dir, "train", device=device, image_size=image_size, workers=workers
+    )
+    test_z, test_y = reference_features(
+        backbone, shard_dir, "test", device=device, image_size=image_size, workers=workers
+    )
     _sync(device)
-    assert head is not None
-    return head, time.perf_counter() - started
+    extract_s = time.perf_counter() - started
+    fit = train_linear_autograd(train_z, train_y, len(names), epochs=epochs, seed=seed, device=device)
+    metrics = classification_metrics(predict(fit.head, test_z), test_y.to(device), names)
+    _sync(device)
+    return {
+        "baseline_wall_s": round(time.perf_counter() - started, 3),
+        "baseline_extract_s": round(extract_s, 3),
+        "baseline_top1": metrics["top1"],
+        "baseline_workers": workers,
+    }
 
 
 def bench_linear(
     shard_dir: Path | str,
     backbone_spec: str,
     epochs: int = 100,
-    baseline_epochs: int = 2,
     *,
     device: str = "auto",
     seed: int = 1,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Wall time of the cached-feature linear evaluation vs the recompute-every-epoch baseline (extrapolated)."""
+    """Wall time and top-1 of our linear evaluation and of the plain-torch cached-feature one (`workers`:
+    the baseline's DataLoader workers, default the machine's tuned number)."""
+    workers = default_workers() if workers is None else workers
     dev = resolve_device(device)
     seed_everything(seed)
     loaded = load_backbone(backbone_spec)
@@ -109,17 +116,9 @@ def bench_linear(
     extract_s = time.perf_counter() - started
     metrics, _ = fit_and_score(train, test, "fine", names, epochs=epochs, seed=seed, device=dev)
     wall_s = time.perf_counter() - started
-    short, _ = fit_and_score(train, test, "fine", names, epochs=baseline_epochs, seed=seed, device=dev)
-
-    head, measured_s = recompute_baseline(
-        backbone, shard_dir, len(names), epochs=baseline_epochs, device=dev, image_size=size, seed=seed
+    baseline = cached_baseline(
+        backbone, shard_dir, names, epochs=epochs, device=dev, image_size=size, seed=seed, workers=workers
     )
-    score_started = time.perf_counter()
-    test_again = extract_features(backbone, shard_dir, "test", device=dev, image_size=size)
-    baseline_metrics = classification_metrics(predict(head, test_again.z), test_again.labels("fine"), names)
-    score_s = time.perf_counter() - score_started
-    per_epoch = measured_s / baseline_epochs
-    baseline_wall_s = per_epoch * epochs + score_s
     return {
         "dataset": manifest.name,
         "backbone": loaded.name,
@@ -133,14 +132,8 @@ def bench_linear(
         "head_train_s": metrics["train_s"],
         "top1": metrics["top1"],
         "top5": metrics["top5"],
-        "baseline_wall_s": round(baseline_wall_s, 3),
-        "baseline_epoch_s": round(per_epoch, 3),
-        "baseline_epochs": baseline_epochs,
-        "baseline_measured_s": round(measured_s, 3),
-        "baseline_extrapolated": baseline_epochs < epochs,  # measured for fewer epochs than ours ran
-        "speedup": round(baseline_wall_s / wall_s, 2) if wall_s > 0 else None,
-        "accuracy_check_epochs": baseline_epochs,
-        "top1_cached_at_check": short["top1"],
-        "top1_recomputed_at_check": baseline_metrics["top1"],
-        "accuracy_check_diff": round(abs(short["top1"] - baseline_metrics["top1"]), 4),
+        **baseline,
+        "baseline": "features cached once (torchvision DataLoader), nn.Linear + torch.optim.Adam",
+        "speedup": round(baseline["baseline_wall_s"] / wall_s, 2) if wall_s > 0 else None,
+        "accuracy_check_diff": round(abs(metrics["top1"] - baseline["baseline_top1"]), 4),
     }
