@@ -9,6 +9,7 @@ import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, new_app, precision_option
 
 from ssrr.bench.record import record
+from ssrr.options import backbone_tag
 
 bench_app = new_app("Benchmarks: ours against the baseline, side by side in one run, medians of repeats.")
 
@@ -17,7 +18,7 @@ RECORD_HELP = "Write the result into docs/benchmarks.md."
 
 # Options several benchmarks share, declared once (one default, one help text).
 Dataset = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read.")
-Backbone = typer.Option("conv4", help="Backbone.")
+Backbone = typer.Option("conv4", help="Backbone: conv4, resnet8/32/56, resnet34, tv:NAME (torchvision) or timm:NAME.")
 K = typer.Option(32, "--k", help="Views per image.")
 Batch = typer.Option(64, help="Images per step (M).")
 Amp = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides.")
@@ -93,7 +94,7 @@ def step(
         repeats=repeats,
         baseline_repeats=baseline_repeats,
     )
-    _emit(f"step-{backbone}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
+    _emit(f"step-{backbone_tag(backbone)}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
 
 
 @bench_app.command("e2e")
@@ -129,7 +130,7 @@ def e2e(
         baseline_steps=baseline_steps,
         device=device,
     )
-    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("methods")
@@ -171,7 +172,7 @@ def methods(
         repeats=repeats,
         device=device,
     )
-    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(f"methods-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("accuracy")
@@ -219,7 +220,7 @@ def accuracy(
         target_top1=target_top1,
     )
     name = Path(result["dataset"]).name
-    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
+    _emit(f"accuracy-{backbone_tag(backbone)}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("shard")

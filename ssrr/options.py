@@ -113,6 +113,20 @@ def check_name(name: str, option: str = "--name") -> str:
     return name
 
 
+STEMS = ("default", "cifar")  # --stem: the model's own first layers, or CIFAR's (3x3 stride 1, no max-pool)
+
+
+def check_stem(stem: str) -> str:
+    if stem not in STEMS:
+        raise SsrrError(f"--stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    return stem
+
+
+def backbone_tag(backbone: str) -> str:
+    """A backbone name as part of a file or folder name: `tv:resnet18` -> `tv-resnet18`."""
+    return backbone.replace(":", "-").replace("@", "-")
+
+
 @dataclass(frozen=True)
 class Extra:
     """An optional feature: the modules it imports and the pyproject extra that installs them."""
@@ -149,6 +163,11 @@ def _require(extra: Extra, what: str) -> None:
     if missing:
         packages = f"the optional {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}"
         raise SsrrError(f'{what} needs {packages}, not installed: pip install "ssrr[{extra.extra}]"')
+
+
+def require_extra(extra: Extra, what: str) -> None:
+    """`what` needs the extra's modules: refused in one line naming the extra to install when one is missing."""
+    _require(extra, what)
 
 
 def require_tracker(names: Iterable[str]) -> None:
