@@ -130,7 +130,9 @@ def e2e(
         baseline_steps=baseline_steps,
         device=device,
     )
-    _emit(f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(
+        f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write
+    )
 
 
 @bench_app.command("methods")
@@ -172,7 +174,12 @@ def methods(
         repeats=repeats,
         device=device,
     )
-    _emit(f"methods-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(
+        f"methods-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}",
+        result,
+        as_json,
+        write,
+    )
 
 
 @bench_app.command("accuracy")

@@ -67,7 +67,12 @@ def reproduce(
     from ssrr.experiments.scales import get_scale, with_backbones
 
     planned = plan(
-        name, with_backbones(get_scale(scale), backbone), runs_dir=runs, shards_root=shards_root, precision=precision_option(precision, amp), device=device
+        name,
+        with_backbones(get_scale(scale), backbone),
+        runs_dir=runs,
+        shards_root=shards_root,
+        precision=precision_option(precision, amp),
+        device=device,
     )
     selected = planned.selected(only)
     if only and not selected:

@@ -161,4 +161,3 @@ def build_external(spec: str, stem: str = "default") -> ExternalBackbone:
 def is_external(spec: str) -> bool:
     """Whether a backbone name is a `family:NAME` one."""
     return spec.partition(":")[0] in FAMILIES
-
