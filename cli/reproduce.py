@@ -63,7 +63,6 @@ def reproduce(
       ssrr reproduce table2 --scale tiny --backbone conv4=tv:resnet18   # a torchvision model in conv4's place
     """
     from ssrr.experiments import commands, describe, execute, missing_datasets, plan, shard_hint, status, write_report
-
     from ssrr.experiments.scales import get_scale, with_backbones
 
     planned = plan(

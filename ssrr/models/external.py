@@ -141,7 +141,7 @@ def _build_timm(name: str, stem: str) -> ExternalBackbone:
     net = timm_model(name)
     if stem == "cifar":
         apply_cifar_stem(net, f"timm:{name}")
-    return ExternalBackbone(net, int(net.num_features), f"timm:{name}", stem)
+    return ExternalBackbone(net, int(getattr(net, "num_features")), f"timm:{name}", stem)  # noqa: B009 (typed Any)
 
 
 # The prefix of a backbone name -> its builder (name without the prefix, stem).
