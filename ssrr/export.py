@@ -151,7 +151,7 @@ def _write_onnx(loaded: LoadedBackbone, out: Path) -> str:
         torch.onnx.export(
             _eval_copy(loaded),
             (_example(loaded),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the legacy exporter writes to any binary file object
             dynamo=False,
             input_names=["images"],
             output_names=["features"],
