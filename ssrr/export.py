@@ -35,7 +35,7 @@ from torch import nn
 from ssrr.errors import SsrrError
 from ssrr.files import deterministic_safetensors, write_bytes_atomic
 from ssrr.models.external import ExternalBackbone, apply_cifar_stem, timm_model, torchvision_model
-from ssrr.options import Extra, require_extra
+from ssrr.options import require_feature
 from ssrr.train.checkpoint import LoadedBackbone, load_backbone
 
 PAPER_TO_TORCHVISION = {"resnet34": "resnet34"}  # the paper's backbones with torchvision's layout
@@ -142,7 +142,7 @@ def _write_torchscript(loaded: LoadedBackbone, out: Path) -> str:
 
 
 def _write_onnx(loaded: LoadedBackbone, out: Path) -> str:
-    require_extra(Extra(("onnx",), "onnx"), "--format onnx")
+    require_feature("onnx", "--format onnx")
     import onnx
 
     buffer = io.BytesIO()

@@ -157,6 +157,13 @@ SCHEMES: dict[str, Extra] = {
     "abfs": Extra(("fsspec", "adlfs"), "azure"),
 }
 
+# Optional packages of single features: timm:NAME backbones, `ssrr export --format onnx`, `ssrr embed` to .parquet.
+FEATURES: dict[str, Extra] = {
+    "timm": Extra(("timm",), "timm"),
+    "onnx": Extra(("onnx",), "onnx"),
+    "parquet": Extra(("pyarrow",), "parquet"),
+}
+
 
 def _require(extra: Extra, what: str) -> None:
     missing = extra.missing()
@@ -165,9 +172,9 @@ def _require(extra: Extra, what: str) -> None:
         raise SsrrError(f'{what} needs {packages}, not installed: pip install "ssrr[{extra.extra}]"')
 
 
-def require_extra(extra: Extra, what: str) -> None:
-    """`what` needs the extra's modules: refused in one line naming the extra to install when one is missing."""
-    _require(extra, what)
+def require_feature(name: str, what: str) -> None:
+    """`what` needs the optional packages of `FEATURES[name]`: refused in one line naming the extra to install."""
+    _require(FEATURES[name], what)
 
 
 def require_tracker(names: Iterable[str]) -> None:

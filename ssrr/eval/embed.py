@@ -38,7 +38,7 @@ from ssrr.errors import SsrrError
 from ssrr.eval.common import resolve_execution, run_dir_of
 from ssrr.eval.features import eval_image_size, extract_features
 from ssrr.files import write_bytes_atomic, write_text_atomic
-from ssrr.options import Extra, require_extra
+from ssrr.options import require_feature
 from ssrr.precision import Execution
 from ssrr.train.checkpoint import LoadedBackbone
 
@@ -71,7 +71,7 @@ def check_output(out: str | Path) -> Path:
     if not path.parent.is_dir():
         raise SsrrError(f"--out {path}: no folder {path.parent}")
     if path.suffix == ".parquet":
-        require_extra(Extra(("pyarrow",), "parquet"), f"--out {path.name}")
+        require_feature("parquet", f"--out {path.name}")
     return path
 
 

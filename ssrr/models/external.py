@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import Backbone
-from ssrr.options import Extra, check_stem, require_extra
+from ssrr.options import check_stem, require_feature
 
 STEM_ACTIVATIONS = ("relu", "act1")  # torchvision ResNet stems, timm ResNet stems
 
@@ -122,7 +122,7 @@ def torchvision_model(name: str) -> nn.Module:
 
 def timm_model(name: str) -> nn.Module:
     """`timm.create_model(name, pretrained=False, num_classes=0)`; no timm: the one-line extra error."""
-    require_extra(Extra(("timm",), "timm"), f"timm:{name}")
+    require_feature("timm", f"timm:{name}")
     timm = importlib.import_module("timm")
     if not timm.is_model(name):
         raise SsrrError(f"timm:{name}: not a timm model (timm.list_models() names them)")
