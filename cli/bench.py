@@ -74,12 +74,17 @@ def step(
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
     baseline_repeats: int = typer.Option(3, help="Timed steps of the public-code-style baseline (0: skip)."),
+    side: int = typer.Option(32, "--side", min=8, help="Side of the (random) views in pixels."),
     as_json: bool = AsJson,
     write: bool = Record,
 ) -> None:
     """One training step, model only, and the relation stage alone, each against the literal baseline.
 
-    Example: ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+    Examples:
+
+      ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+
+      ssrr bench step --backbone tv:resnet50 --side 224 --k 4 --batch 8 --repeats 3 --baseline-repeats 0 --json
     """
     from ssrr.bench.step import bench_model_step, bench_relation_stage
 
@@ -93,8 +98,15 @@ def step(
         compile=compile,
         repeats=repeats,
         baseline_repeats=baseline_repeats,
+        image_size=side,
     )
-    _emit(f"step-{backbone_tag(backbone)}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
+    side_tag = "" if side == 32 else f"-{side}px"  # the 32-px records keep their names
+    _emit(
+        f"step-{backbone_tag(backbone)}{side_tag}-k{k}-m{batch}-{model['precision']}",
+        {**model, **relation},
+        as_json,
+        write,
+    )
 
 
 @bench_app.command("e2e")

@@ -245,3 +245,24 @@ def test_own_images_end_to_end(tmp_path: Path) -> None:
     from_shards = np.load(tmp_path / "s.npy")
     distances = np.abs(from_shards[:, None, :] - embedded[None, :, :]).max(axis=2)
     assert distances.min(axis=1).max() < 1e-4  # every shard row is one of the folder's rows
+
+
+REAL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.is_file(), reason="needs ../shared/data/cifar10-jpeg.tar.gz")
+def test_the_issues_check_on_a_224px_folder(tmp_path: Path) -> None:
+    """scripts/own_images_check.sh at 224 px (README's walk-through): the pretrained tv:resnet18 beats its random
+    weights under the linear protocol, and torchvision's features of the export equal `ssrr embed`'s."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SSRR": f"{sys.executable} -m ssrr", "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", "scripts/own_images_check.sh", str(tmp_path / "own"), "100", "50"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=7200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "torchvision vs ssrr embed" in done.stdout
