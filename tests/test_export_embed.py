@@ -83,7 +83,8 @@ def test_paper_resnet34_exports_to_torchvisions_resnet34(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm not installed (pip install -e '.[timm]')")
-@pytest.mark.parametrize("suffix", [".safetensors", pytest.param(".pth", marks=pytest.mark.slow)])
+@pytest.mark.slow  # timm's import and model registry alone take seconds
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_timm_export_loads_by_timms_file_route(tmp_path: Path, suffix: str) -> None:
     import timm
 

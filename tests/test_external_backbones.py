@@ -23,7 +23,8 @@ HAS_TIMM = importlib.util.find_spec("timm") is not None
 
 
 @pytest.mark.parametrize(
-    ("spec", "dim"), [("tv:resnet18", 512), ("tv:resnet50", 2048), ("tv:mobilenet_v3_small", 1024)]
+    ("spec", "dim"),
+    [("tv:resnet18", 512), pytest.param("tv:resnet50", 2048, marks=pytest.mark.slow), ("tv:mobilenet_v3_small", 1024)],
 )
 def test_tv_backbone_returns_pooled_features_of_the_models_own_size(spec: str, dim: int) -> None:
     torch.manual_seed(0)
