@@ -9,6 +9,7 @@ import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, new_app, precision_option
 
 from ssrr.bench.record import record
+from ssrr.options import backbone_tag
 
 bench_app = new_app("Benchmarks: ours against the baseline, side by side in one run, medians of repeats.")
 
@@ -17,7 +18,7 @@ RECORD_HELP = "Write the result into docs/benchmarks.md."
 
 # Options several benchmarks share, declared once (one default, one help text).
 Dataset = typer.Option("shards/cifar10-jpeg", help="Shard folder or name to read.")
-Backbone = typer.Option("conv4", help="Backbone.")
+Backbone = typer.Option("conv4", help="Backbone: conv4, resnet8/32/56, resnet34, tv:NAME (torchvision) or timm:NAME.")
 K = typer.Option(32, "--k", help="Views per image.")
 Batch = typer.Option(64, help="Images per step (M).")
 Amp = typer.Option(True, "--amp/--no-amp", help=AMP_HELP + " Both sides.")
@@ -73,12 +74,17 @@ def step(
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
     baseline_repeats: int = typer.Option(3, help="Timed steps of the public-code-style baseline (0: skip)."),
+    side: int = typer.Option(32, "--side", min=8, help="Side of the (random) views in pixels."),
     as_json: bool = AsJson,
     write: bool = Record,
 ) -> None:
     """One training step, model only, and the relation stage alone, each against the literal baseline.
 
-    Example: ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+    Examples:
+
+      ssrr bench step --backbone conv4 --k 32 --batch 64 --json
+
+      ssrr bench step --backbone tv:resnet50 --side 224 --k 4 --batch 8 --repeats 3 --baseline-repeats 0 --json
     """
     from ssrr.bench.step import bench_model_step, bench_relation_stage
 
@@ -92,8 +98,15 @@ def step(
         compile=compile,
         repeats=repeats,
         baseline_repeats=baseline_repeats,
+        image_size=side,
     )
-    _emit(f"step-{backbone}-k{k}-m{batch}-{model['precision']}", {**model, **relation}, as_json, write)
+    side_tag = "" if side == 32 else f"-{side}px"  # the 32-px records keep their names
+    _emit(
+        f"step-{backbone_tag(backbone)}{side_tag}-k{k}-m{batch}-{model['precision']}",
+        {**model, **relation},
+        as_json,
+        write,
+    )
 
 
 @bench_app.command("e2e")
@@ -129,7 +142,9 @@ def e2e(
         baseline_steps=baseline_steps,
         device=device,
     )
-    _emit(f"e2e-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(
+        f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write
+    )
 
 
 @bench_app.command("methods")
@@ -171,7 +186,12 @@ def methods(
         repeats=repeats,
         device=device,
     )
-    _emit(f"methods-{backbone}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write)
+    _emit(
+        f"methods-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}",
+        result,
+        as_json,
+        write,
+    )
 
 
 @bench_app.command("accuracy")
@@ -219,7 +239,7 @@ def accuracy(
         target_top1=target_top1,
     )
     name = Path(result["dataset"]).name
-    _emit(f"accuracy-{backbone}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
+    _emit(f"accuracy-{backbone_tag(backbone)}-{name}-k{k}-e{epochs}-{result['precision']}", result, as_json, write)
 
 
 @bench_app.command("shard")

@@ -27,7 +27,17 @@ def pretrain(
         "relational", help="relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised."
     ),
     dataset: str = typer.Option("cifar100", help="Dataset name under --shards-root, or a shard folder."),
-    backbone: str = typer.Option("resnet32", help="conv4, resnet8, resnet32, resnet56, resnet34."),
+    backbone: str = typer.Option(
+        "resnet32",
+        help="The paper's: conv4, resnet8, resnet32, resnet56, resnet34. Any torchvision classification model as "
+        "tv:NAME (tv:resnet18, tv:resnet50, tv:vit_b_16, ...) or timm model as timm:NAME (pip install "
+        '"ssrr[timm]"), its classifier removed; never downloaded weights.',
+    ),
+    stem: str = typer.Option(
+        "default",
+        help="tv:/timm: ResNet-style backbones: default (their own), or cifar (3x3 conv stride 1, no max-pool) for "
+        "32-64 px images.",
+    ),
     k: int = typer.Option(32, "--k", help="Augmentations (views) per image."),
     batch: int = typer.Option(
         0, help="Images per step per process (M); 0: the method's (64 relational, 128 the baselines, as the authors)."
@@ -117,6 +127,8 @@ def pretrain(
       ssrr pretrain --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 2 --name quick
 
       ssrr pretrain --preset fast --dataset shards/cifar10-jpeg --backbone conv4   # docs/fast.md
+
+      ssrr pretrain --dataset shards/photos --backbone tv:resnet18 --k 4 --view-size 96 --epochs 1 --name r18
 
       ssrr pretrain --name quick --epochs 4 --resume  # continue (and extend) a run
 

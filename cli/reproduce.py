@@ -41,6 +41,9 @@ def reproduce(
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (pretraining and evaluation)."),
     quiet: bool = typer.Option(False, "--quiet", help="No live training display."),
+    backbone: list[str] = typer.Option(
+        [], "--backbone", help="PAPER=NAME: train NAME (e.g. tv:resnet18) where the tables use PAPER (repeatable)."
+    ),
 ) -> None:
     """Reproduce the paper's tables and figures: pretrain, evaluate, report into RUNS/report-NAME/.
 
@@ -56,11 +59,19 @@ def reproduce(
       ssrr reproduce paper --print-commands --launch "accelerate launch --multi_gpu --num_processes 8"
 
       ssrr reproduce paper --shards-root https://example.org/shards   # shards fetched and cached first
+
+      ssrr reproduce table2 --scale tiny --backbone conv4=tv:resnet18   # a torchvision model in conv4's place
     """
     from ssrr.experiments import commands, describe, execute, missing_datasets, plan, shard_hint, status, write_report
+    from ssrr.experiments.scales import get_scale, with_backbones
 
     planned = plan(
-        name, scale, runs_dir=runs, shards_root=shards_root, precision=precision_option(precision, amp), device=device
+        name,
+        with_backbones(get_scale(scale), backbone),
+        runs_dir=runs,
+        shards_root=shards_root,
+        precision=precision_option(precision, amp),
+        device=device,
     )
     selected = planned.selected(only)
     if only and not selected:

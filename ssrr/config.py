@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ssrr.errors import SsrrError
-from ssrr.options import check_name, check_number, require_tracker
+from ssrr.options import backbone_tag, check_name, check_number, check_stem, require_tracker
 from ssrr.precision import check_precision
 from ssrr.presets import check_preset
 from ssrr.schedules import check_schedule
@@ -16,7 +16,7 @@ from ssrr.schedules import check_schedule
 CONFIG_FILE = "config.json"
 
 # Settings that define the model: a checkpoint can only be resumed or loaded with the same values.
-MODEL_DEFINING = ("method", "backbone", "head", "aggregation")
+MODEL_DEFINING = ("method", "backbone", "stem", "head", "aggregation")
 # Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
 NUMERIC = (
     "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
@@ -32,7 +32,8 @@ class RunConfig:
     preset: str = "paper"  # paper | fast: where the defaults below came from (ssrr/presets.py)
     dataset: str = "cifar100"  # a name under shards/ or a shard folder
     split: str = "train"  # the split trained on; "unlabeled" for STL-10 (the authors' pretraining set)
-    backbone: str = "resnet32"
+    backbone: str = "resnet32"  # one of the paper's, or tv:NAME / timm:NAME (ssrr/models/external.py)
+    stem: str = "default"  # tv:/timm: ResNet-style backbones: default, or cifar (3x3 stride 1, no max-pool)
     k: int = 32  # augmentations (views) per image, relational only
     batch: int = 0  # M images per step per process; 0: the method's (64 relational, 128 the baselines, as the authors)
     epochs: int = 200
@@ -103,6 +104,7 @@ class RunConfig:
         if not 0.0 < self.crop_min <= 1.0:
             raise SsrrError(f"--crop-min must be in (0, 1], got {self.crop_min}")
         check_preset(self.preset)
+        check_stem(self.stem)
         check_precision(self.precision)
         if self.device not in ("auto", "cpu", "cuda"):
             raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
@@ -118,7 +120,7 @@ class RunConfig:
         data = asdict(self)
         if not data["name"]:
             dataset = Path(self.dataset).name
-            data["name"] = f"{self.method}-{self.backbone}-{dataset}-s{self.seed}"
+            data["name"] = f"{self.method}-{backbone_tag(self.backbone)}-{dataset}-s{self.seed}"
         return RunConfig(**data)
 
     @property

@@ -113,6 +113,20 @@ def check_name(name: str, option: str = "--name") -> str:
     return name
 
 
+STEMS = ("default", "cifar")  # --stem: the model's own first layers, or CIFAR's (3x3 stride 1, no max-pool)
+
+
+def check_stem(stem: str) -> str:
+    if stem not in STEMS:
+        raise SsrrError(f"--stem must be one of {', '.join(STEMS)}, got {stem!r}")
+    return stem
+
+
+def backbone_tag(backbone: str) -> str:
+    """A backbone name as part of a file or folder name: `tv:resnet18` -> `tv-resnet18`."""
+    return backbone.replace(":", "-").replace("@", "-")
+
+
 @dataclass(frozen=True)
 class Extra:
     """An optional feature: the modules it imports and the pyproject extra that installs them."""
@@ -143,12 +157,24 @@ SCHEMES: dict[str, Extra] = {
     "abfs": Extra(("fsspec", "adlfs"), "azure"),
 }
 
+# Optional packages of single features: timm:NAME backbones, `ssrr export --format onnx`, `ssrr embed` to .parquet.
+FEATURES: dict[str, Extra] = {
+    "timm": Extra(("timm",), "timm"),
+    "onnx": Extra(("onnx",), "onnx"),
+    "parquet": Extra(("pyarrow",), "parquet"),
+}
+
 
 def _require(extra: Extra, what: str) -> None:
     missing = extra.missing()
     if missing:
         packages = f"the optional {' and '.join(missing)} package{'s' if len(missing) > 1 else ''}"
         raise SsrrError(f'{what} needs {packages}, not installed: pip install "ssrr[{extra.extra}]"')
+
+
+def require_feature(name: str, what: str) -> None:
+    """`what` needs the optional packages of `FEATURES[name]`: refused in one line naming the extra to install."""
+    _require(FEATURES[name], what)
 
 
 def require_tracker(names: Iterable[str]) -> None:

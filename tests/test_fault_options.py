@@ -20,6 +20,7 @@ ARGUMENTS = {
     ("pretrain",): ["--dataset", "synthetic"],
     ("reproduce",): ["table1"],
     ("report",): ["runs/x"],
+    ("embed",): ["random:conv4", "photos", "--out", "x.npy"],
 }
 FLOAT_VALUES = ["nan", "inf", "-inf", "-1", "1e300"]
 INT_VALUES = ["-1", str(10**12), "nan", "1e3"]
@@ -129,7 +130,7 @@ def test_the_extras_named_by_errors_exist_in_pyproject() -> None:
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]
-    for extra in [*options.TRACKERS.values(), *options.SCHEMES.values()]:
+    for extra in [*options.TRACKERS.values(), *options.SCHEMES.values(), *options.FEATURES.values()]:
         assert extra.extra in extras, extra
         for module in extra.modules:
             assert any(module in requirement for requirement in extras[extra.extra]), (extra, module)

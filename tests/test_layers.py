@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"methods"},  # the registry of pretraining methods
     {"train"},  # the loop, checkpoints, the live display
     {"eval"},  # protocols on trained backbones; the probes handed to the loop
-    {"official", "bench", "demo", "experiments"},  # whole jobs built from the layers below
+    {"official", "bench", "demo", "experiments", "export"},  # whole jobs built from the layers below
     {"cli"},  # the command line, a thin face over the library
     {"__main__"},  # `python -m ssrr`
 ]

@@ -22,6 +22,7 @@ import torch
 from ssrr.config import CONFIG_FILE, RunConfig
 from ssrr.errors import SsrrError
 from ssrr.files import replacing, write_text_atomic
+from ssrr.options import backbone_tag
 from ssrr.precision import Execution, as_execution
 from ssrr.precision import resolve as resolve_precision
 from ssrr.train.checkpoint import BACKBONE_FILE, MODEL_FILE, LoadedBackbone
@@ -91,7 +92,7 @@ def output_dir(loaded: LoadedBackbone, out: str | Path | None) -> Path:
     if out:
         return Path(out)
     if loaded.source.startswith("random:"):
-        return Path("runs") / f"random-{loaded.name}" / EVAL_DIR
+        return Path("runs") / f"random-{backbone_tag(loaded.source.removeprefix('random:'))}" / EVAL_DIR
     run = run_dir_of(loaded)
     path = Path(loaded.source)
     folder = run / EVAL_DIR if run is not None else (path if path.is_dir() else path.parent) / EVAL_DIR

@@ -15,7 +15,7 @@ a bare weights file) sees the dataset's own size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,8 +190,10 @@ def extract_features(
     batch: int = 256,
     image_size: tuple[int, int] | None = None,
     num_threads: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Features:
-    """The representations of every sample of `split`, on `device`, sorted by sample index.
+    """The representations of every sample of `split`, on `device`, sorted by sample index (`on_batch(rows)`,
+    when given, is told each batch's real rows: a progress bar).
 
     `device` may be an `Execution` (device and precision: the features are float32 whatever the precision),
     else float32 on that device. The backbone is put in eval mode for the extraction and given back in the
@@ -219,6 +221,8 @@ def extract_features(
             fines.append(fine.to(device))
             coarses.append(coarse.to(device))
             indices.append(index.to(device))
+            if on_batch is not None:
+                on_batch(len(index))
     finally:
         backbone.train(was_training)
     if not zs:

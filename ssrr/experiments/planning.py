@@ -26,6 +26,7 @@ from ssrr.experiments.tables import (
     TableSpec,
 )
 from ssrr.methods.base import method_class, with_method_defaults
+from ssrr.options import backbone_tag
 
 # ------------------------------------------------------------------------------------------- 2. plan
 
@@ -119,7 +120,7 @@ class Plan:
 
 def run_name(method: str, backbone: str, dataset: str, k: int, head: str, seed: int) -> str:
     """`relational-resnet32-cifar100-k32-s1`, `relational-resnet32-cifar10-k32-dot-s2`, `simclr-conv4-cifar10-s3`."""
-    parts = [method, backbone, Path(dataset).name]
+    parts = [method, backbone_tag(backbone), Path(dataset).name]
     if method == "relational":
         parts.append(f"k{k}")
         if head != "relation":
@@ -190,7 +191,8 @@ def _run_for(
     backbone = scale.backbone(experiment.backbone)
     pre = experiment.pretraining
     if pre is None:
-        return Run(f"{RANDOM}-{backbone}-s{seed}", RANDOM, backbone, seed, None, runs_dir / f"{RANDOM}-{backbone}")
+        tag = backbone_tag(backbone)
+        return Run(f"{RANDOM}-{tag}-s{seed}", RANDOM, backbone, seed, None, runs_dir / f"{RANDOM}-{tag}")
     dataset = scale.data(pre.dataset)
     name = run_name(pre.method, backbone, dataset, pre.k, pre.head, seed)
     config = RunConfig(

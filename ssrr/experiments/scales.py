@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ssrr.errors import SsrrError
 from ssrr.experiments.tables import (
@@ -104,6 +104,18 @@ SCALES: dict[str, Scale] = {
         runs="runs-tiny",
     ),
 }
+
+
+def with_backbones(scale: Scale, swaps: list[str]) -> Scale:
+    """The scale with some of the paper's backbones replaced (`--backbone resnet32=tv:resnet18`, repeatable):
+    every table then trains and evaluates the named backbone in that slot."""
+    pairs = list(scale.backbones)
+    for swap in swaps:
+        paper, _, name = swap.partition("=")
+        if not paper or not name:
+            raise SsrrError(f"--backbone {swap!r}: use PAPER=NAME, e.g. resnet32=tv:resnet18")
+        pairs.append((paper, name))  # later pairs win in `Scale.backbone`
+    return replace(scale, backbones=tuple(pairs))
 
 
 def get_scale(name: str) -> Scale:

@@ -5,7 +5,8 @@ block's feature maps), `forward(x) -> (N, D)` and `forward_with_local(x) -> (loc
 `local_maps` is the output of the first convolution + BatchNorm + ReLU (before any pooling), the feature
 maps Deep InfoMax scores against the global representation `z`.
 
-Registry: `BACKBONES[name]()` builds one; `build_backbone(name)` does the same with a clear error for an
+Registry: `BACKBONES[name]()` builds one of the paper's; `build_backbone(name, stem)` builds those and any
+torchvision (`tv:NAME`) or timm (`timm:NAME`) model (ssrr/models/external.py), with a clear error for an
 unknown name. Parameter counts (exact, checked by the tests): conv4 24,648; resnet8 77,392; resnet32 466,256;
 resnet56 855,120; resnet34 21,284,672.
 
@@ -198,8 +199,16 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
 }
 
 
-def build_backbone(name: str) -> Backbone:
-    """Build a freshly initialised backbone by name; an unknown name raises `SsrrError` listing the known ones."""
+def build_backbone(name: str, stem: str = "default") -> Backbone:
+    """Build a freshly initialised backbone by name: one of the paper's (`BACKBONES`), or `tv:NAME` / `timm:NAME`
+    (ssrr/models/external.py) with `stem` (default | cifar); an unknown name raises `SsrrError` listing the known
+    ones."""
+    from ssrr.models.external import build_external, is_external
+
+    if is_external(name):
+        return build_external(name, stem)
     if name not in BACKBONES:
-        raise SsrrError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        raise SsrrError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)}, tv:NAME, timm:NAME)")
+    if stem != "default":
+        raise SsrrError(f"--stem {stem}: for tv:NAME and timm:NAME backbones; {name} has its own stem")
     return BACKBONES[name]()

@@ -10,7 +10,8 @@ Layout of a run folder::
                                           build_backbone(meta["backbone"]).load_state_dict(load_file(path))
 
 `load_backbone` accepts a run folder, a checkpoint folder, a `backbone.safetensors` file, or
-`random:<backbone>` (an untrained backbone: the lower bound).
+`random:<backbone>` (an untrained backbone: the lower bound; `random:tv:resnet18@cifar` with the CIFAR stem).
+The metadata holds the backbone's name and, for a tv:/timm: backbone built with `--stem cifar`, `stem`.
 """
 
 from __future__ import annotations
@@ -85,15 +86,18 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     remove_stale(root, ".step-")
     staging = Path(tempfile.mkdtemp(prefix=f".step-{writer_tag()}-{step:08d}-", dir=root))
+    backbone = getattr(method, "backbone", method)
+    metadata = {"backbone": backbone_name, "step": str(step)}
+    stem = getattr(backbone, "stem_kind", "default")
+    if stem != "default":  # tv:/timm: backbones built with --stem cifar: loading rebuilds the same model
+        metadata["stem"] = stem
     try:
-        metadata = {"backbone": backbone_name, "step": str(step)}
         save_safetensors(_state_dict_for_save(method), staging / MODEL_FILE, metadata)
         save_state(staging, training_state)
         replace_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    backbone = getattr(method, "backbone", method)
     save_safetensors(_state_dict_for_save(backbone), run_dir / BACKBONE_FILE, metadata)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -175,10 +179,10 @@ def load_backbone(spec: str | Path, backbone: str | None = None) -> LoadedBackbo
     """
     text = str(spec)
     if text.startswith("random:"):
-        name = text.split(":", 1)[1]
+        name, _, stem = text.split(":", 1)[1].partition("@")  # random:tv:resnet18@cifar: the CIFAR stem
         if backbone and backbone != name:
             raise SsrrError(f"{text}: asked for backbone {backbone}")
-        return LoadedBackbone(build_backbone(name), name, text, None, None)
+        return LoadedBackbone(build_backbone(name, stem or "default"), name, text, None, None)
     path = Path(text)
     if not path.exists():
         raise SsrrError(f"{path}: no such run, checkpoint or weights file (or use random:<backbone>)")
@@ -200,14 +204,15 @@ def load_backbone(spec: str | Path, backbone: str | None = None) -> LoadedBackbo
     else:
         raise SsrrError(f"{path}: holds no {BACKBONE_FILE} or {MODEL_FILE}")
     tensors = _read_safetensors(weights)
-    stored = _metadata(weights).get("backbone")
+    metadata = _metadata(weights)
+    stored = metadata.get("backbone")
     if stored is None:
         raise SsrrError(f"{weights}: no backbone name in its metadata; not an ssrr checkpoint")
     if backbone and backbone != stored:
         raise SsrrError(f"{weights}: a {stored} checkpoint, not {backbone}")
     if weights.name == MODEL_FILE:  # full method weights: keep the backbone's
         tensors = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-    module = build_backbone(stored)
+    module = build_backbone(stored, metadata.get("stem", "default"))
     missing, unexpected = _compare_keys(module.state_dict(), tensors)
     if missing or unexpected:
         raise SsrrError(f"{weights}: weights do not fit a {stored} backbone ({_describe(missing, unexpected)})")

@@ -153,7 +153,7 @@ def _build_method(
 ) -> Method:
     """The method around a freshly seeded backbone, on the device and in the memory format of the run."""
     set_seed(config.seed)
-    backbone = build_backbone(config.backbone)
+    backbone = build_backbone(config.backbone, config.stem)
     method: Method = cls(config, backbone, num_classes)
     if config.sync_bn and accelerator.num_processes > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
