@@ -66,18 +66,19 @@ def recompute_baseline(
     optimiser = torch.optim.Adam(head.parameters(), lr=lr) if head is not None else None
     _sync(device)
     started = time.perf_counter()
-    for epoch in range(epochs):
-        for b in loader.epoch(epoch):
-            keep = b.valid.bool()
-            with torch.no_grad():
-                z = as_execution(device).forward(backbone, b.views[: len(keep)][keep.to(b.views.device)])
-            if head is None:  # a backbone without feature_dim: size the head from the first batch
-                head = new_head(z.shape[1], classes, seed).to(device)
-                optimiser = torch.optim.Adam(head.parameters(), lr=lr)
-            loss = F.cross_entropy(head(z), b.fine[keep.to(b.fine.device)].long().to(device))
-            optimiser.zero_grad(set_to_none=True)  # type: ignore[union-attr]
-            loss.backward()
-            optimiser.step()  # type: ignore[union-attr]
+    with loader:  # its DALI pipelines closed when the head is trained, however that ends
+        for epoch in range(epochs):
+            for b in loader.epoch(epoch):
+                keep = b.valid.bool()
+                with torch.no_grad():
+                    z = as_execution(device).forward(backbone, b.views[: len(keep)][keep.to(b.views.device)])
+                if head is None:  # a backbone without feature_dim: size the head from the first batch
+                    head = new_head(z.shape[1], classes, seed).to(device)
+                    optimiser = torch.optim.Adam(head.parameters(), lr=lr)
+                loss = F.cross_entropy(head(z), b.fine[keep.to(b.fine.device)].long().to(device))
+                optimiser.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+                loss.backward()
+                optimiser.step()  # type: ignore[union-attr]
     _sync(device)
     assert head is not None
     return head, time.perf_counter() - started
