@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
-from typer.testing import CliRunner
-
 from ssrr.cli.app import _mount, app
-from ssrr.config import RunConfig
-from ssrr.errors import Interrupted, SsrrError
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import ViewLoader
+from typer.testing import CliRunner
+
+from ssrr.config import RunConfig
+from ssrr.errors import Interrupted, SsrrError
 from ssrr.train import checkpoint as ckpt
 from ssrr.train import loop
 from ssrr.train.checkpoint import list_checkpoints
