@@ -134,6 +134,12 @@ def test_a_process_group_made_by_the_caller_is_left_to_the_caller(
     assert dist.is_initialized()
 
 
+@pytest.fixture(scope="module")
+def straight(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted two-epoch run: what every interrupted and resumed run must end with, bit for bit."""
+    return loop.pretrain(config(tiny_shards, tmp_path_factory.mktemp("straight")), show=False).run_dir
+
+
 def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, presses: int) -> None:
     """Ctrl-C `presses` times (real SIGINTs to this process) during optimizer step `step` (1-based)."""
     real = loop._train_step
@@ -150,9 +156,8 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, presses: int) -> No
 
 
 def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exactly(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
 ) -> None:
-    straight = loop.pretrain(config(tiny_shards, tmp_path / "a"), show=False)
     interrupt_at(monkeypatch, step=11, presses=1)  # 8 steps an epoch: the middle of epoch 2
     with pytest.raises(Interrupted, match=r"^interrupted at step 11; checkpoint step-00000011 saved in .*--resume$"):
         loop.pretrain(config(tiny_shards, tmp_path / "b"), show=False)
@@ -160,26 +165,24 @@ def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exactl
     assert native_threads() == []
     monkeypatch.undo()
     resumed = loop.pretrain(config(tiny_shards, tmp_path / "b"), resume=True, show=False)
-    assert_same_weights(straight.run_dir, resumed.run_dir)
+    assert_same_weights(straight, resumed.run_dir)
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays_intact(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
 ) -> None:
-    straight = loop.pretrain(config(tiny_shards, tmp_path / "a"), show=False)
     interrupt_at(monkeypatch, step=11, presses=2)
     with pytest.raises(Interrupted, match=r"^interrupted at step 10; checkpoint step-00000008 is intact in "):
         loop.pretrain(config(tiny_shards, tmp_path / "b"), show=False)
     assert native_threads() == []
     monkeypatch.undo()
     resumed = loop.pretrain(config(tiny_shards, tmp_path / "b"), resume=True, show=False)
-    assert_same_weights(straight.run_dir, resumed.run_dir)
+    assert_same_weights(straight, resumed.run_dir)
 
 
 def test_ctrl_c_while_a_checkpoint_is_written_keeps_the_previous_one(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
 ) -> None:
-    straight = loop.pretrain(config(tiny_shards, tmp_path / "a"), show=False)
     real = ckpt.save_state
 
     def interrupted_write(folder: Path, state: dict) -> None:
@@ -194,16 +197,15 @@ def test_ctrl_c_while_a_checkpoint_is_written_keeps_the_previous_one(
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000008"], "a half-written one was left"
     monkeypatch.undo()
     resumed = loop.pretrain(config(tiny_shards, tmp_path / "b"), resume=True, show=False)
-    assert_same_weights(straight.run_dir, resumed.run_dir)
+    assert_same_weights(straight, resumed.run_dir)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
 def test_ctrl_c_in_eval_and_bench_is_one_line_and_exit_130(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_shards: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
 ) -> None:
-    loop.pretrain(config(tiny_shards, tmp_path, epochs=1), show=False)
     import ssrr.eval.features as features
 
     real = features.embed
@@ -218,8 +220,7 @@ def test_ctrl_c_in_eval_and_bench_is_one_line_and_exit_130(
     monkeypatch.setattr(features, "embed", interrupted_embed)
     _mount()
     runner = CliRunner()
-    run = str(tmp_path / "run")
-    done = runner.invoke(app, ["eval", "knn", run, "--dataset", str(tiny_shards)])
+    done = runner.invoke(app, ["eval", "knn", str(straight), "--dataset", str(tiny_shards)])
     assert done.exit_code == 130, done.output
     assert done.output.strip() == "interrupted: ssrr eval stopped before it finished"
     assert native_threads() == [], "the feature pass left its pipeline running"
