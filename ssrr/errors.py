@@ -1,4 +1,4 @@
-"""The one exception type that the command line turns into a single clear line and a non-zero exit."""
+"""The exception types that the command line turns into a single clear line and a non-zero exit."""
 
 
 class SsrrError(Exception):
