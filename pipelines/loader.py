@@ -345,7 +345,7 @@ class ViewLoader:
         return pipe
 
     def _run(self, pipe):
-        if pipe not in self._pipes:
+        if self._plan is None:  # close() stopped the pipeline
             raise SsrrError(f"{self.shard_dir} ({self.split}): the loader was closed during the epoch")
         try:
             return pipe.run()
