@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from ssrr.errors import SsrrError
+from ssrr.errors import Interrupted, SsrrError
 from ssrr.options import check_name, check_numbers
 
 console = Console(stderr=True)  # progress and tables; stdout stays clean for --json
@@ -17,11 +17,18 @@ console = Console(stderr=True)  # progress and tables; stdout stays clean for --
 
 class SsrrGroup(TyperGroup):
     """Root group: a user-facing SsrrError becomes `Error: <message>` and exit code 1, not a traceback; an
-    option value of the wrong kind (`--epochs nan`) becomes one `Error:` line and exit code 2."""
+    option value of the wrong kind (`--epochs nan`) becomes one `Error:` line and exit code 2; Ctrl-C becomes
+    one `interrupted ...` line (what was kept, from `Interrupted`) and exit code 130 (128 + SIGINT)."""
 
     def invoke(self, ctx: typer.Context):  # type: ignore[no-untyped-def,override]
         try:
             return super().invoke(ctx)
+        except Interrupted as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(Interrupted.exit_code) from None
+        except KeyboardInterrupt:  # commands that keep nothing half-done (their writes are atomic)
+            typer.echo(f"interrupted: ssrr {ctx.invoked_subcommand} stopped before it finished", err=True)
+            raise typer.Exit(Interrupted.exit_code) from None
         except SsrrError as exc:
             # typer bundles its own click: exit through typer so the message is not lost in a traceback.
             typer.echo(f"Error: {exc}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import fields
@@ -209,7 +210,14 @@ def _relaunch(processes: int) -> int:
         kept.append(arg)
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssrr", *kept]
-    return subprocess.call(command)
+    launcher = subprocess.Popen(command)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C: the launcher stops its ranks (each saying its one line); wait for that instead of killing it,
+        # which would leave the ranks running. Passed on for a SIGINT sent to this process alone.
+        launcher.send_signal(signal.SIGINT)
+        return launcher.wait()
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -32,6 +32,7 @@ import contextlib
 import math
 import os
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,7 @@ class ViewLoader:
         self.set_image_size(self.source_size if image_size is None else image_size)
         self._contrast = "arith" if self.device.type == "cuda" else "fused"
         self._buffer: torch.Tensor | None = None
+        self._pipes: weakref.WeakSet = weakref.WeakSet()  # the pipelines built and not yet released (close())
 
     # ------------------------------------------------------------------ public
     def __len__(self) -> int:
@@ -251,10 +253,22 @@ class ViewLoader:
             del pipe
 
     def close(self) -> None:
-        """Remove the filtered index files (if any); the loader cannot start new epochs afterwards."""
+        """Stop this loader's pipelines (their worker and prefetch threads joined, here and now, not whenever the
+        garbage collector or the interpreter's exit gets to them) and remove the filtered index files (if any).
+        Idempotent; the loader cannot start new epochs afterwards, and an epoch still being read ends with an
+        SsrrError. Also the end of a ``with ViewLoader(...) as loader:`` block."""
+        for pipe in list(self._pipes):
+            pipe._shutdown()  # what DALI's own atexit hook calls; the pipeline's __del__ does it again, harmlessly
+            self._pipes.discard(pipe)
         if self._plan is not None:
             self._plan.close()
             self._plan = None
+
+    def __enter__(self) -> ViewLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -321,6 +335,7 @@ class ViewLoader:
                 exec_dynamic=True,
             )
             pipe.build()
+            self._pipes.add(pipe)
         except SsrrError:
             raise
         except Exception as exc:
@@ -330,6 +345,8 @@ class ViewLoader:
         return pipe
 
     def _run(self, pipe):
+        if self._plan is None:  # close() stopped the pipeline
+            raise SsrrError(f"{self.shard_dir} ({self.split}): the loader was closed during the epoch")
         try:
             return pipe.run()
         except Exception as exc:

@@ -95,15 +95,17 @@ def bench_e2e(
     runs: list[float] = []
     waits: list[float] = []
     baseline_runs: list[float] = []
-    for repeat in range(repeats):  # interleaved: drift of a shared machine falls on both sides
-        batches = endless_batches(loader, first_epoch=1000 * repeat)
-        seconds, wait = timed_steps(batches, ours, warmup, steps)
-        batches.close()  # type: ignore[attr-defined]
-        runs.append(steps * k * m / seconds)
-        waits.append(wait / seconds)
-        if baseline is not None and setting is not None:
-            baseline_runs += baseline.views_per_s(setting, Timing(warmup, steps, 1), first_seed=repeat)
-    views_per_s = statistics.median(runs)
+    with loader:  # closed (its DALI pipelines stopped) once ours is measured
+        for repeat in range(repeats):  # interleaved: drift of a shared machine falls on both sides
+            batches = endless_batches(loader, first_epoch=1000 * repeat)
+            seconds, wait = timed_steps(batches, ours, warmup, steps)
+            batches.close()  # type: ignore[attr-defined]
+            runs.append(steps * k * m / seconds)
+            waits.append(wait / seconds)
+            if baseline is not None and setting is not None:
+                baseline_runs += baseline.views_per_s(setting, Timing(warmup, steps, 1), first_seed=repeat)
+        views_per_s = statistics.median(runs)
+        step_limit = _limit(loader, ours, execution, views_per_s / (k * m))
     result: dict[str, Any] = {"baseline_views_per_s": None}
     if baseline is not None and setting is not None:
         result = {
@@ -117,7 +119,7 @@ def bench_e2e(
         "data_wait": statistics.median(waits),
         "ratio": views_per_s / baseline_rate if baseline_rate else None,
         **result,
-        "step_limit": _limit(loader, ours, execution, views_per_s / (k * m)),
+        "step_limit": step_limit,
         "backbone": backbone,
         "k": k,
         "m": m,

@@ -60,16 +60,16 @@ def views_per_s(root: Path, k: int, batch: int, threads: int, steps: int, repeat
     from ssrr.pipelines import recipes
     from ssrr.pipelines.loader import ViewLoader
 
-    loader = ViewLoader(root, recipes.relational(k), batch_size=batch, num_threads=threads, steps_per_run=1)
-    rates = []
-    for repeat in range(max(1, repeats)):
-        batches = _endless(loader, first_epoch=repeat * 1000)
-        next(batches)  # warm-up: pipeline build, shuffle buffer
-        started = time.perf_counter()
-        for _ in range(steps):
-            next(batches)
-        rates.append(steps * batch * k / (time.perf_counter() - started))
-    return {"views_per_s": round(statistics.median(rates)), "runs": [round(r) for r in rates]}
+    with ViewLoader(root, recipes.relational(k), batch_size=batch, num_threads=threads, steps_per_run=1) as loader:
+        rates = []
+        for repeat in range(max(1, repeats)):
+            batches = _endless(loader, first_epoch=repeat * 1000)
+            next(batches)  # warm-up: pipeline build, shuffle buffer
+            started = time.perf_counter()
+            for _ in range(steps):
+                next(batches)
+            rates.append(steps * batch * k / (time.perf_counter() - started))
+        return {"views_per_s": round(statistics.median(rates)), "runs": [round(r) for r in rates]}
 
 
 def _endless(loader: Any, first_epoch: int) -> Any:
@@ -113,14 +113,16 @@ def decode_strategies(root: Path, side: int, batch: int, threads: int, steps: in
     for k in (1, 2, 4):
         for fused in (False, True):
             pipe = build(k, fused)
-            pipe.run()
-            started = time.perf_counter()
-            for _ in range(steps):
+            try:
                 pipe.run()
+                started = time.perf_counter()
+                for _ in range(steps):
+                    pipe.run()
+            finally:
+                pipe._shutdown()  # its threads stopped here (as DALI's exit hook would), however the timing ended
             result[f"k{k}_{'fused' if fused else 'once'}_images_per_s"] = round(
                 steps * batch / (time.perf_counter() - started)
             )
-            del pipe
     return result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -48,33 +49,37 @@ def bench_methods(
     dev, dtype = execution.device, execution.view_dtype
     classes = len(load_manifest(shard_dir).classes)
 
+    closing = ExitStack()  # every loader made here is closed when the timing ends, however it ends
+
     def make_loader(recipe: Any, *, split: str = "train", training: bool = True) -> ViewLoader:
-        return ViewLoader(shard_dir, recipe, split=split, batch_size=m, training=training, device=dev, dtype=dtype)
+        loader = ViewLoader(shard_dir, recipe, split=split, batch_size=m, training=training, device=dev, dtype=dtype)
+        return closing.enter_context(loader)
 
-    steppers, loaders, views, cluster_s = {}, {}, {}, None
-    for name in methods:
-        cls = method_class(name)
-        config = RunConfig(method=name, backbone=backbone, k=k, batch=m, precision=execution.precision)
-        torch.manual_seed(0)
-        method = execution.prepare(cls(config, build_backbone(backbone), classes))
-        method.train()
-        if name == "deepcluster":
-            started = time.perf_counter()
-            method.on_epoch_start(EpochContext(0, make_loader, execution, classes))
-            cluster_s = time.perf_counter() - started
-        steppers[name] = method_step(method, execution)
-        loaders[name] = make_loader(cls.recipe(config))
-        views[name] = cls.views_per_image(config)
-
-    rates: dict[str, list[float]] = {name: [] for name in methods}
-    waits: dict[str, list[float]] = {name: [] for name in methods}
-    for repeat in range(repeats):
+    with closing:
+        steppers, loaders, views, cluster_s = {}, {}, {}, None
         for name in methods:
-            batches = endless_batches(loaders[name], first_epoch=1000 * repeat)
-            seconds, wait = timed_steps(batches, steppers[name], warmup, steps)
-            batches.close()  # type: ignore[attr-defined]
-            rates[name].append(steps * m * views[name] / seconds)
-            waits[name].append(wait / seconds)
+            cls = method_class(name)
+            config = RunConfig(method=name, backbone=backbone, k=k, batch=m, precision=execution.precision)
+            torch.manual_seed(0)
+            method = execution.prepare(cls(config, build_backbone(backbone), classes))
+            method.train()
+            if name == "deepcluster":
+                started = time.perf_counter()
+                method.on_epoch_start(EpochContext(0, make_loader, execution, classes))
+                cluster_s = time.perf_counter() - started
+            steppers[name] = method_step(method, execution)
+            loaders[name] = make_loader(cls.recipe(config))
+            views[name] = cls.views_per_image(config)
+
+        rates: dict[str, list[float]] = {name: [] for name in methods}
+        waits: dict[str, list[float]] = {name: [] for name in methods}
+        for repeat in range(repeats):
+            for name in methods:
+                batches = endless_batches(loaders[name], first_epoch=1000 * repeat)
+                seconds, wait = timed_steps(batches, steppers[name], warmup, steps)
+                batches.close()  # type: ignore[attr-defined]
+                rates[name].append(steps * m * views[name] / seconds)
+                waits[name].append(wait / seconds)
 
     results: dict[str, dict[str, Any]] = {
         name: {

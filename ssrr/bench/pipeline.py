@@ -116,7 +116,8 @@ def bench_pipeline(
     sync = torch.cuda.synchronize if loader.device.type == "cuda" else (lambda: None)
     views_per_step = k * batch
     load_before = os.getloadavg()[0]
-    runs = _alternate(loader, references, repeats, steps, ref_steps, views_per_step, sync, workers, recipe, split)
+    with loader:  # its DALI pipelines closed when the timing ends, however that ends
+        runs = _alternate(loader, references, repeats, steps, ref_steps, views_per_step, sync, workers, recipe, split)
     medians = {name: statistics.median(rate for rate, _ in pairs) for name, pairs in runs.items()}
     cpu_us = {name: statistics.median(us for _, us in pairs) for name, pairs in runs.items()}
     fastest = max(references, key=lambda name: medians[name]) if references else None

@@ -225,6 +225,7 @@ def extract_features(
                 on_batch(len(index))
     finally:
         backbone.train(was_training)
+        loader.close()  # its DALI pipeline stopped here, whether the pass ended, failed or was interrupted
     if not zs:
         raise SsrrError(f"{shard_dir}: split '{split}' is empty")
     index = torch.cat(indices).long()

@@ -162,19 +162,20 @@ def finetune(
     history: list[dict[str, float]] = []
     metrics: dict[str, Any] = {}
 
-    for epoch in range(epochs):
-        loss = run.train_epoch(
-            training_batches(loader, epoch, labels, batch, member), f"{shard_dir}: split '{train_split}'", labels
-        )
-        record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
-        if epoch + 1 == epochs or (eval_every and (epoch + 1) % eval_every == 0):
-            metrics = run.score(shard_dir, test_split, labels, names, size, num_threads)
-            record["top1"] = metrics["top1"]
-        history.append(record)
-        if write:
-            save_finetuned(weights_dir, run.backbone, run.head, loaded.name, epoch + 1, labels)
-        if progress is not None:
-            progress(epoch + 1, epochs, record["loss"])
+    with loader:  # its DALI pipelines closed when training ends, however it ends
+        for epoch in range(epochs):
+            loss = run.train_epoch(
+                training_batches(loader, epoch, labels, batch, member), f"{shard_dir}: split '{train_split}'", labels
+            )
+            record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
+            if epoch + 1 == epochs or (eval_every and (epoch + 1) % eval_every == 0):
+                metrics = run.score(shard_dir, test_split, labels, names, size, num_threads)
+                record["top1"] = metrics["top1"]
+            history.append(record)
+            if write:
+                save_finetuned(weights_dir, run.backbone, run.head, loaded.name, epoch + 1, labels)
+            if progress is not None:
+                progress(epoch + 1, epochs, record["loss"])
     result = base_result(
         protocol, loaded, manifest.name, labels, seed, execution, split=test_split, tag=split_tag(manifest, test_split)
     )

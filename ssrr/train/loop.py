@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator
 
 from ssrr.config import RunConfig
-from ssrr.errors import SsrrError
+from ssrr.errors import Interrupted
 from ssrr.files import append_line, open_log, write_text_atomic
 from ssrr.methods.base import EpochContext
 from ssrr.models.batchnorm import recalibrate_batchnorm
@@ -37,6 +37,7 @@ from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import TrainDisplay, console, summary_table
 from ssrr.train.records import ENVIRONMENT_FILE, METRICS_FILE, THROUGHPUT_FILE
 from ssrr.train.setup import Training, set_up
+from ssrr.train.teardown import interrupt_deferred
 
 __all__ = ["ENVIRONMENT_FILE", "METRICS_FILE", "THROUGHPUT_FILE", "Probe", "RunResult", "pretrain"]
 
@@ -86,8 +87,12 @@ class Progress:
     probe_s: float = 0.0  # seconds spent in probes, not pretraining
     elapsed_s: float = 0.0  # pretraining seconds of the whole run at the last record (resumed calls included)
     throughput: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C: stop at the next step boundary
+    saved_at_stop: bool = False  # a checkpoint was written where the interrupted run stopped
     first_step: int = 0  # the step this call started at
+
+    def interrupt(self) -> None:
+        self.interrupted = True
 
     def finished(self, config: RunConfig, budget: TimeBudget | None) -> bool:
         if budget is not None and budget.ended(self.step):
@@ -126,38 +131,66 @@ def pretrain(config: RunConfig, *, resume: bool = False, show: bool = True, prob
     Stages: set up (`ssrr.train.setup.set_up`: data, model, resume), open the run folder (`_open_run`), epochs
     (`_run_epoch`, its steps `_run_steps` and `_train_step`), checkpoints (`_save`), the summary (`_report`).
     `probes` are handed in by the caller (the loop imports no evaluation code); `ssrr.eval.probes.probes_for`
-    builds the ones `--knn-every` and `--eval-every` ask for."""
-    t = set_up(config, resume, show)
+    builds the ones `--knn-every` and `--eval-every` ask for. Whatever ends the run, its loaders and then its
+    process group are closed before this returns or raises (ssrr.train.teardown); Ctrl-C raises `Interrupted`."""
+    with ExitStack() as closing:
+        return _train(set_up(config, resume, show, closing), show, probes)
+
+
+def _train(t: Training, show: bool, probes: Sequence[Probe]) -> RunResult:
+    """The run once set up: its folder, the epochs, the summary."""
     config = t.config
     fresh = not config.run_dir.exists()
-    with _removed_on_failure(config.run_dir, fresh and t.main):
-        _open_run(t)
-        progress = Progress(
-            epoch=int(t.state.get("epoch", 0)),
-            skip=int(t.state.get("batch_in_epoch", 0)),
-            step=int(t.state.get("step", 0)),
-            started=0.0,
-            elapsed_before=0.0,
-        )
-        progress.first_step = progress.step
-        display = TrainDisplay(show and t.main, _epochs(t))
-        progress.started = time.perf_counter()
-        progress.elapsed_before = records.elapsed_so_far(config.run_dir) if t.resumed else 0.0
-        sample_log = None
-        if config.log_samples:
-            config.run_dir.mkdir(parents=True, exist_ok=True)
-            sample_log = open_log(config.run_dir / f"samples-rank{t.accelerator.process_index}.jsonl")
-        with display:
-            while not progress.finished(config, t.budget):
-                _run_epoch(t, progress, display, probes, sample_log)
-                if progress.interrupted:
-                    break
-        if sample_log is not None:
-            sample_log.close()
-        _report(t, progress, show)
+    progress = Progress(
+        epoch=int(t.state.get("epoch", 0)),
+        skip=int(t.state.get("batch_in_epoch", 0)),
+        step=int(t.state.get("step", 0)),
+        started=0.0,
+        elapsed_before=0.0,
+    )
+    progress.first_step = progress.step
+    try:
+        with _removed_on_failure(config.run_dir, fresh and t.main):
+            _open_run(t)
+            display = TrainDisplay(show and t.main, _epochs(t))
+            progress.started = time.perf_counter()
+            progress.elapsed_before = records.elapsed_so_far(config.run_dir) if t.resumed else 0.0
+            with _sample_log(t) as sample_log, display, interrupt_deferred(progress.interrupt):
+                while not progress.finished(config, t.budget):
+                    _run_epoch(t, progress, display, probes, sample_log)
+                    if progress.interrupted:
+                        break
+            if not (progress.interrupted and t.accelerator.num_processes > 1):
+                _report(t, progress, show)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the steps: nothing saved at this moment
+        raise Interrupted(_interrupted_line(config.run_dir, progress.step, saved_now=False)) from None
     if progress.interrupted:
-        raise SsrrError(f"interrupted: progress saved in {config.run_dir}; continue with the same command and --resume")
+        raise Interrupted(_interrupted_line(config.run_dir, progress.step, saved_now=progress.saved_at_stop))
     return RunResult(config.run_dir, progress.epoch, progress.step, progress.throughput)
+
+
+@contextmanager
+def _sample_log(t: Training) -> Iterator[Any]:
+    """`--log-samples`: this rank's samples-rank<N>.jsonl, open for the run (None without the option)."""
+    if not t.config.log_samples:
+        yield None
+        return
+    t.config.run_dir.mkdir(parents=True, exist_ok=True)
+    log = open_log(t.config.run_dir / f"samples-rank{t.accelerator.process_index}.jsonl")
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+def _interrupted_line(run_dir: Path, step: int, saved_now: bool) -> str:
+    """The one line of a Ctrl-C: where the run stopped and the checkpoint to resume from."""
+    saved = ckpt.list_checkpoints(run_dir)
+    if not saved:
+        return f"interrupted at step {step}; no checkpoint yet, nothing kept: run the same command to start again"
+    last = saved[-1]
+    kept = "saved" if saved_now else "is intact"
+    return f"interrupted at step {step}; checkpoint {last.name} {kept} in {run_dir}: resume with --resume"
 
 
 def _open_run(t: Training) -> None:
@@ -209,7 +242,8 @@ def _run_epoch(
     t: Training, progress: Progress, display: TrainDisplay, probes: Sequence[Probe], sample_log: Any
 ) -> None:
     """One epoch (or what is left of it): the method's epoch hook, the steps, the record, the probes, a
-    checkpoint when due. Ctrl-C ends the epoch early with its progress saved."""
+    checkpoint when due. Ctrl-C ends the epoch at a step boundary with its progress saved; with several
+    processes nothing is saved then (ranks stop at different steps), and the last checkpoint stays as it was."""
     config, epoch = t.config, progress.epoch
     t.method.on_epoch_start(
         EpochContext(
@@ -222,14 +256,18 @@ def _run_epoch(
     view_size = _view_size(t, epoch)
     t.loader.set_image_size(view_size)
     batches = iter(t.loader.epoch(epoch))
+    several = t.accelerator.num_processes > 1
     try:
         for _ in range(progress.skip):  # resuming mid-epoch: the epoch's order is a function of (seed, epoch)
             next(batches)
             tally.batch_in_epoch += 1
         progress.skip = 0
         _run_steps(t, progress, tally, batches, display, sample_log)
-    except KeyboardInterrupt:
-        progress.interrupted = True
+    except Exception:
+        if not (progress.interrupted and several):
+            raise  # else a peer stopped first on the same Ctrl-C and left this rank's collective: the stop
+    if progress.interrupted and several:
+        return
     epoch_done = tally.batch_in_epoch >= t.steps_per_epoch
     if not progress.interrupted:
         _plan_budget(t, progress, display, epoch_end=True)
@@ -258,15 +296,16 @@ def _run_epoch(
     stop_now = progress.interrupted or ends_run or bool(config.max_steps and progress.step >= config.max_steps)
     if (next_epoch % config.checkpoint_every == 0) or next_epoch >= _epochs(t) or stop_now or not epoch_done:
         _save(t, progress.step, next_epoch, next_batch)
+        progress.saved_at_stop = progress.interrupted
     progress.epoch = next_epoch
 
 
 def _recalibrate_batchnorm(t: Training) -> None:
     """`--bn-recalibrate`, after the last epoch (pretraining time): the backbone's BatchNorm statistics
     recomputed on the clean training images at their own size, the inputs every evaluation gives it."""
-    loader = t.make_loader(recipes.evaluation(), training=False)
-    batches = (t.execution.inputs(batch.views).float() for batch in loader.epoch(0))
-    recalibrate_batchnorm(t.method.backbone, batches)
+    with t.make_loader(recipes.evaluation(), training=False) as loader:
+        batches = (t.execution.inputs(batch.views).float() for batch in loader.epoch(0))
+        recalibrate_batchnorm(t.method.backbone, batches)
 
 
 def _run_steps(
@@ -292,7 +331,8 @@ def _run_steps(
             running = _rates(t, tally, time.perf_counter() - tally.step_started)
             per_step = (time.perf_counter() - tally.step_started) / tally.counted
             display.update(tally.batch_in_epoch, running, (_total_steps(t) - progress.step) * per_step)
-        if (config.max_steps and progress.step >= config.max_steps) or (t.budget and t.budget.ended(progress.step)):
+        budget_ended = t.budget is not None and t.budget.ended(progress.step)
+        if (config.max_steps and progress.step >= config.max_steps) or budget_ended or progress.interrupted:
             break
 
 
@@ -334,13 +374,12 @@ def _save(t: Training, step: int, epoch_now: int, batch_now: int) -> None:
 
 
 def _report(t: Training, progress: Progress, show: bool) -> None:
-    """The end of a call: weights in sync across ranks, throughput.json, the summary table."""
+    """The end of a call: weights in sync across ranks, throughput.json, the summary table. (The trackers and
+    the process group are ended by the run's teardown, ssrr.train.teardown.)"""
     config = t.config
     in_sync = records.weights_in_sync(t.accelerator, t.method)
     t.accelerator.wait_for_everyone()
     total = time.perf_counter() - progress.started
-    if config.log_with:
-        t.accelerator.end_training()
     if not t.main:
         return
     processes = t.accelerator.num_processes

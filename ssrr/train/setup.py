@@ -5,6 +5,7 @@ state when resuming. Everything the later stages (ssrr.train.loop) read is one `
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from ssrr.train import checkpoint as ckpt
 from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
+from ssrr.train.teardown import LoaderRegistry, end_processes, group_owner
 
 
 def use_cuda(config: RunConfig) -> bool:
@@ -86,9 +88,12 @@ class Training:
         return len(self.loader)
 
 
-def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
+def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> Training:
     """Check the config and the data (before anything is written), then build the model, the optimizer and the
-    loader on the run's device and precision, restoring the training state when resuming."""
+    loader on the run's device and precision, restoring the training state when resuming.
+
+    What has to be undone at the end of the run is registered on `closing` as it is built (the process group,
+    then the loaders; see ssrr.train.teardown), so a failure halfway through set-up undoes it as well."""
     config = with_method_defaults(config.resolved().validate()).validate()
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
@@ -99,6 +104,7 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
+    owns_group = group_owner()
     accelerator = Accelerator(
         cpu=not use_cuda(config),
         mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
@@ -106,6 +112,7 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
         log_with=config.log_with or None,
         project_dir=str(config.run_dir),
     )
+    closing.push(end_processes(accelerator, owns_group))
     execution = resolve_execution(config.precision, accelerator.device, channels_last=config.channels_last)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
@@ -117,7 +124,9 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
         ckpt.load_method_weights(method, resume_from)
         state = ckpt.load_training_state(resume_from)
     optimizer = method.build_optimizer()
-    make_loader = _loader_factory(config, shard_dir, accelerator, execution)
+    loaders = LoaderRegistry()
+    closing.callback(loaders.close_all)  # before the process group goes (last in, first out)
+    make_loader = _loader_factory(config, shard_dir, accelerator, execution, loaders)
     loader = make_loader(cls.recipe(config, manifest.image_size))
     if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
         console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}", highlight=False)
@@ -166,24 +175,27 @@ def _build_method(
 
 
 def _loader_factory(
-    config: RunConfig, shard_dir: Path, accelerator: Accelerator, execution: Execution
+    config: RunConfig, shard_dir: Path, accelerator: Accelerator, execution: Execution, loaders: LoaderRegistry
 ) -> Callable[..., ViewLoader]:
-    """make_loader(recipe, split=..., training=...): this rank's views of the shards (DeepCluster makes more)."""
+    """make_loader(recipe, split=..., training=...): this rank's views of the shards (DeepCluster makes more),
+    each registered so that the run's end closes it if its user has not."""
 
     def make_loader(recipe: Any, *, split: str = config.split, training: bool = True) -> ViewLoader:
-        return ViewLoader(
-            shard_dir,
-            recipe,
-            split=split,
-            batch_size=config.batch,
-            device=accelerator.device,
-            rank=accelerator.process_index,
-            world_size=accelerator.num_processes,
-            seed=config.seed,
-            dtype=execution.view_dtype,
-            training=training,
-            num_threads=config.num_threads or None,
-            skip_corrupt=config.skip_corrupt,
+        return loaders.add(
+            ViewLoader(
+                shard_dir,
+                recipe,
+                split=split,
+                batch_size=config.batch,
+                device=accelerator.device,
+                rank=accelerator.process_index,
+                world_size=accelerator.num_processes,
+                seed=config.seed,
+                dtype=execution.view_dtype,
+                training=training,
+                num_threads=config.num_threads or None,
+                skip_corrupt=config.skip_corrupt,
+            )
         )
 
     return make_loader
