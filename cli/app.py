@@ -30,7 +30,7 @@ def root(
     """Self-Supervised Relational Reasoning (Patacchiola & Storkey, NeurIPS 2020)."""
 
 
-_COMMAND_MODULES = ("demo", "shard", "pretrain", "evaluate", "report", "bench", "reproduce", "importer")
+_COMMAND_MODULES = ("demo", "shard", "pretrain", "evaluate", "report", "bench", "reproduce", "importer", "env")
 _mounted = False
 
 
