@@ -317,6 +317,11 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
     return views_out, _placed(labels, spec)
 
 
+def _output_index(node) -> int:  # type: ignore[no-untyped-def]
+    """Which output of its operator a DALI node is."""
+    return next((i for i, out in enumerate(node.source._outputs) if out is node), 0)
+
+
 def graph_ops(pipe) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     """The operators of a defined (not necessarily built) pipeline in definition order: each one's name, device,
     constant arguments and inputs (as positions in this list). Defining needs no GPU, so a GPU pipeline can be
@@ -329,7 +334,7 @@ def graph_ops(pipe) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
     described = []
     for op in ops:
         args = {k: v for k, v in op._op._init_args.items() if k not in ("_module", "device")}
-        inputs = [(position.get(id(node.source), -1), node.name.split("[")[-1]) for node in op._inputs]
+        inputs = [(position.get(id(node.source), -1), _output_index(node)) for node in op._inputs]
         described.append({"op": args.pop("_display_name", type(op._op).__name__), "device": op._op.device,
                           "args": args, "inputs": inputs})  # fmt: skip
     return described
