@@ -51,7 +51,7 @@ def test_probes_feed_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     ("facts", "reason"),
     [
         (NO_GPU, "no CUDA GPU on this machine"),
-        (OLD_DRIVER, "too old for torch's CUDA 13.0 build; install: pip install -r requirements-cuda12.txt"),
+        (OLD_DRIVER, "too old for torch's CUDA 13.0 build; install: pip install \"torch"),
         (DALI_TOO_NEW, "DALI's CUDA 13.0 build does not match the NVIDIA driver 570.1, CUDA 12.8"),
         (CPU_TORCH, "CPU-only build without CUDA; install: pip install -e ."),
     ],
