@@ -10,13 +10,14 @@ Runs uninstalled: gpu_check.sh puts the repository on PYTHONPATH.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-K, M = 32, 64
+K, M = int(os.environ.get("SSRR_CHECK_K", 32)), int(os.environ.get("SSRR_CHECK_M", 64))  # views, images per step
 
 
 def pipeline(shards: str, device: str, steps: int, out: str) -> None:
@@ -114,8 +115,8 @@ def rows(work: Path, mode: str) -> list[tuple[str, str]]:
         figure = f"{views} views/s, data wait {wait}"
         out.append((f"pretrain --amp {backbone} (K={K}, M={M}, {run.get('precision', '?')})", figure))
         out.append((f"peak torch memory, {backbone} run", _number(run.get("memory_mb"), "{:,.0f} MB")))
-    out.append(("peak DALI memory (pipeline, raw)", _number(_load(work / "pipeline-raw.json").get("dali_memory_mb"),
-                                                            "{:,.0f} MB")))  # fmt: skip
+    dali = _number(_load(work / "pipeline-raw.json").get("dali_memory_mb"), "{:,.0f} MB")
+    out.append(("peak DALI memory (pipeline, raw)", dali if mode != "cpu" else "n/a (CPU)"))
     sync = _load(work / "syncs.json")
     per_step = sync.get("syncs_per_step")
     out.append(("host syncs per training step", _number(per_step, "{:.2f}") if mode != "cpu" else "n/a (CPU)"))
