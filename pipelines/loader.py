@@ -425,7 +425,7 @@ class ViewLoader:
         labels = as_torch(labels_out).long()  # on the device already (moved in the graph)
         m = self.batch_size
         v, h, w = views.shape[1], views.shape[2], views.shape[3]
-        lo, hi = self._clamp_bounds((h, w))
+        lo, hi = self._clamp_bounds((h, w)) if self.recipe.colour else (None, None)
         batches = []
         for step in range(count):
             rows = slice(step * m, (step + 1) * m)

@@ -33,10 +33,11 @@ mkdir -p "$OUT"
 : >"$WORK/stages.tsv"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ "$MODE" = cpu ]; then  # sizes that finish on two cores; the GPU's are the issue's (K=32, M=64)
-  PER_CLASS=${PER_CLASS:-40} K=${K:-4} M=${M:-16} EPOCHS=1 STEPS=4 LINEAR_EPOCHS=1 DEVICE=cpu PIPE_DEVICE=cpu TESTS=no
+  PER_CLASS=${PER_CLASS:-40} K=${K:-4} M=${M:-16} EPOCHS=1 MAX_STEPS=4 STEPS=4 LINEAR_EPOCHS=1 DEVICE=cpu
+  PIPE_DEVICE=cpu TESTS=no
 else
-  PER_CLASS=${PER_CLASS:-500} K=${K:-32} M=${M:-64} EPOCHS=2 STEPS=40 LINEAR_EPOCHS=10 DEVICE=cuda PIPE_DEVICE=gpu
-  TESTS=yes
+  PER_CLASS=${PER_CLASS:-500} K=${K:-32} M=${M:-64} EPOCHS=2 MAX_STEPS=0 STEPS=40 LINEAR_EPOCHS=10 DEVICE=cuda
+  PIPE_DEVICE=gpu TESTS=yes
 fi
 export SSRR_CHECK_K=$K SSRR_CHECK_M=$M
 
@@ -90,7 +91,7 @@ stage pipeline-raw 240 "${STAGES[@]}" pipeline "$RAW" "$PIPE_DEVICE" "$STEPS" "$
 stage pipeline-jpeg 240 "${STAGES[@]}" pipeline "$JPEG" "$PIPE_DEVICE" "$STEPS" "$WORK/pipeline-jpeg.json"
 for BACKBONE in conv4 resnet32; do
   stage "pretrain-$BACKBONE" 420 "${SSRR[@]}" pretrain --dataset "$RAW" --backbone "$BACKBONE" --k "$K" --batch "$M" \
-    --amp --epochs "$EPOCHS" --device "$DEVICE" --out "$RUNS" --name "$BACKBONE" --quiet
+    --amp --epochs "$EPOCHS" --max-steps "$MAX_STEPS" --device "$DEVICE" --out "$RUNS" --name "$BACKBONE" --quiet
 done
 stage syncs 300 "${STAGES[@]}" syncs "$RAW" "$DEVICE" "$WORK/syncs.json"
 stage linear-pretrained 300 sh -c "\"\$@\" >'$WORK/linear-pretrained.json'" _ "${SSRR[@]}" eval linear "$RUNS/conv4" \

@@ -127,16 +127,17 @@ def rows(work: Path, mode: str) -> list[tuple[str, str]]:
 
 
 def table(work: str, mode: str, outdir: str) -> None:
-    """Print the stages' statuses, then the one table (last); write both under `outdir`."""
+    """Print the one table (last); write it with the stages' statuses (summary.md) and every figure
+    (results.json) under `outdir`."""
     folder = Path(work)
     stages = [line.split("\t") for line in (folder / "stages.tsv").read_text().splitlines() if line]
     failed = [name for name, rc, _ in stages if rc != "0"]
-    lines = ["| stage | exit | seconds |", "|---|---|---|", *(f"| {n} | {rc} | {s} |" for n, rc, s in stages)]
-    lines += ["", f"| ssrr GPU check ({mode}) | result |", "|---|---|"]
+    stage_lines = ["| stage | exit | seconds |", "|---|---|---|", *(f"| {n} | {rc} | {s} |" for n, rc, s in stages)]
+    lines = [f"| ssrr GPU check ({mode}) | result |", "|---|---|"]
     lines += [f"| {name} | {value} |" for name, value in rows(folder, mode)]
     lines.append(f"| stages failed | {', '.join(failed) or 'none'} |")
     text = "\n".join(lines) + "\n"
-    Path(outdir, "summary.md").write_text(text)
+    Path(outdir, "summary.md").write_text("\n".join(stage_lines) + "\n\n" + text)
     results = {name: _load(path) for name, path in ((p.stem, p) for p in folder.glob("*.json"))}
     results["stages"] = {name: {"exit": int(rc), "seconds": int(s)} for name, rc, s in stages}
     Path(outdir, "results.json").write_text(json.dumps(results, indent=1) + "\n")
