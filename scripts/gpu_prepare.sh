@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare, on a machine with pip and a network, the wheels the GPU machine lacks (its notes, gpu.md in the shared
 # docs: Python 3.12, torch 2.11 with CUDA 13, no DALI, no webdataset), split into parts under 60 MiB in git-ignored
-# folders .gpu1/, .gpu2/, ... Each folder is carried by one device call (`carry: [".gpuN"]`, back to back while the machine is
-# warm); scripts/gpu_check.sh joins and installs them into /tmp/site there.
+# folders .gpu1/, .gpu2/, ... Each folder is carried by one device call (`carry: [".gpuN"]`, back to back while
+# the machine is warm); scripts/gpu_check.sh joins and installs them into /tmp/site there.
 #
 #   bash scripts/gpu_prepare.sh                       # DALI (cuda130), its codecs and needs, webdataset, braceexpand
 #   bash scripts/gpu_prepare.sh braceexpand==0.1.7    # only the packages named
