@@ -37,6 +37,12 @@ bench: shard-cifar10
     ssrr bench linear --dataset shards/cifar10-jpeg --json
     ssrr bench summary
 
-# On a lent GPU machine: one call that checks and times the GPU path (see scripts/gpu_check.sh).
-gpu-check:
-    bash scripts/gpu_check.sh
+# On a lent GPU machine: one call that checks and times the GPU path and prints one table (scripts/gpu_check.sh);
+# `just gpu-check --cpu` runs the same stages on the CPU.
+gpu-check *ARGS:
+    bash scripts/gpu_check.sh {{ARGS}}
+
+# Here, before a GPU call: the wheels the GPU machine lacks (DALI cuda130 and its needs, webdataset, braceexpand),
+# downloaded for Python 3.12 and split into parts under 60 MiB in .gpu1/, .gpu2/, ... (scripts/gpu_prepare.sh).
+gpu-prepare *PACKAGES:
+    bash scripts/gpu_prepare.sh {{PACKAGES}}

@@ -30,7 +30,18 @@ def root(
     """Self-Supervised Relational Reasoning (Patacchiola & Storkey, NeurIPS 2020)."""
 
 
-_COMMAND_MODULES = ("demo", "shard", "pretrain", "evaluate", "report", "bench", "reproduce", "importer", "export")
+_COMMAND_MODULES = (
+    "demo",
+    "shard",
+    "pretrain",
+    "evaluate",
+    "report",
+    "bench",
+    "reproduce",
+    "importer",
+    "export",
+    "env",
+)
 _mounted = False
 
 

@@ -42,7 +42,7 @@ def pipeline(
     dataset: str = Dataset,
     k: int = K,
     batch: int = Batch,
-    device: str = typer.Option("cpu", help="cpu or gpu."),
+    device: str = typer.Option("cpu", help="cpu, gpu (= cuda) or auto."),
     repeats: int = typer.Option(5, help="Repeats (medians reported)."),
     steps: int = typer.Option(20, help="Steps timed per repeat."),
     workers: int = typer.Option(2, help="DataLoader workers of the torchvision baseline."),
@@ -57,7 +57,9 @@ def pipeline(
     from ssrr.data.formats import resolve_dataset
 
     shard_dir = resolve_dataset(dataset)
-    device = "cuda" if device == "gpu" else device  # the DALI pipeline on the GPU, batches left there
+    from ssrr.devices import choose_device
+
+    device = choose_device(device).type  # gpu = cuda: the DALI pipeline on the GPU, batches left there
     result = bench_pipeline(shard_dir, k=k, batch=batch, device=device, repeats=repeats, steps=steps, workers=workers)
     dataset_tag = "" if shard_dir.name == "cifar10-jpeg" else f"-{shard_dir.name}"  # other data: its own record
     _emit(f"pipeline-{device}-k{k}-m{batch}{dataset_tag}", result, as_json, write)

@@ -47,6 +47,12 @@ Per pipeline run (B images, V views each):
   * On the GPU a reduction's output is a GPU tensor and cannot feed an operator's argument (such as
     ``contrast_center`` or coord_transform's T), so ``contrast="arith"`` computes the contrast with DALI
     arithmetic (clamped), then the colour matrix. The tests run all three forms on the CPU.
+
+One definition, placement a parameter: the GPU's graph (:func:`contrast_for` picks its contrast form) differs from
+the same graph placed on the CPU only where data lives (``.gpu()`` transfers, :func:`_placed`) and in the
+decoder's backend (``mixed`` vs ``cpu``). :func:`graph_ops` lists a graph's operators and arguments without
+building it (no GPU needed), so tests/test_pipeline_parity.py runs the GPU's graph on the CPU for every recipe and
+encoding and checks it is the GPU's, operator for operator.
 """
 
 from __future__ import annotations
@@ -63,6 +69,13 @@ from ssrr.pipelines.sampling import LUMA, draw
 from ssrr.data import codec
 
 READER = "Reader"
+PLACEMENT_ONLY = ("device",)  # what graph_ops reports that may differ between the GPU graph and its CPU twin
+
+
+def contrast_for(gpu: bool) -> str:
+    """The contrast form a placement runs: the GPU's reductions cannot feed operator arguments, so "arith" there;
+    "fused" (one affine map, fastest) on the CPU."""
+    return "arith" if gpu else "fused"
 
 
 @dataclass(frozen=True)
@@ -170,12 +183,16 @@ def _stack(views: Sequence) -> object:
     return fn.stack(*views, axis=0, axis_name="F")
 
 
+def _placed(node, spec: GraphSpec):  # type: ignore[no-untyped-def]
+    """A CPU node moved to the pipeline's device (the only thing placement changes apart from the decoder)."""
+    return node.gpu() if spec.gpu else node
+
+
 def _pixels(stored, spec: GraphSpec):
     """The (H, W, 3) uint8 image of each sample, on the pipeline's device: raw bytes reshaped, or decoded once."""
     if spec.encoding == codec.RAW:
         height, width = spec.source_size
-        image = fn.reshape(stored, shape=[height, width, 3], layout="HWC")
-        return image.gpu() if spec.gpu else image
+        return _placed(fn.reshape(stored, shape=[height, width, 3], layout="HWC"), spec)
     # EXIF orientation is ignored, as Pillow does when `ssrr shard` computes the statistics (and the shards hold
     # SIZE x SIZE images whatever the tag says). On the GPU, nvJPEG keeps its default chroma upsampling: a few
     # levels from the CPU decoder's at most (the -m gpu test in tests/test_pipeline_encoded.py checks it).
@@ -240,9 +257,7 @@ def _colour(frames, spec: GraphSpec, p: dict):  # type: ignore[no-untyped-def]
         if spec.contrast == "arith":
             means = fn.reductions.mean(frames, axes=[1, 2], keep_dims=True)  # (V, 1, 1, 3)
             luma = means[:, :, :, 0:1] * LUMA[0] + means[:, :, :, 1:2] * LUMA[1] + means[:, :, :, 2:3] * LUMA[2]
-            gain, shift = p["gain"], p["shift"]
-            if spec.gpu:
-                gain, shift = gain.gpu(), shift.gpu()
+            gain, shift = _placed(p["gain"], spec), _placed(p["shift"], spec)
             frames = fn.reshape(dmath.clamp(frames * gain + luma * shift, 0.0, 255.0), layout="FHWC")
         else:
             means = fn.reductions.mean(frames, axes=[1, 2])  # (V, 3)
@@ -260,7 +275,7 @@ def _colour(frames, spec: GraphSpec, p: dict):  # type: ignore[no-untyped-def]
 @pipeline_def
 def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None):
     """Outputs: views (B x [V, H, W, 3], FHWC, normalised; float32 and not yet clamped for colour recipes) and
-    labels (B x [3] int32)."""
+    labels (B x [3] int32), both on the pipeline's device."""
     recipe = spec.recipe
     stored, labels = fn.readers.webdataset(
         paths=list(spec.paths),
@@ -296,7 +311,30 @@ def view_pipeline(spec: GraphSpec, source: Callable[[], list[np.ndarray]] | None
             output_layout="FHWC",
             dtype=types.FLOAT16 if spec.half else types.FLOAT,
         )
-        return views_out, labels
+        return views_out, _placed(labels, spec)
     frames = _colour(frames, spec, p)
     views_out = fn.reshape(frames, layout="FHWC")  # float32, unclamped: the loader clamps while copying out
-    return views_out, labels
+    return views_out, _placed(labels, spec)
+
+
+def _output_index(node) -> int:  # type: ignore[no-untyped-def]
+    """Which output of its operator a DALI node is."""
+    return next((i for i, out in enumerate(node.source._outputs) if out is node), 0)
+
+
+def graph_ops(pipe) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    """The operators of a defined (not necessarily built) pipeline in definition order: each one's name, device,
+    constant arguments and inputs (as positions in this list). Defining needs no GPU, so a GPU pipeline can be
+    inspected anywhere. Reads DALI's graph through its Python objects: a DALI that changes them fails the parity
+    test loudly rather than passing it."""
+    if not pipe._py_graph_built:
+        pipe._build_graph()
+    ops = list(pipe._ops)
+    position = {id(op): i for i, op in enumerate(ops)}
+    described = []
+    for op in ops:
+        args = {k: v for k, v in op._op._init_args.items() if k not in ("_module", "device")}
+        inputs = [(position.get(id(node.source), -1), _output_index(node)) for node in op._inputs]
+        described.append({"op": args.pop("_display_name", type(op._op).__name__), "device": op._op.device,
+                          "args": args, "inputs": inputs})  # fmt: skip
+    return described

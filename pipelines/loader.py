@@ -13,17 +13,23 @@ Epochs, ranks and lengths:
 - Other loaders neither shuffle nor drop: every sample of the rank is seen exactly once, in stored order;
   ``len = ceil(max_r share_r / M)`` on every rank, and rows past a rank's share (the last batch's padding,
   or whole batches on a rank with one sample fewer) have ``valid=False``.
-- ``epoch(e)`` builds a fresh pipeline whose reader seed and parameter stream derive from (seed, e, rank), so
-  an epoch is reproducible on its own (resuming at epoch e gives the same batches as an uninterrupted run).
+- Each epoch has its own pipeline whose reader seed and parameter stream derive from (seed, e, rank), so an
+  epoch is reproducible on its own (resuming at epoch e gives the same batches as an uninterrupted run).
+  ``prepare(e)`` builds epoch e's pipeline and starts it while the current epoch trains (DALI's executor fills
+  the shuffle buffer and computes the first runs in its own threads: no Python thread), so ``epoch(e)`` starts
+  without a refill stall; ``epoch(e)`` builds it then if nobody prepared it. Either way the batches are the same.
 
 Speed (CPU): the pipeline's own batch is ``steps_per_run`` x M images (default 4 x M for training), sliced into
 steps here; the views of each image run as one V-frame sequence (see :mod:`ssrr.pipelines.graph`). The copy
 out of DALI's buffer into fresh torch tensors (needed anyway: DALI reuses its buffers) reorders to view-major,
 applies the colour recipes' final clamp and converts to the requested dtype, all in one pass.
 
-On the GPU (``device="cuda"``) the pipeline runs on ``torch.cuda.current_device()`` (or the given index) and the
-batches stay on that device: DALI's output is copied into a torch buffer on torch's current stream
-(``feed_ndarray``), then sliced into steps there. Labels and masks are moved to the device as well.
+The hand-off (:func:`as_torch`) is the same on both devices: DALI's outputs become torch tensors through DLPack,
+without a copy. On the GPU (``device="cuda"``) the pipeline runs on ``torch.cuda.current_device()`` (or the given
+index); its outputs, labels included (moved in the graph), are bound to torch's current stream (``outputs(
+cuda_stream=...)``: ordered by events, no host wait), the one copy out above runs there, and DALI's buffers are kept
+until an event recorded after that copy has passed. Masks are made on the device. Nothing in the hand-off waits
+for the GPU, so the time a step waits for its batch is only the wait for DALI.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from ssrr.pipelines.graph import GraphSpec, ParamSource, view_pipeline
+from ssrr.pipelines.graph import GraphSpec, ParamSource, contrast_for, view_pipeline
+from ssrr.pipelines.handoff import HeldOutputs, as_torch
 from ssrr.pipelines.recipes import Recipe
 from ssrr.pipelines.shards import ShardPlan, combined_splits, find_undecodable, plan_shards, rank_shares
 
@@ -211,9 +219,11 @@ class ViewLoader:
         # colour recipes come out of DALI as float32 (converted while clamping)
         self._lo_channels = torch.tensor(-mean / std, dtype=torch.float32)
         self._hi_channels = torch.tensor((1 - mean) / std, dtype=torch.float32)
+        self._bounds: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.set_image_size(self.source_size if image_size is None else image_size)
-        self._contrast = "arith" if self.device.type == "cuda" else "fused"
-        self._buffer: torch.Tensor | None = None
+        self.contrast: str | None = None  # None: the placement's form (graph.contrast_for); tests force others
+        self._prepared: dict[int, tuple[GraphSpec, Any]] = {}  # epoch -> (its spec, its started pipeline)
+        self._in_use = HeldOutputs()  # DALI outputs kept until the GPU has copied them out
         self._pipes: weakref.WeakSet = weakref.WeakSet()  # the pipelines built and not yet released (close())
 
     # ------------------------------------------------------------------ public
@@ -227,25 +237,56 @@ class ViewLoader:
         if min(size) < 1:
             raise SsrrError(f"image_size must be positive, got {image_size}")
         self.image_size = size
-        # The clamp bounds (the uint8 range in normalised units) expanded to a whole (H, W, 3) view: the clamp
-        # then broadcasts over the outer dimensions only and vectorises (per-channel (3,) bounds do not).
-        self._lo = self._lo_channels.expand(*size, 3).contiguous().to(self.device)
-        self._hi = self._hi_channels.expand(*size, 3).contiguous().to(self.device)
+
+    def _clamp_bounds(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clamp bounds (the uint8 range in normalised units) expanded to a whole (H, W, 3) view: the clamp
+        then broadcasts over the outer dimensions only and vectorises (per-channel (3,) bounds do not). Made once
+        per size, so no epoch copies them to the device again."""
+        if size not in self._bounds:
+            self._bounds[size] = (
+                self._lo_channels.expand(*size, 3).contiguous().to(self.device),
+                self._hi_channels.expand(*size, 3).contiguous().to(self.device),
+            )
+        return self._bounds[size]
 
     @property
     def views(self) -> int:
         return self.recipe.views
 
+    def prepare(self, epoch: int, image_size: int | tuple[int, int] | None = None) -> None:
+        """Build epoch ``epoch``'s pipeline (at ``image_size``, default the current one) and start it now, so that
+        ``epoch(epoch)`` finds its first batches ready (see the module docstring). Cheap to call again."""
+        size = self.image_size if image_size is None else _size(image_size, self.source_size)
+        spec = self.spec(epoch, image_size=size)
+        if epoch in self._prepared and self._prepared[epoch][0] == spec:
+            return
+        self._prepared[epoch] = (spec, self._start(epoch, spec))
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of epoch ``epoch``: deterministic given (seed, epoch, rank, world_size)."""
-        pipe = self._build(epoch)
+        spec = self.spec(epoch)
+        for stale in [e for e in self._prepared if e <= epoch]:
+            prepared_spec, pipe = self._prepared.pop(stale)
+            if stale == epoch and prepared_spec == spec:
+                return self._batches(pipe)
+            del pipe
+        return self._batches(None, epoch, spec)
+
+    def _batches(self, pipe: Any, epoch: int = 0, spec: GraphSpec | None = None) -> Iterator[Batch]:
+        """The steps of one epoch from its pipeline (built and started on the first batch when not given)."""
+        if pipe is None:
+            pipe = self._start(epoch, spec or self.spec(epoch))
         try:
-            done = 0
+            done, scheduled = 0, min(self.prefetch, self._runs)
             share = self.shares[self.rank]
             while done < self._len:
-                outputs = self._run(pipe)
+                outputs = self._outputs(pipe)
+                if scheduled < self._runs:  # keep DALI's queue full up to the epoch's last run, never past it
+                    pipe.schedule_run()
+                    scheduled += 1
                 count = min(self.steps_per_run, self._len - done)
                 batches = self._split(outputs, count, done, share)
+                self._in_use.hold(outputs, self.device)
                 del outputs
                 yield from batches
                 done += count
@@ -254,9 +295,11 @@ class ViewLoader:
 
     def close(self) -> None:
         """Stop this loader's pipelines (their worker and prefetch threads joined, here and now, not whenever the
-        garbage collector or the interpreter's exit gets to them) and remove the filtered index files (if any).
-        Idempotent; the loader cannot start new epochs afterwards, and an epoch still being read ends with an
-        SsrrError. Also the end of a ``with ViewLoader(...) as loader:`` block."""
+        garbage collector or the interpreter's exit gets to them), drop prepared ones and remove the filtered index
+        files (if any). Idempotent; the loader cannot start new epochs afterwards, and an epoch still being read
+        ends with an SsrrError. Also the end of a ``with ViewLoader(...) as loader:`` block."""
+        self._prepared.clear()
+        self._in_use.clear()
         for pipe in list(self._pipes):
             pipe._shutdown()  # what DALI's own atexit hook calls; the pipeline's __del__ does it again, harmlessly
             self._pipes.discard(pipe)
@@ -288,7 +331,15 @@ class ViewLoader:
         pipe_seed, reader_seed = (int(x) & 0x7FFF_FFFF for x in sequence.generate_state(2, np.uint32))
         return pipe_seed, reader_seed, sequence.spawn(1)[0]
 
-    def spec(self, epoch: int) -> GraphSpec:
+    @property
+    def _runs(self) -> int:
+        """Pipeline runs per epoch."""
+        return math.ceil(self._len / self.steps_per_run)
+
+    def spec(self, epoch: int, *, gpu: bool | None = None, image_size: tuple[int, int] | None = None) -> GraphSpec:
+        """Epoch ``epoch``'s graph: on this loader's device, or (``gpu``) the graph the GPU (True) or the CPU
+        (False) runs, whatever this loader's device (tests/test_pipeline_parity.py compares the two)."""
+        on_gpu = self.device.type == "cuda" if gpu is None else gpu
         if self._plan is None:
             raise SsrrError(f"{self.shard_dir}: the loader is closed")
         _, reader_seed, _ = self.seeds(epoch)
@@ -297,7 +348,7 @@ class ViewLoader:
             index_paths=tuple(self._plan.index_paths),
             recipe=self.recipe,
             source_size=self.source_size,
-            out_size=self.image_size,
+            out_size=image_size or self.image_size,
             mean255=self._mean255,  # type: ignore[arg-type]
             std255=self._std255,  # type: ignore[arg-type]
             half=self.dtype == torch.float16 and not self.recipe.colour,
@@ -306,8 +357,8 @@ class ViewLoader:
             num_shards=self.world_size,
             initial_fill=self._initial_fill,
             reader_seed=reader_seed,
-            gpu=self.device.type == "cuda",
-            contrast=self._contrast,
+            gpu=on_gpu,
+            contrast=self.contrast or contrast_for(on_gpu),
             encoding=self.manifest.encoding,
         )
 
@@ -318,24 +369,32 @@ class ViewLoader:
             raise SsrrError(f"device {self.device} requested but CUDA is not available")
         return self.device.index if self.device.index is not None else torch.cuda.current_device()
 
-    def _build(self, epoch: int):
+    def define(self, epoch: int, spec: GraphSpec | None = None):  # type: ignore[no-untyped-def]
+        """Epoch ``epoch``'s pipeline, defined but not built (a GPU spec needs no GPU to be defined and inspected
+        with ``graph.graph_ops``)."""
         pipe_seed, _, param_seed = self.seeds(epoch)
-        spec = self.spec(epoch)
+        spec = spec or self.spec(epoch)
         run_batch = self.steps_per_run * self.batch_size
         source = ParamSource(spec, run_batch, np.random.default_rng(param_seed)) if spec.param_names() else None
+        device_id = (self._device_id() if self.device.type == "cuda" else 0) if spec.gpu else None
+        return view_pipeline(
+            spec,
+            source,
+            batch_size=run_batch,
+            num_threads=self.num_threads,
+            device_id=device_id,
+            seed=pipe_seed,
+            prefetch_queue_depth=min(self.prefetch, self._runs),
+            exec_dynamic=True,
+        )
+
+    def _start(self, epoch: int, spec: GraphSpec):  # type: ignore[no-untyped-def]
+        """Epoch ``epoch``'s pipeline, built and started: its first runs are computed from now on."""
         try:
-            pipe = view_pipeline(
-                spec,
-                source,
-                batch_size=run_batch,
-                num_threads=self.num_threads,
-                device_id=self._device_id(),
-                seed=pipe_seed,
-                prefetch_queue_depth=self.prefetch,
-                exec_dynamic=True,
-            )
+            pipe = self.define(epoch, spec)
             pipe.build()
             self._pipes.add(pipe)
+            pipe.schedule_run()  # the first call queues `prefetch` runs; DALI's executor works on them at once
         except SsrrError:
             raise
         except Exception as exc:
@@ -344,11 +403,13 @@ class ViewLoader:
             ) from exc
         return pipe
 
-    def _run(self, pipe):
+    def _outputs(self, pipe):  # type: ignore[no-untyped-def]
+        """The next run's outputs; on the GPU bound to torch's current stream (ordered there, no host wait)."""
         if self._plan is None:  # close() stopped the pipeline
             raise SsrrError(f"{self.shard_dir} ({self.split}): the loader was closed during the epoch")
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
-            return pipe.run()
+            return pipe.outputs(cuda_stream=stream) if stream is not None else pipe.outputs()
         except Exception as exc:
             culprit = None
             if self.manifest.encoded and self._plan is not None:  # name the image DALI could not decode
@@ -357,21 +418,6 @@ class ViewLoader:
                 hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples (--skip-corrupt)"
                 raise SsrrError(f"{culprit}{hint}") from exc
             raise SsrrError(f"{self.shard_dir} ({self.split}): DALI pipeline failed: {_dali_message(exc)}") from exc
-
-    def _views_tensor(self, out) -> torch.Tensor:
-        """The run's views as a torch tensor (B, V, H, W, 3) without a copy on the CPU."""
-        if self.device.type == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-
-            tensor = out.as_tensor()
-            shape = tuple(tensor.shape())
-            half = self.dtype == torch.float16 and not self.recipe.colour
-            dtype = torch.float16 if half else torch.float32
-            if self._buffer is None or tuple(self._buffer.shape) != shape:
-                self._buffer = torch.empty(shape, dtype=dtype, device=self.device)
-            feed_ndarray(tensor, self._buffer, cuda_stream=torch.cuda.current_stream(self.device))
-            return self._buffer
-        return torch.from_numpy(np.asarray(out.as_tensor()))
 
     def _empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A new output tensor. On the CPU numpy allocates it: numpy asks for transparent huge pages for large
@@ -388,31 +434,33 @@ class ViewLoader:
         labeled_shift, unlabeled_shift = self._index_shift
         return labels[:, 2] + torch.where(labels[:, 0] == formats.NO_LABEL, unlabeled_shift, labeled_shift)
 
-    def _split(self, outputs, count: int, done: int, share: int) -> list[Batch]:
+    def _split(self, outputs, count: int, done: int, share: int) -> list[Batch]:  # type: ignore[no-untyped-def]
+        """One run's outputs as ``count`` batches: the one copy out of DALI's buffers (view-major, clamped for
+        colour recipes, in the requested dtype) and labels, indices and masks on the loader's device."""
         views_out, labels_out = outputs
-        views = self._views_tensor(views_out)
-        labels = torch.from_numpy(np.asarray(labels_out.as_tensor()).astype(np.int64))
+        views = as_torch(views_out)  # (B, V, H, W, 3), DALI's memory
+        labels = as_torch(labels_out).long()  # on the device already (moved in the graph)
         m = self.batch_size
         v, h, w = views.shape[1], views.shape[2], views.shape[3]
-        clamp = self.recipe.colour
+        lo, hi = self._clamp_bounds((h, w)) if self.recipe.colour else (None, None)
         batches = []
         for step in range(count):
             rows = slice(step * m, (step + 1) * m)
             source = views[rows].permute(1, 0, 2, 3, 4)
             target = self._empty((v, m, h, w, 3))
-            if clamp:
-                torch.clamp(source, self._lo, self._hi, out=target)
+            if self.recipe.colour:
+                torch.clamp(source, lo, hi, out=target)
             else:
                 target.copy_(source)
-            lab = labels[rows].to(self.device, non_blocking=True)
-            position = (done + step) * m + torch.arange(m)
+            lab = labels[rows]
+            first = (done + step) * m
             batches.append(
                 Batch(
                     views=target.view(v * m, h, w, 3).permute(0, 3, 1, 2),
                     fine=lab[:, 0],
                     coarse=lab[:, 1],
                     index=self._sample_index(lab),
-                    valid=(position < share).to(self.device),
+                    valid=torch.arange(first, first + m, device=self.device) < share,
                 )
             )
         return batches

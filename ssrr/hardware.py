@@ -5,12 +5,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
+from pathlib import Path
 
 import torch
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _allocator_tuned = False
+FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
@@ -52,3 +55,27 @@ def cores() -> int:
 def default_workers() -> int:
     """DataLoader workers a user of the public code would pick: its default of 8, at most one per core."""
     return min(8, cores())
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    line = next((line for line in _cpuinfo().splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension (bf16 autocast is native only with AVX-512/AMX)."""
+    text = _cpuinfo()
+    if not text:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = cpu_flags()
+    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    return f"{name or platform.machine()} ({vector})"

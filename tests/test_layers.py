@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Bottom to top. A unit is a top-level module or subpackage of ssrr (`ssrr/<unit>`), or `pipelines`, or `cli`.
 LAYERS: list[set[str]] = [
     {"errors"},  # SsrrError: the one-line user error
-    {"files", "options", "hardware", "schedules", "presets"},  # files, option checks, machine, schedules, presets
+    {"files", "options", "hardware", "devices", "schedules", "presets"},  # files, options, machine, device rule, ...
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format
@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
         "cluster",
         "config",
         "augment",
+        "environment",
     },  # backbones, heads, pure losses, k-means, config, torch augmentations
     {"relational"},  # the pair stage of relational reasoning, on the heads
     {"methods"},  # the registry of pretraining methods

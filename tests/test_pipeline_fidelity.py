@@ -64,7 +64,7 @@ def paired_differences(
     images = {label[2]: image for _, image, label in iter_samples(root, "train")}
     loader = ViewLoader(root, recipe, batch_size=M, training=False, steps_per_run=1)
     if contrast:
-        loader._contrast = contrast
+        loader.contrast = contrast
     _, _, param_seed = loader.seeds(0)
     rng = np.random.default_rng(param_seed)
     diffs = []
@@ -153,7 +153,7 @@ def test_paired_hue_is_an_approximation_in_the_right_direction(pipe_smooth: Path
 
 def _first_batch(root: Path, contrast: str) -> tuple[ViewLoader, np.ndarray]:
     loader = ViewLoader(root, BASE, batch_size=M, training=False, steps_per_run=1)
-    loader._contrast = contrast
+    loader.contrast = contrast
     return loader, _pixels(loader, next(iter(loader.epoch(0))).views)
 
 

@@ -277,8 +277,8 @@ def test_gpu_loader_matches_cpu(pipe_smooth: Path) -> None:
     recipe = recipes.relational(4)
     gpu = ViewLoader(pipe_smooth, recipe, batch_size=8, device="cuda", steps_per_run=2)
     cpu = ViewLoader(pipe_smooth, recipe, batch_size=8, steps_per_run=2)
-    assert gpu._contrast == "arith"
-    cpu._contrast = "arith"
+    assert gpu.spec(0).contrast == "arith"
+    cpu.contrast = "arith"
     for g, c in zip(gpu.epoch(0), cpu.epoch(0), strict=True):
         assert g.views.is_cuda and g.index.is_cuda and g.valid.is_cuda
         assert g.views.shape == c.views.shape and g.views.is_contiguous(memory_format=torch.channels_last)

@@ -23,6 +23,7 @@ from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_
 from ssrr.bench.limits import step_limit
 from ssrr.bench.timing import endless_batches, timed_steps
 from ssrr.config import RunConfig
+from ssrr.devices import choose_device
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods import method_class
 from ssrr.methods.base import Method
@@ -34,8 +35,9 @@ from ssrr.precision import resolve as resolve_precision
 
 
 def bench_execution(device: str, precision: str, *, channels_last: bool = True) -> Execution:
-    """The device (`auto`: a GPU when there is one) and precision both sides of a benchmark run in."""
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    """The device (`ssrr.devices.choose_device`, the rule of every command) and precision both sides of a
+    benchmark run in."""
+    dev = choose_device(device)
     if dev.type == "cpu":
         tune_cpu_allocator()
     return resolve_precision(precision, dev, channels_last=channels_last)

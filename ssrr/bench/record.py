@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from ssrr.hardware import FLAGS_THAT_MATTER, cpu_flags, cpu_model
 
 DEFAULT_FILE = Path("docs/benchmarks.md")
 HEADER = (
@@ -18,15 +19,12 @@ HEADER = (
 )
 
 
-FLAGS_THAT_MATTER = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
 def machine() -> dict[str, Any]:
     """What the numbers were measured on: CPU model and the flags that decide its speed (bf16 is native only with
     avx512_bf16 or AMX), cores, torch and DALI versions, and a GPU's name when one is there."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_flags": [flag for flag in FLAGS_THAT_MATTER if flag in flags],
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
@@ -45,29 +43,6 @@ def machine() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return info
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _cpu_flags() -> set[str]:
-    line = next((line for line in _cpuinfo().splitlines() if line.startswith("flags")), "")
-    return set(line.split(":", 1)[1].split()) if ":" in line else set()
-
-
-def _cpu_model() -> str:
-    """The CPU's model name and its widest vector extension (bf16 autocast is native only with AVX-512/AMX)."""
-    text = _cpuinfo()
-    if not text:
-        return platform.processor() or platform.machine()
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = _cpu_flags()
-    vector = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
-    return f"{name or platform.machine()} ({vector})"
 
 
 def command_line() -> str:

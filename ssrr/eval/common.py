@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ssrr.config import CONFIG_FILE, RunConfig
+from ssrr.devices import choose_device
 from ssrr.errors import SsrrError
 from ssrr.files import replacing, write_text_atomic
 from ssrr.options import backbone_tag
@@ -33,17 +34,9 @@ LABELS = ("fine", "coarse")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """`auto` is the first GPU when there is one, else the CPU; `cuda` without a GPU is a clear error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SsrrError(f"--device {name}: no CUDA device on this machine (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise SsrrError(f"--device {name}: not a device (auto, cpu, cuda, cuda:N)") from exc
+    """The one device rule of every command (`ssrr.devices.choose_device`): `auto` is the GPU when it is usable,
+    else the CPU (saying why a present GPU is unused); `cuda` without a usable GPU is a one-line error."""
+    return choose_device(name)
 
 
 def resolve_execution(device: str | torch.device = "auto", precision: str = "fp32") -> Execution:

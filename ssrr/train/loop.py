@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,7 +262,7 @@ def _run_epoch(
             next(batches)
             tally.batch_in_epoch += 1
         progress.skip = 0
-        _run_steps(t, progress, tally, batches, display, sample_log)
+        _run_steps(t, progress, tally, batches, display, sample_log, lambda: _prepare_next_epoch(t, epoch))
     except Exception:
         if not (progress.interrupted and several):
             raise  # else a peer stopped first on the same Ctrl-C and left this rank's collective: the stop
@@ -308,11 +308,28 @@ def _recalibrate_batchnorm(t: Training) -> None:
         recalibrate_batchnorm(t.method.backbone, batches)
 
 
-def _run_steps(
-    t: Training, progress: Progress, tally: EpochTally, batches: Iterator[Any], display: TrainDisplay, sample_log: Any
-) -> None:
-    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data."""
+def _prepare_next_epoch(t: Training, epoch: int) -> None:
+    """Start the next epoch's pipeline now, so it starts without refilling its shuffle buffer (not past the
+    run's last epoch or its --max-steps)."""
     config = t.config
+    if epoch + 1 >= _epochs(t) or (config.max_steps and (epoch + 1) * t.steps_per_epoch >= config.max_steps):
+        return
+    t.loader.prepare(epoch + 1, _view_size(t, epoch + 1))
+
+
+def _run_steps(
+    t: Training,
+    progress: Progress,
+    tally: EpochTally,
+    batches: Iterator[Any],
+    display: TrainDisplay,
+    sample_log: Any,
+    after_first_step: Callable[[], None] = lambda: None,
+) -> None:
+    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data. The live
+    display reads the loss and metrics without waiting for the device (`records.LaggedSums`)."""
+    config = t.config
+    lagged = records.LaggedSums(t.device)
     tally.step_started = time.perf_counter()
     while True:
         tick = time.perf_counter()
@@ -325,10 +342,13 @@ def _run_steps(
             sample_log.write(json.dumps([progress.step, batch.index.tolist()]) + "\n")
         progress.step += 1
         tally.add(out)
+        if tally.counted == 1:
+            after_first_step()
         if tally.batch_in_epoch < t.steps_per_epoch:  # an epoch's end plans in _run_epoch
             _plan_budget(t, progress, display, epoch_end=False)
         if display.enabled and (tally.batch_in_epoch % 5 == 0 or tally.batch_in_epoch == t.steps_per_epoch):
-            running = _rates(t, tally, time.perf_counter() - tally.step_started)
+            lagged.request(tally.sums, tally.counted)
+            running = _rates(t, tally, time.perf_counter() - tally.step_started, *lagged.latest())
             per_step = (time.perf_counter() - tally.step_started) / tally.counted
             display.update(tally.batch_in_epoch, running, (_total_steps(t) - progress.step) * per_step)
         budget_ended = t.budget is not None and t.budget.ended(progress.step)
@@ -341,10 +361,15 @@ def _total_steps(t: Training) -> int:
     return t.budget.planned_steps if t.budget is not None else records.total_steps(t.config, t.steps_per_epoch)
 
 
-def _rates(t: Training, tally: EpochTally, elapsed: float) -> dict[str, float]:
-    sums = tally.sums or {"loss": torch.zeros((), device=t.device)}
+def _rates(
+    t: Training, tally: EpochTally, elapsed: float, sums: dict[str, float] | None = None, sum_steps: int | None = None
+) -> dict[str, float]:
+    """The epoch's rates; the loss and metrics from `sums` over `sum_steps` when given (read earlier, without
+    a sync), else from the tally's device sums (one sync: the epoch's end)."""
+    if sums is None:
+        sums = tally.sums or {"loss": torch.zeros((), device=t.device)}  # type: ignore[assignment]
     return records.rates(
-        sums,
+        sums,  # type: ignore[arg-type]
         tally.counted,
         elapsed,
         tally.wait,
@@ -353,6 +378,7 @@ def _rates(t: Training, tally: EpochTally, elapsed: float) -> dict[str, float]:
         t.pairs_per_step,
         t.accelerator.num_processes,
         t.device,
+        sum_steps,
     )
 
 

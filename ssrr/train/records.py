@@ -61,8 +61,48 @@ def environment(
     }
 
 
+class LaggedSums:
+    """The running sums of device scalars (loss, accuracies) read for the live display without a host sync.
+
+    `request` copies them, non-blocking, into pinned host memory and records an event; `latest` gives the newest
+    copy that has landed (with the step count it was taken at), so the display runs a few steps behind the GPU
+    and a step never waits for it. On the CPU the copy is immediate."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pending: tuple[list[str], torch.Tensor, int, Any] | None = None
+        self._latest: tuple[dict[str, float], int] = ({}, 0)
+
+    def request(self, sums: dict[str, torch.Tensor], steps: int) -> None:
+        """Start reading `sums` (taken after `steps` steps); skipped while an earlier read is still in flight."""
+        if (self._pending is not None and not self._landed()) or not sums:
+            return
+        keys = sorted(sums)
+        stacked = torch.stack([sums[key].detach().float() for key in keys])
+        if self.device.type != "cuda":
+            self._latest = (dict(zip(keys, stacked.tolist(), strict=True)), steps)
+            return
+        host = torch.empty(len(keys), dtype=torch.float32, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._pending = (keys, host, steps, event)
+
+    def _landed(self) -> bool:
+        if self._pending is None or not self._pending[3].query():
+            return False
+        keys, host, steps, _ = self._pending
+        self._latest, self._pending = (dict(zip(keys, host.tolist(), strict=True)), steps), None
+        return True
+
+    def latest(self) -> tuple[dict[str, float], int]:
+        """The newest sums on the host and the steps they cover (({}, 0) before the first has landed)."""
+        self._landed()
+        return self._latest
+
+
 def rates(
-    sums: dict[str, torch.Tensor],
+    sums: dict[str, torch.Tensor] | dict[str, float],
     steps: int,
     elapsed: float,
     wait: float,
@@ -71,10 +111,13 @@ def rates(
     pairs_per_step: int,
     processes: int,
     device: torch.device,
+    sum_steps: int | None = None,
 ) -> dict[str, float]:
-    """Mean loss and metrics over `steps`, and the throughput (summed over processes) of `elapsed` seconds."""
+    """Mean loss and metrics over `steps` (or over `sum_steps`, the steps the sums cover when they were read
+    earlier), and the throughput (summed over processes) of `elapsed` seconds."""
     steps = max(steps, 1)
-    values = {key: float(value) / steps for key, value in sums.items()}  # one sync per report
+    per = max(sum_steps if sum_steps is not None else steps, 1)
+    values = {key: float(value) / per for key, value in sums.items()}  # device tensors: one sync per epoch
     images = batch * steps * processes
     elapsed = max(elapsed, 1e-9)
     values.update(

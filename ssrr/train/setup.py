@@ -17,6 +17,7 @@ from accelerate.utils import set_seed
 from ssrr.config import RunConfig
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
+from ssrr.devices import choose_device
 from ssrr.errors import SsrrError
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.methods.base import Method, method_class, with_method_defaults
@@ -32,7 +33,8 @@ from ssrr.train.teardown import LoaderRegistry, end_processes, group_owner
 
 
 def use_cuda(config: RunConfig) -> bool:
-    return config.device != "cpu" and torch.cuda.is_available()
+    """Whether the run trains on the GPU (`ssrr.devices.choose_device`: one rule for every command)."""
+    return choose_device(config.device, warn=lambda _: None).type == "cuda"
 
 
 def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
@@ -95,18 +97,17 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     What has to be undone at the end of the run is registered on `closing` as it is built (the process group,
     then the loaders; see ssrr.train.teardown), so a failure halfway through set-up undoes it as well."""
     config = with_method_defaults(config.resolved().validate()).validate()
+    device = choose_device(config.device)  # `--device cuda` without a usable GPU: refused before anything is written
     shard_dir = resolve_dataset_any(config.dataset, config.shards_root, show=show)  # a URL is fetched and cached
     manifest = load_manifest(shard_dir)
     cls = method_class(config.method)
     num_classes = _num_classes(config, manifest, cls.uses_labels, shard_dir)
     train_samples = manifest.samples_in(config.split)
     cls.check_data(config, train_samples, num_classes)  # before anything is written
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise SsrrError("--device cuda: no CUDA device is available")
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
     owns_group = group_owner()
     accelerator = Accelerator(
-        cpu=not use_cuda(config),
+        cpu=device.type == "cpu",
         mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with or None,
