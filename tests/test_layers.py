@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Bottom to top. A unit is a top-level module or subpackage of ssrr (`ssrr/<unit>`), or `pipelines`, or `cli`.
 LAYERS: list[set[str]] = [
     {"errors"},  # SsrrError: the one-line user error
-    {"files", "options", "hardware", "schedules", "presets"},  # files, option checks, machine, schedules, presets
+    {"files", "options", "hardware", "schedules", "presets", "launch", "ranks"},  # ... launchers, rank collectives
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from ssrr.config import RunConfig
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.data.remote import resolve_dataset_any
 from ssrr.errors import SsrrError
 from ssrr.hardware import tune_cpu_allocator
+from ssrr.launch import adopt_slurm, machine_index
 from ssrr.methods.base import Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
@@ -26,6 +28,10 @@ from ssrr.precision import resolve as resolve_execution
 from ssrr.train import checkpoint as ckpt
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
+
+# How long a rank waits in a collective before the run fails: long enough for rank 0's probes (a linear
+# protocol on a large dataset) and checkpoints, which the other ranks wait out (docs/distributed.md).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def use_cuda(config: RunConfig) -> bool:
@@ -70,6 +76,7 @@ class Training:
     resumed: bool
     views_per_image: int
     pairs_per_step: int
+    num_machines: int = 1
 
     @property
     def main(self) -> bool:
@@ -97,13 +104,16 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
     if config.device == "cuda" and not torch.cuda.is_available():
         raise SsrrError("--device cuda: no CUDA device is available")
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
+    adopt_slurm()  # an srun task (one per rank) becomes a rank accelerate recognises
     accelerator = Accelerator(
         cpu=not use_cuda(config),
         mixed_precision="no",  # autocast and loss scaling are the Execution's (one path on every device)
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with or None,
         project_dir=str(config.run_dir),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
     )
+    machines = count_machines(accelerator)
     execution = resolve_execution(config.precision, accelerator.device, channels_last=config.channels_last)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
@@ -126,12 +136,12 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
     scheduler = method.build_scheduler(optimizer, len(loader))
     model, optimizer = accelerator.prepare(method, optimizer)
     scaler = execution.grad_scaler()
-    _restore(state, optimizer, scheduler, scaler)
+    _restore(state, optimizer, scheduler, scaler, accelerator.process_index)
     unwrapped: Method = accelerator.unwrap_model(model)
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
         scaler, loader, make_loader, state, resume_from is not None, cls.views_per_image(config),
-        unwrapped.pairs_per_step(config.batch),
+        unwrapped.pairs_per_step(config.batch), machines,
     )  # fmt: skip
 
 
@@ -176,8 +186,10 @@ def _loader_factory(
     return make_loader
 
 
-def _restore(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler | None) -> None:
-    """Resuming: the optimizer's moments, the schedule, the loss scale and every RNG as they were saved."""
+def _restore(
+    state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler | None, rank: int
+) -> None:
+    """Resuming: the optimizer's moments, the schedule, the loss scale and this rank's RNGs as they were saved."""
     if not state:
         return
     optimizer.load_state_dict(state["optimizer"])
@@ -185,7 +197,15 @@ def _restore(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torc
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    ckpt.set_rng_state(state["rng"])
+    ckpt.set_rng_state(ckpt.rng_of_rank(state, rank))
+
+
+def count_machines(accelerator: Accelerator) -> int:
+    """Machines the run's processes are on: distinct machine ranks as the launcher numbered them."""
+    if accelerator.num_processes == 1:
+        return 1
+    mine = torch.tensor([[machine_index()]], device=accelerator.device)
+    return len(set(accelerator.gather(mine).flatten().tolist()))
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
