@@ -13,7 +13,14 @@ from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
-from ssrr.launch import Machines, inside_launcher, relaunch_command, slurm_machines
+from ssrr.launch import (
+    Machines,
+    accelerate_request,
+    inside_launcher,
+    parent_command,
+    relaunch_command,
+    slurm_machines,
+)
 from ssrr.presets import apply_preset
 
 
@@ -127,6 +134,11 @@ def pretrain(
 
       ssrr pretrain --processes 8 --machines 2 --machine-rank 0 --main-address 10.0.0.1   # each machine, its rank
     """
+    asked = accelerate_request(parent_command())  # `accelerate launch` without --multi_gpu started us alone
+    if asked is not None:
+        if processes > 1 or machines > 1:
+            raise SsrrError("--processes / --machines inside `accelerate launch --num_processes`: give one of them")
+        raise typer.Exit(_relaunch(asked[0], asked[1].check()))
     if (processes > 1 or machines > 1) and not inside_launcher():
         place = Machines(machines, machine_rank, main_address, main_port)
         raise typer.Exit(_relaunch(processes, slurm_machines(os.environ, place, _typed(ctx)).check()))

@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ssrr.errors import SsrrError
 
@@ -149,8 +150,57 @@ def relaunch_command(argv: Sequence[str], processes: int, machines: Machines) ->
     command += ["--num_processes", str(processes * machines.count), "--num_machines", str(machines.count)]
     if machines.count > 1:
         command += ["--machine_rank", str(machines.rank), "--main_process_ip", machines.address]
-        command += ["--main_process_port", str(machines.port)]
+    command += ["--main_process_port", str(machines.port)]
     return [*command, "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssrr", *kept]
+
+
+def parent_command() -> list[str] | None:
+    """The command line of the process that started this one (Linux `/proc`), or None where unreadable."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def accelerate_request(
+    parent: Sequence[str] | None, env: Mapping[str, str] = os.environ
+) -> tuple[int, Machines] | None:
+    """(processes per machine, machines) that an `accelerate launch` asked for but did not start, or None.
+
+    Without `--multi_gpu` (and no `accelerate config` saying so) on a machine with fewer than two GPUs,
+    `accelerate launch --num_machines 2 --machine_rank R --num_processes 2 ...` starts ONE plain process per
+    machine with only `MASTER_ADDR` / `MASTER_PORT` set (its simple launcher, meant for MPI): no rank, no world.
+    That process (this one, `parent` being the launcher's command line) then relaunches itself as the
+    launcher would have with `--multi_gpu` (`relaunch_command`)."""
+    if parent is None or inside_launcher(env) or "MASTER_ADDR" not in env or "ACCELERATE_MIXED_PRECISION" not in env:
+        return None
+    tail = _accelerate_launch_arguments(parent)
+    if tail is None:
+        return None
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        args = launch_command_parser().parse_args(tail)
+    except SystemExit:  # not a launch line accelerate itself would accept
+        return None
+    machines = int(args.num_machines or 1)
+    total = int(args.num_processes or machines)
+    if total <= 1 or args.multi_gpu:
+        return None
+    port = int(args.main_process_port or env.get("MASTER_PORT") or DEFAULT_PORT)
+    address = str(args.main_process_ip or env["MASTER_ADDR"])
+    return max(1, total // machines), Machines(machines, int(args.machine_rank or 0), address, port)
+
+
+def _accelerate_launch_arguments(command: Sequence[str]) -> list[str] | None:
+    """The arguments after `accelerate launch` (or `python -m accelerate.commands.launch`) in a command line."""
+    for position, part in enumerate(command):
+        if part == "accelerate.commands.launch":
+            return list(command[position + 1 :])
+        if part == "launch" and position and os.path.basename(command[position - 1]) == "accelerate":
+            return list(command[position + 1 :])
+    return None
 
 
 def strip_options(argv: Sequence[str], names: Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ from ssrr import ranks
 from ssrr.errors import SsrrError
 from ssrr.launch import (
     Machines,
+    accelerate_request,
     adopt_slurm,
     first_host,
     inside_launcher,
@@ -152,3 +153,18 @@ def test_deepcluster_ranks_share_one_clustering_equal_to_one_process(tmp_path: P
     alone, weights = cluster_across_ranks(z[keep], index[keep], 20, torch.Generator().manual_seed(7))
     assert torch.equal(got[0]["assignments"], alone) and torch.equal(got[0]["weights"], weights)
     assert int(alone[index[-1]]) == -1 and len(set(alone[alone >= 0].tolist())) == 20
+
+
+def test_a_lone_process_of_accelerates_simple_launcher_relaunches_as_asked() -> None:
+    simple = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29631", "ACCELERATE_MIXED_PRECISION": "no"}
+    line = ["python", "-m", "accelerate.commands.launch", "--num_machines", "2", "--machine_rank", "1",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", "29631", "--num_processes", "2",
+            "-m", "ssrr", "pretrain", "--k", "4"]  # fmt: skip
+    assert accelerate_request(line, simple) == (1, Machines(2, 1, "127.0.0.1", 29631))
+    cli = ["/usr/bin/python3", "/venv/bin/accelerate", "launch", "--num_processes", "4", "-m", "ssrr", "pretrain"]
+    assert accelerate_request(cli, simple) == (4, Machines(1, 0, "127.0.0.1", 29631))
+    assert accelerate_request(line, {}) is None  # not started by the simple launcher
+    assert accelerate_request(line, {**simple, "LOCAL_RANK": "0"}) is None  # a rank already
+    assert accelerate_request(["python", "train.py"], simple) is None
+    assert accelerate_request([*line[:3], "--multi_gpu", *line[3:]], simple) is None
+    assert accelerate_request([*line[:3], "--num_processes", "1", "-m", "ssrr"], simple) is None
