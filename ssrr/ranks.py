@@ -7,6 +7,7 @@ order (they are collectives).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -54,14 +55,13 @@ def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
     return moved.to(tensor.device)
 
 
-def sync_buffers_from_main(module: torch.nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) into this rank's module, in place."""
-    _, size = world()
-    if size == 1:
+def sync_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Copy rank 0's values of `tensors` (a module's buffers or parameters) into this rank's, in place."""
+    if world()[1] == 1:
         return
     with torch.no_grad():
-        for buffer in module.buffers():
-            buffer.copy_(broadcast_from_main(buffer))
+        for tensor in tensors:
+            tensor.copy_(broadcast_from_main(tensor))
 
 
 def gather_objects(value: Any) -> list[Any]:

@@ -60,7 +60,7 @@ class DeepCluster(Method):
         loader = clustering_loader(context, self.config.seed)
         was_training = self.backbone.training
         self.backbone.eval()
-        ranks.sync_buffers_from_main(self.backbone)
+        ranks.sync_from_main(self.backbone.buffers())
         features, indices = [], []
         for batch in loader.epoch(0):
             features.append(context.execution.forward(self.backbone, batch.views)[batch.valid])
@@ -73,6 +73,7 @@ class DeepCluster(Method):
         last = self.head[-1]  # a fresh classifier for the new, arbitrarily numbered clusters
         assert isinstance(last, nn.Linear)
         reinitialise_last_layer(last)
+        ranks.sync_from_main(last.parameters())  # each rank draws from its own stream: rank 0's layer for all
 
     def epoch_marks(self) -> dict[str, str]:
         """A hash of this rank's cluster assignments (sample index -> cluster): equal on every rank."""

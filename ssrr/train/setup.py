@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
@@ -120,6 +121,7 @@ def set_up(config: RunConfig, resume: bool, show: bool) -> Training:
     if accelerator.is_main_process and show and execution.describe() != execution.precision:
         console.print(f"precision: {execution.describe()}")
     method = _build_method(config, cls, num_classes, accelerator, execution)
+    seed_rank(config.seed, accelerator.process_index)
     state: dict[str, Any] = {}
     if resume_from is not None:
         ckpt.load_method_weights(method, resume_from)
@@ -198,6 +200,17 @@ def _restore(
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     ckpt.set_rng_state(ckpt.rng_of_rank(state, rank))
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Give each rank after the first its own python, numpy and torch streams (derived from seed and rank), so
+    the ranks' random draws (Deep InfoMax's prior samples, dropout) are independent, as one process's are
+    across its batch; rank 0, and so a one-process run, keeps the stream `--seed` gives. Every rank's state
+    is checkpointed (`rng-rank<r>`), so a resume continues each stream."""
+    if rank == 0:
+        return
+    derived = int(np.random.SeedSequence([seed, rank, 0x52414E4B]).generate_state(1, np.uint32)[0])
+    set_seed(derived)
 
 
 def count_machines(accelerator: Accelerator) -> int:
