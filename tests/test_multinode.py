@@ -141,6 +141,7 @@ def _cluster_on_rank(rank: int, world_size: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes import torch and ssrr: ~10 s on an idle 2-core machine, more when busy
 def test_deepcluster_ranks_share_one_clustering_equal_to_one_process(tmp_path: Path) -> None:
     mp.spawn(_cluster_on_rank, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
