@@ -13,6 +13,15 @@ import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, precision_option
 
 from ssrr.config import RunConfig
+from ssrr.errors import SsrrError
+from ssrr.launch import (
+    Machines,
+    accelerate_request,
+    inside_launcher,
+    parent_command,
+    relaunch_command,
+    slurm_machines,
+)
 from ssrr.options import parse_duration
 from ssrr.presets import apply_preset
 
@@ -116,6 +125,14 @@ def pretrain(
         "authors' STL-10 transform).",
     ),
     processes: int = typer.Option(1, help="Processes on this machine: relaunches itself under `accelerate launch`."),
+    machines: int = typer.Option(
+        1, help="Machines of a --processes run (each runs this command; inside srun: SLURM's node count)."
+    ),
+    machine_rank: int = typer.Option(0, help="This machine's rank, 0 to --machines - 1 (inside srun: SLURM's)."),
+    main_address: str = typer.Option(
+        "127.0.0.1", help="Address of machine 0, which every machine reaches (inside srun: the first node)."
+    ),
+    main_port: int = typer.Option(29500, help="Port machine 0 listens on for the process group."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", help="No live display or summary."),
 ) -> None:
@@ -134,9 +151,17 @@ def pretrain(
       ssrr pretrain --name quick --epochs 4 --resume  # continue (and extend) a run
 
       accelerate launch --multi_gpu --num_processes 2 -m ssrr pretrain --dataset cifar10 --backbone conv4
+
+      ssrr pretrain --processes 8 --machines 2 --machine-rank 0 --main-address 10.0.0.1   # each machine, its rank
     """
-    if processes > 1 and not _inside_launcher():
-        raise typer.Exit(_relaunch(processes))
+    asked = accelerate_request(parent_command())  # `accelerate launch` without --multi_gpu started us alone
+    if asked is not None:
+        if processes > 1 or machines > 1:
+            raise SsrrError("--processes / --machines inside `accelerate launch --num_processes`: give one of them")
+        raise typer.Exit(_relaunch(asked[0], asked[1].check()))
+    if (processes > 1 or machines > 1) and not inside_launcher():
+        place = Machines(machines, machine_rank, main_address, main_port)
+        raise typer.Exit(_relaunch(processes, slurm_machines(os.environ, place, _typed(ctx)).check()))
     from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain as run
 
@@ -186,31 +211,12 @@ def _merge_with_saved(typed: set[str], config: RunConfig) -> RunConfig:
     return RunConfig(**merged)
 
 
-def _inside_launcher() -> bool:
-    return "LOCAL_RANK" in os.environ or "ACCELERATE_PROCESS_ID" in os.environ
-
-
-def _relaunch(processes: int) -> int:
-    """`ssrr pretrain --processes N ...` = `accelerate launch --multi_gpu --num_processes N -m ssrr pretrain ...`.
-
-    On a machine without a GPU accelerate then starts N CPU processes on gloo (its `--cpu` flag would start one).
-    """
-    argv = sys.argv[1:]
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--processes":
-            skip = True
-            continue
-        if arg.startswith("--processes="):
-            continue
-        kept.append(arg)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ssrr", *kept]
-    launcher = subprocess.Popen(command)
+def _relaunch(processes: int, machines: Machines) -> int:
+    """`ssrr pretrain --processes N ...` = `accelerate launch --multi_gpu --num_processes N -m ssrr pretrain ...`
+    (with `--machines`: N per machine, accelerate's machine options passed on; see `ssrr.launch`)."""
+    if processes < 1:
+        raise SsrrError(f"--processes must be at least 1, got {processes}")
+    launcher = subprocess.Popen(relaunch_command(sys.argv[1:], processes, machines))
     try:
         return launcher.wait()
     except KeyboardInterrupt:

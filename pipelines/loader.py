@@ -5,8 +5,11 @@ row ``v*M + m`` is view v of image m (view-major), normalised with the manifest'
 
 Epochs, ranks and lengths:
 
-- DALI's reader splits the split's sample list (shards in manifest order) contiguously between ranks: rank r
-  of W reads samples [r*N//W, (r+1)*N//W). Rank shares differ by at most one sample.
+- DALI's reader splits the split's sample list (shards in manifest order) contiguously into W slices: slice s
+  of W holds samples [s*N//W, (s+1)*N//W). Slices differ by at most one sample. Non-training loaders read
+  slice r on rank r. Training loaders move along the slices: in epoch e rank r reads slice
+  ``epoch_slice(r, W, e, seed)`` (:mod:`ssrr.pipelines.shards`), a seeded rotation that is one-to-one in every
+  epoch, so the ranks' data stay disjoint and each rank reads the whole split over W epochs.
 - Training loaders (``training=True``) shuffle (DALI's shuffle buffer holds the rank's whole share, up to
   256 MiB of pixels, so an epoch is a permutation of it), drop the last partial batch and take the same number
   of steps on every rank: ``len = floor(min_r share_r / M)``.
@@ -49,7 +52,7 @@ import torch
 from ssrr.pipelines.graph import GraphSpec, ParamSource, contrast_for, view_pipeline
 from ssrr.pipelines.handoff import HeldOutputs, as_torch
 from ssrr.pipelines.recipes import Recipe
-from ssrr.pipelines.shards import ShardPlan, combined_splits, find_undecodable, plan_shards, rank_shares
+from ssrr.pipelines.shards import ShardPlan, combined_splits, epoch_slice, find_undecodable, plan_shards, rank_shares
 
 from ssrr.data import formats
 from ssrr.errors import SsrrError
@@ -209,7 +212,7 @@ class ViewLoader:
         if self.manifest.encoded:  # the shuffle buffer holds the encoded samples, as read
             stored = [s for name in self.splits for s in self.manifest.splits[name].shards]
             sample_bytes = max(1, sum(s.bytes for s in stored) // max(1, sum(s.samples for s in stored)))
-        self._initial_fill = max(1, min(self.shares[rank], max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)))
+        self._fill_cap = max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)  # the shuffle buffer, in samples
         mean = np.asarray(self.manifest.mean, np.float64)
         std = np.asarray(self.manifest.std, np.float64)
         if not (std > 0).all():
@@ -278,7 +281,7 @@ class ViewLoader:
             pipe = self._start(epoch, spec or self.spec(epoch))
         try:
             done, scheduled = 0, min(self.prefetch, self._runs)
-            share = self.shares[self.rank]
+            share = self.shares[self.slice_of(epoch)]
             while done < self._len:
                 outputs = self._outputs(pipe)
                 if scheduled < self._runs:  # keep DALI's queue full up to the epoch's last run, never past it
@@ -336,6 +339,12 @@ class ViewLoader:
         """Pipeline runs per epoch."""
         return math.ceil(self._len / self.steps_per_run)
 
+    def slice_of(self, epoch: int) -> int:
+        """The slice of the sample list (DALI ``shard_id``) this rank reads in ``epoch`` (module docstring)."""
+        if not self.training:
+            return self.rank
+        return epoch_slice(self.rank, self.world_size, epoch, self.seed)
+
     def spec(self, epoch: int, *, gpu: bool | None = None, image_size: tuple[int, int] | None = None) -> GraphSpec:
         """Epoch ``epoch``'s graph: on this loader's device, or (``gpu``) the graph the GPU (True) or the CPU
         (False) runs, whatever this loader's device (tests/test_pipeline_parity.py compares the two)."""
@@ -343,6 +352,7 @@ class ViewLoader:
         if self._plan is None:
             raise SsrrError(f"{self.shard_dir}: the loader is closed")
         _, reader_seed, _ = self.seeds(epoch)
+        shard_id = self.slice_of(epoch)
         return GraphSpec(
             paths=tuple(self._plan.paths),
             index_paths=tuple(self._plan.index_paths),
@@ -353,9 +363,9 @@ class ViewLoader:
             std255=self._std255,  # type: ignore[arg-type]
             half=self.dtype == torch.float16 and not self.recipe.colour,
             training=self.training,
-            shard_id=self.rank,
+            shard_id=shard_id,
             num_shards=self.world_size,
-            initial_fill=self._initial_fill,
+            initial_fill=max(1, min(self.shares[shard_id], self._fill_cap)),
             reader_seed=reader_seed,
             gpu=on_gpu,
             contrast=self.contrast or contrast_for(on_gpu),

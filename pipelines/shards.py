@@ -333,3 +333,19 @@ def plan_shards(root: Path, manifest: formats.Manifest, split: str, *, skip_corr
 def rank_shares(samples: int, world_size: int) -> list[int]:
     """Samples per rank as DALI's readers split them: rank r reads [r*N//W, (r+1)*N//W), contiguously."""
     return [(r + 1) * samples // world_size - r * samples // world_size for r in range(world_size)]
+
+
+def epoch_slice(rank: int, world_size: int, epoch: int, seed: int) -> int:
+    """Which of the W contiguous slices of the sample list (DALI's `shard_id`) rank `rank` trains on in `epoch`.
+
+    A seeded rotation: the slices are put on a cycle in an order drawn from `seed` alone (the same on every
+    rank), rank r starts at slice r in epoch 0 and moves one step along the cycle each epoch. So every epoch
+    is a one-to-one assignment (the ranks' data are disjoint and cover the split), a rank reads another slice
+    in each of W consecutive epochs and all of them over any W consecutive epochs, and the slice is a function
+    of (rank, W, epoch, seed) alone: a run resumed at any epoch reads what the uninterrupted run read.
+    """
+    if world_size == 1:
+        return 0
+    cycle = np.random.default_rng([seed % (1 << 63), 0x5EC7]).permutation(world_size)
+    position = int(np.flatnonzero(cycle == rank)[0])
+    return int(cycle[(position + epoch) % world_size])

@@ -68,6 +68,9 @@ LIMITS: dict[str, Limit] = {
     "keep_checkpoints": AT_LEAST_ONE,
     "checkpoint_every": AT_LEAST_ONE,
     "processes": Limit(1, 1024),
+    "machines": Limit(1, 65_536),
+    "machine_rank": Limit(0, 65_535),  # below --machines: checked with it (ssrr.launch.Machines)
+    "main_port": Limit(1, 65_535),
     "workers": Limit(1, 1024),
     "num_threads": Limit(0, 1024),
     "shard_size": Limit(1, 100_000_000),

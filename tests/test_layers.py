@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Bottom to top. A unit is a top-level module or subpackage of ssrr (`ssrr/<unit>`), or `pipelines`, or `cli`.
 LAYERS: list[set[str]] = [
     {"errors"},  # SsrrError: the one-line user error
-    {"files", "options", "hardware", "devices", "schedules", "presets"},  # files, options, machine, device rule, ...
+    {"files", "options", "hardware", "devices", "schedules", "presets", "launch", "ranks"},  # ... launchers, ranks
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch, ViewLoader
-from ssrr.pipelines.shards import rank_shares
+from ssrr.pipelines.shards import epoch_slice, rank_shares
 from ssrr.pipelines.synthetic import write_synthetic
 
 from ssrr.data.writer import iter_samples
@@ -120,11 +121,39 @@ def test_training_ranks_disjoint_equal_length(pipe_smooth: Path) -> None:
         assert len(seen[r]) == len(loaders[r]) * 16 and len(set(seen[r])) == len(seen[r])
         for s in range(r):
             assert not set(seen[r]) & set(seen[s])
-    # DALI's contiguous split: rank r reads samples [r*N//W, (r+1)*N//W) of the stored order
+    # DALI's contiguous split: slice s holds samples [s*N//W, (s+1)*N//W) of the stored order; in epoch e rank r
+    # reads slice epoch_slice(r, W, e, seed)
     order = list(_images(pipe_smooth, "train"))
     for r in range(3):
-        mine = set(order[r * TRAIN // 3 : (r + 1) * TRAIN // 3])
-        assert set(seen[r]) <= mine
+        s = loaders[r].slice_of(4)
+        assert s == epoch_slice(r, 3, 4, loaders[r].seed)
+        assert set(seen[r]) <= set(order[s * TRAIN // 3 : (s + 1) * TRAIN // 3])
+
+
+@pytest.mark.parametrize("world_size", [2, 3, 5, 8])
+def test_epoch_slices_rotate_one_to_one_and_cover_the_split(world_size: int) -> None:
+    for seed in range(4):
+        table = [[epoch_slice(r, world_size, e, seed) for r in range(world_size)] for e in range(2 * world_size)]
+        assert all(sorted(row) == list(range(world_size)) for row in table)  # each epoch: disjoint, all covered
+        for r in range(world_size):
+            walk = [table[e][r] for e in range(2 * world_size)]
+            assert walk[0] == r  # epoch 0 as before: rank r reads slice r
+            assert sorted(walk[:world_size]) == list(range(world_size))  # every slice over W epochs
+            assert all(a != b for a, b in itertools.pairwise(walk))  # another slice each epoch
+    assert epoch_slice(0, 1, 7, 3) == 0
+
+
+def test_two_ranks_read_all_samples_over_two_epochs(pipe_labels: Path) -> None:
+    # 64 samples, 2 ranks, M=16: each rank reads its whole 32-sample slice per epoch (nothing dropped)
+    loaders = [ViewLoader(pipe_labels, recipes.relational(2), batch_size=16, rank=r, world_size=2) for r in range(2)]
+    seen = [[set(_indices(loader, epoch)) for epoch in range(2)] for loader in loaders]
+    for epoch in range(2):
+        assert not seen[0][epoch] & seen[1][epoch]  # disjoint within an epoch
+        assert seen[0][epoch] | seen[1][epoch] == set(range(64))
+    for r in range(2):
+        assert len(seen[r][0]) == len(seen[r][1]) == 32
+        assert not seen[r][0] & seen[r][1]  # epoch 2 reads other samples than epoch 1
+        assert seen[r][0] | seen[r][1] == set(range(64))  # over the two epochs, every rank saw the whole split
 
 
 def test_new_order_each_epoch_and_exact_reproduction(pipe_smooth: Path) -> None:

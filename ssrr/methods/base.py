@@ -95,7 +95,12 @@ class Method(nn.Module):
         return build_lr_scheduler(optimizer, self.config.lr_schedule, total, warmup)
 
     def on_epoch_start(self, context: EpochContext) -> None:
-        """Hook for methods that need a pass over the data before each epoch."""
+        """Hook for methods that need a pass over the data before each epoch (called on every rank)."""
+
+    def epoch_marks(self) -> dict[str, str]:
+        """Values of this rank that the epoch's record in metrics.jsonl lists per rank, so that state which must
+        agree across ranks can be checked (DeepCluster: a hash of its cluster assignments)."""
+        return {}
 
     @staticmethod
     def views_per_image(config: RunConfig) -> int:

@@ -7,12 +7,14 @@ classifier's last layer is re-initialised N(0, 0.01), bias 0, for the newly numb
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssrr import ranks
 from ssrr.cluster import kmeans, one_minus_frequency_weights, pca_dims, pca_whiten
 from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
@@ -49,27 +51,34 @@ class DeepCluster(Method):
 
     @torch.no_grad()
     def on_epoch_start(self, context: EpochContext) -> None:
-        """Features of the whole train split (crop+flip images), PCA-whitened and L2-normalised, k-means."""
+        """Features of the whole train split (crop+flip images), PCA-whitened and L2-normalised, k-means.
+
+        With several processes each rank embeds its share (with rank 0's BatchNorm statistics), the shares are
+        gathered in rank order (the split's stored order, as one process reads it), rank 0 clusters them and
+        sends the assignments to every rank: all ranks train against one set of clusters and class weights,
+        the same as one process would compute from the same features and seed."""
         loader = clustering_loader(context, self.config.seed)
         was_training = self.backbone.training
         self.backbone.eval()
+        ranks.sync_from_main(self.backbone.buffers())
         features, indices = [], []
         for batch in loader.epoch(0):
             features.append(context.execution.forward(self.backbone, batch.views)[batch.valid])
             indices.append(batch.index[batch.valid])
         self.backbone.train(was_training)
-        z = torch.cat(features)
-        index = torch.cat(indices)
-        _check_enough_images(len(z), self.num_classes)  # again: corrupt samples may have been skipped
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + context.epoch)
-        clusters = cluster_features(z, self.k, generator)
-        assignments = torch.empty(int(index.max()) + 1, dtype=torch.long, device=z.device)
-        assignments[index] = clusters
-        self.assignments = assignments
-        self.weights = one_minus_frequency_weights(clusters, self.k)
+        self.assignments, self.weights = cluster_across_ranks(
+            torch.cat(features), torch.cat(indices), self.k, generator
+        )
         last = self.head[-1]  # a fresh classifier for the new, arbitrarily numbered clusters
         assert isinstance(last, nn.Linear)
         reinitialise_last_layer(last)
+        ranks.sync_from_main(last.parameters())  # each rank draws from its own stream: rank 0's layer for all
+
+    def epoch_marks(self) -> dict[str, str]:
+        """A hash of this rank's cluster assignments (sample index -> cluster): equal on every rank."""
+        digest = hashlib.sha256(self.assignments.cpu().numpy().tobytes()).hexdigest()[:16]
+        return {"assignments_sha256": digest}
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
         targets = self.assignments[batch.index]
@@ -89,6 +98,31 @@ def clustering_loader(context: EpochContext, seed: int) -> Any:
     loader = context.make_loader(clustering_recipe(context.image_size), training=False)
     loader.seed = seed * 1000 + 1 + context.epoch  # read in `loader.epoch(...)`, never before
     return loader
+
+
+def cluster_across_ranks(
+    z: torch.Tensor, index: torch.Tensor, k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(assignments by sample index, class weights) of the features (z, index) of every rank, the same on every
+    rank: the rows gathered in rank order, clustered once (`cluster_on_main`). One process: its own rows."""
+    z, index = ranks.gather_rows(z), ranks.gather_rows(index)
+    _check_enough_images(len(z), k // CLUSTERS_PER_CLASS)  # again: corrupt samples may have been skipped
+    clusters = cluster_on_main(z, k, generator)
+    assignments = torch.full((int(index.max()) + 1,), -1, dtype=torch.long, device=z.device)  # -1: not read
+    assignments[index] = clusters
+    return assignments, one_minus_frequency_weights(clusters, k)
+
+
+def cluster_on_main(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """`cluster_features` run once, on rank 0, its assignments sent to every rank (one process: just run it).
+    One run, not one per rank: k-means on a GPU need not give bit-identical results on two devices."""
+    rank, size = ranks.world()
+    if size == 1:
+        return cluster_features(z, k, generator)
+    clusters = (
+        cluster_features(z, k, generator) if rank == 0 else torch.empty(len(z), dtype=torch.long, device=z.device)
+    )
+    return ranks.broadcast_from_main(clusters)
 
 
 def cluster_features(z: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:

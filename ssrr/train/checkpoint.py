@@ -6,6 +6,10 @@ Layout of a run folder::
     runs/NAME/checkpoints/step-00000390/ model.safetensors (method: backbone + heads)
                                           state.json + state.safetensors (optimizer, scheduler,
                                           RNG, epoch, step: no pickle, see `ssrr.train.safe_state`)
+                                          every rank's RNG (python, numpy, torch, CUDA) as `rng-rank<r>`
+                                          (`rng`: rank 0's); the pipelines' random streams need no entry:
+                                          they derive from (seed, epoch, rank) and a mid-epoch resume
+                                          replays the epoch's batches up to where it stopped
     runs/NAME/backbone.safetensors        the latest backbone alone, loadable by plain torch code:
                                           build_backbone(meta["backbone"]).load_state_dict(load_file(path))
 
@@ -59,6 +63,23 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_key(rank: int) -> str:
+    """The training state's entry holding rank `rank`'s random state (`rng` stays rank 0's, as before)."""
+    return f"rng-rank{rank}"
+
+
+def rng_entries(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The training-state entries of every rank's random state (`states` in rank order)."""
+    return {"rng": states[0], **{rng_key(rank): state for rank, state in enumerate(states)}}
+
+
+def rng_of_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """Rank `rank`'s saved random state; a checkpoint of a run with fewer ranks (or of an older ssrr, which kept
+    rank 0's only) gives rank 0's, so that run resumes, though no longer as the uninterrupted run."""
+    saved = state.get(rng_key(rank))
+    return saved if isinstance(saved, dict) else state["rng"]
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 
+from ssrr import ranks
 from ssrr.config import RunConfig
 from ssrr.errors import Interrupted
 from ssrr.files import append_line, open_log, write_text_atomic
@@ -199,7 +200,7 @@ def _open_run(t: Training) -> None:
     if t.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         t.config.save(run_dir)
-        env = records.environment(t.accelerator, t.config, t.execution, t.manifest.image_size)
+        env = records.environment(t.accelerator, t.config, t.execution, t.manifest.image_size, t.num_machines)
         write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
         records.trim_metrics(run_dir, int(t.state.get("step", 0)))
     if t.config.log_with:
@@ -250,6 +251,8 @@ def _run_epoch(
             epoch, t.make_loader, t.execution, t.num_classes, t.manifest.image_size, t.manifest.mean, t.manifest.std
         )
     )
+    marks = t.method.epoch_marks()
+    marks_per_rank = ranks.gather_objects(marks) if marks else []  # the same keys on every rank: one collective
     t.model.train()
     display.start_epoch(epoch, t.steps_per_epoch)
     tally = EpochTally(t.device)
@@ -276,13 +279,17 @@ def _run_epoch(
         _recalibrate_batchnorm(t)
     metrics = records.reduce_across_ranks(t.accelerator, _rates(t, tally, time.perf_counter() - tally.started))
     next_epoch, next_batch = (epoch + 1, 0) if epoch_done else (epoch, tally.batch_in_epoch)
-    record = {"epoch": epoch + 1, "step": progress.step, "complete": epoch_done, **metrics}
+    record: dict[str, Any] = {"epoch": epoch + 1, "step": progress.step, "complete": epoch_done, **metrics}
     record["skipped"] = t.loader.skipped  # corrupt samples left out (--skip-corrupt)
     record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
     record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
+    record.update({key: [mark[key] for mark in marks_per_rank] for key in marks})  # one value per rank
     probe_started = time.perf_counter()
-    if (epoch_done or ends_run) and t.main:
-        record.update(_run_probes(probes, t, epoch + 1, ends_run))
+    due = _due_probes(probes, epoch + 1, ends_run) if (epoch_done or ends_run) else []
+    if due and t.main:
+        record.update({probe.name: probe(t.method.backbone, t.shard_dir, t.execution) for probe in due})
+    if due:  # the other ranks wait out rank 0's probes here, within the process group's timeout (setup.py)
+        t.accelerator.wait_for_everyone()
     progress.probe_s += time.perf_counter() - probe_started
     progress.elapsed_s = progress.pretraining_s()
     record["elapsed_s"] = round(progress.elapsed_s, 3)
@@ -383,14 +390,16 @@ def _rates(
 
 
 def _save(t: Training, step: int, epoch_now: int, batch_now: int) -> None:
-    """A checkpoint (main process): weights, optimizer, schedule, loss scale, RNGs, and where to resume."""
+    """A checkpoint (written by the main process, every rank calling): weights, optimizer, schedule, loss scale,
+    every rank's RNGs, and where to resume."""
+    rng_states = ranks.gather_objects(ckpt.rng_state())  # a collective: before the non-main ranks return
     if not t.main:
         return
     training_state = {
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
-        "rng": ckpt.rng_state(),
+        **ckpt.rng_entries(rng_states),
         "budget": t.budget.state() if t.budget is not None else None,  # resuming keeps the plan
         "epoch": epoch_now,
         "batch_in_epoch": batch_now,
@@ -415,6 +424,8 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         "steps": progress.step,
         "epochs": progress.epoch,
         "processes": processes,
+        "num_processes": processes,
+        "num_machines": t.num_machines,
         "weights_in_sync": in_sync,
         **t.execution.record(),
         "projected_run_s": records.projected_run_s(progress.elapsed_s, progress.step, _total_steps(t)),
@@ -426,8 +437,9 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         extra = {
             "run": str(config.run_dir),
             "method / backbone": f"{config.method} / {config.backbone}",
-            "K x M": f"{t.views_per_image} x {config.batch}",
-            "device": f"{t.device} x{processes}",
+            "K x M": f"{t.views_per_image} x {config.batch}"
+            + _global_batch(config.batch, processes, config.grad_accum),
+            "device": f"{t.device} x{processes}" + (f" on {t.num_machines} machines" if t.num_machines > 1 else ""),
             "precision": t.execution.describe(),
             "epochs / steps": f"{progress.epoch} / {progress.step}",
             "wall": f"{total:.1f} s",
@@ -436,6 +448,13 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         if t.budget is not None:
             extra["time budget"] = t.budget.describe()
         console.print(summary_table("pretraining summary (last epoch)", progress.throughput, extra))
+
+
+def _global_batch(batch: int, processes: int, grad_accum: int) -> str:
+    """The summary's note on M: it is per process; the images of one optimizer step are M x processes x accum."""
+    if processes * grad_accum == 1:
+        return ""
+    return f" (M per process; {batch * processes * grad_accum} images per optimizer step)"
 
 
 def _train_step(
@@ -464,11 +483,7 @@ def _train_step(
     return out
 
 
-def _run_probes(probes: Sequence[Probe], t: Training, epochs_done: int, last: bool) -> dict[str, float]:
-    """The values of the probes due after `epochs_done` epochs: every `every` complete epochs, and after the
-    run's `last` epoch (so a curve always ends at the final backbone)."""
-    return {
-        probe.name: probe(t.method.backbone, t.shard_dir, t.execution)
-        for probe in probes
-        if probe.every and (epochs_done % probe.every == 0 or last)
-    }
+def _due_probes(probes: Sequence[Probe], epochs_done: int, last: bool) -> list[Probe]:
+    """The probes due after `epochs_done` epochs: every `every` complete epochs, and after the run's `last` epoch
+    (so a curve always ends at the final backbone). The same on every rank."""
+    return [probe for probe in probes if probe.every and (epochs_done % probe.every == 0 or last)]

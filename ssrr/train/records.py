@@ -35,9 +35,13 @@ def memory_mb(device: torch.device) -> float:
 
 
 def environment(
-    accelerator: Accelerator, config: RunConfig, execution: Execution, image_size: tuple[int, int]
+    accelerator: Accelerator,
+    config: RunConfig,
+    execution: Execution,
+    image_size: tuple[int, int],
+    machines: int = 1,
 ) -> dict[str, Any]:
-    """environment.json: versions, device, processes, precision."""
+    """environment.json: versions, device, processes and machines, the batch per process and global, precision."""
     import accelerate
     import nvidia.dali as dali
 
@@ -53,6 +57,9 @@ def environment(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "cpu_count": os.cpu_count(),
         "num_processes": accelerator.num_processes,
+        "num_machines": machines,
+        "batch_per_process": config.batch,  # M: images per step on each process
+        "global_batch": config.batch * accelerator.num_processes * config.grad_accum,  # images per optimizer step
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": {"fp32": "no"}.get(execution.precision, execution.precision),
         **execution.record(),

@@ -7,12 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from ssrr.config import RunConfig
 from ssrr.data.formats import Manifest, load_manifest
@@ -20,6 +22,7 @@ from ssrr.data.remote import resolve_dataset_any
 from ssrr.devices import choose_device
 from ssrr.errors import SsrrError
 from ssrr.hardware import tune_cpu_allocator
+from ssrr.launch import adopt_slurm, machine_index
 from ssrr.methods.base import Method, method_class, with_method_defaults
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
@@ -30,6 +33,10 @@ from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
 from ssrr.train.teardown import LoaderRegistry, end_processes, group_owner
+
+# How long a rank waits in a collective before the run fails: long enough for rank 0's probes (a linear
+# protocol on a large dataset) and checkpoints, which the other ranks wait out (docs/distributed.md).
+PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
 def use_cuda(config: RunConfig) -> bool:
@@ -76,6 +83,7 @@ class Training:
     resumed: bool
     views_per_image: int
     pairs_per_step: int
+    num_machines: int = 1
 
     @property
     def main(self) -> bool:
@@ -105,6 +113,7 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     train_samples = manifest.samples_in(config.split)
     cls.check_data(config, train_samples, num_classes)  # before anything is written
     resume_from = _prepare_run_dir(config, resume)  # read-only: every rank decides the same
+    adopt_slurm()  # an srun task (one per rank) becomes a rank accelerate recognises
     owns_group = group_owner()
     accelerator = Accelerator(
         cpu=device.type == "cpu",
@@ -112,14 +121,17 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
         gradient_accumulation_steps=config.grad_accum,
         log_with=config.log_with or None,
         project_dir=str(config.run_dir),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)],
     )
     closing.push(end_processes(accelerator, owns_group))
+    machines = count_machines(accelerator)
     execution = resolve_execution(config.precision, accelerator.device, channels_last=config.channels_last)
     if accelerator.device.type == "cpu":
         tune_cpu_allocator()
     if accelerator.is_main_process and show and execution.describe() != execution.precision:
         console.print(f"precision: {execution.describe()}")
     method = _build_method(config, cls, num_classes, accelerator, execution)
+    seed_rank(config.seed, accelerator.process_index)
     state: dict[str, Any] = {}
     if resume_from is not None:
         ckpt.load_method_weights(method, resume_from)
@@ -139,12 +151,12 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     scheduler = method.build_scheduler(optimizer, len(loader), budget.total if budget else None)
     model, optimizer = accelerator.prepare(method, optimizer)
     scaler = execution.grad_scaler()
-    _restore(state, optimizer, scheduler, scaler)
+    _restore(state, optimizer, scheduler, scaler, accelerator.process_index)
     unwrapped: Method = accelerator.unwrap_model(model)
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
         scaler, loader, make_loader, state, budget, resume_from is not None, cls.views_per_image(config),
-        unwrapped.pairs_per_step(config.batch),
+        unwrapped.pairs_per_step(config.batch), machines,
     )  # fmt: skip
 
 
@@ -202,8 +214,10 @@ def _loader_factory(
     return make_loader
 
 
-def _restore(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler | None) -> None:
-    """Resuming: the optimizer's moments, the schedule, the loss scale and every RNG as they were saved."""
+def _restore(
+    state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torch.amp.GradScaler | None, rank: int
+) -> None:
+    """Resuming: the optimizer's moments, the schedule, the loss scale and this rank's RNGs as they were saved."""
     if not state:
         return
     optimizer.load_state_dict(state["optimizer"])
@@ -211,7 +225,26 @@ def _restore(state: dict[str, Any], optimizer: Any, scheduler: Any, scaler: torc
         scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    ckpt.set_rng_state(state["rng"])
+    ckpt.set_rng_state(ckpt.rng_of_rank(state, rank))
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Give each rank after the first its own python, numpy and torch streams (derived from seed and rank), so
+    the ranks' random draws (Deep InfoMax's prior samples, dropout) are independent, as one process's are
+    across its batch; rank 0, and so a one-process run, keeps the stream `--seed` gives. Every rank's state
+    is checkpointed (`rng-rank<r>`), so a resume continues each stream."""
+    if rank == 0:
+        return
+    derived = int(np.random.SeedSequence([seed, rank, 0x52414E4B]).generate_state(1, np.uint32)[0])
+    set_seed(derived)
+
+
+def count_machines(accelerator: Accelerator) -> int:
+    """Machines the run's processes are on: distinct machine ranks as the launcher numbered them."""
+    if accelerator.num_processes == 1:
+        return 1
+    mine = torch.tensor([[machine_index()]], device=accelerator.device)
+    return len(set(accelerator.gather(mine).flatten().tolist()))
 
 
 def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard_dir: Path) -> int:
