@@ -43,12 +43,12 @@ import os
 import re
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from ssrr.pipelines.batch import Batch
 from ssrr.pipelines.graph import GraphSpec, ParamSource, contrast_for, view_pipeline
 from ssrr.pipelines.handoff import HeldOutputs, as_torch
 from ssrr.pipelines.recipes import Recipe
@@ -59,35 +59,6 @@ from ssrr.errors import SsrrError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHUFFLE_BUFFER_BYTES = 256 << 20
-
-
-@dataclass
-class Batch:
-    """M images, V views each.
-
-    Attributes:
-        views: (V*M, 3, H, W), channels_last memory, normalised; row v*M + m is view v of image m.
-        fine: (M,) int64 fine label, -1 where none.
-        coarse: (M,) int64 coarse label, -1 where none.
-        index: (M,) int64 sample index within the split; a combined split (``train+unlabeled``) numbers its
-            second split's samples after the first's, so indices stay unique.
-        valid: (M,) bool, False for padding rows (only non-training loaders pad).
-    """
-
-    views: torch.Tensor
-    fine: torch.Tensor
-    coarse: torch.Tensor
-    index: torch.Tensor
-    valid: torch.Tensor
-
-    @property
-    def num_views(self) -> int:
-        return self.views.shape[0] // self.fine.shape[0]
-
-    def view(self, v: int) -> torch.Tensor:
-        """The M rows of view v."""
-        m = self.fine.shape[0]
-        return self.views[v * m : (v + 1) * m]
 
 
 def _size(value: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
