@@ -12,6 +12,7 @@ from ssrr.pipelines.loader import ViewLoader
 from torch import nn
 
 from ssrr.models.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from ssrr.precision import resolve
 from ssrr.train.checkpoint import load_backbone
 
 
@@ -58,6 +59,8 @@ def test_pretrain_recalibrates_after_the_last_epoch(tiny_shards: Path, tmp_path:
     assert not all(torch.allclose(plain[k], recal[k]) for k in stats)
     backbone = load_backbone(str(tmp_path / "plain")).module
     loader = ViewLoader(tiny_shards, recipes.evaluation(), split="train", batch_size=32, training=False)
-    recalibrate_batchnorm(backbone, (batch.views.float() for batch in loader.epoch(0)))
+    # The run's inputs, as its execution gave them: bf16-rounded views under SSRR_PRECISION=bf16, else float32.
+    execution = resolve("fp32", "cpu")
+    recalibrate_batchnorm(backbone, (execution.inputs(batch.views).float() for batch in loader.epoch(0)))
     for key in stats:
         torch.testing.assert_close(backbone.state_dict()[key], recal[key], rtol=1e-4, atol=1e-5)
