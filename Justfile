@@ -11,6 +11,19 @@ test:
 test-slow:
     pytest -m "slow"
 
+# scripts/test_cpus.py; narrowed by `--only generic -- tests/test_eval_tsne.py` or `--numerics`.
+# The default suite under each CPU personality in turn: native, avx2, generic, bf16 (each named in the output).
+test-cpus *ARGS:
+    python scripts/test_cpus.py {{ARGS}}
+
+# The default suite with the oldest declared dependencies (constraints/oldest.txt, a venv in .venvs/oldest).
+test-oldest *ARGS:
+    bash scripts/test_deps.sh oldest {{ARGS}}
+
+# The default suite with the newest released dependencies (constraints/newest.txt, a venv in .venvs/newest).
+test-newest *ARGS:
+    bash scripts/test_deps.sh newest {{ARGS}}
+
 lint:
     ruff check .
     ruff format --check .

@@ -9,6 +9,36 @@ import pytest
 
 from ssrr.data.writer import DatasetArrays, SplitArrays, write_dataset
 
+# Files whose tests depend on the CPU's arithmetic (kernel choice, bf16): marked `numerics`, which CI also runs
+# under the avx2, generic and bf16 personalities of scripts/test_cpus.py (README, Tests).
+NUMERICS_FILES = frozenset(
+    {
+        "test_backbones.py",
+        "test_batchnorm.py",
+        "test_cluster.py",
+        "test_curves.py",
+        "test_eval_finetune.py",
+        "test_eval_knn.py",
+        "test_eval_linear.py",
+        "test_eval_retrieval.py",
+        "test_eval_semi.py",
+        "test_eval_tsne.py",
+        "test_fidelity.py",
+        "test_heads.py",
+        "test_losses.py",
+        "test_methods.py",
+        "test_official.py",
+        "test_relational.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of NUMERICS_FILES `numerics`."""
+    for item in items:
+        if item.path.name in NUMERICS_FILES:
+            item.add_marker(pytest.mark.numerics)
+
 
 def make_shards(
     out: Path,

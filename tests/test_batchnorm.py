@@ -12,6 +12,7 @@ from ssrr.pipelines.loader import ViewLoader
 from torch import nn
 
 from ssrr.models.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from ssrr.precision import resolve
 from ssrr.train.checkpoint import load_backbone
 
 
@@ -57,7 +58,9 @@ def test_pretrain_recalibrates_after_the_last_epoch(tiny_shards: Path, tmp_path:
     assert stats and all(torch.equal(plain[k], recal[k]) for k in plain if k not in stats and "num_batches" not in k)
     assert not all(torch.allclose(plain[k], recal[k]) for k in stats)
     backbone = load_backbone(str(tmp_path / "plain")).module
-    loader = ViewLoader(tiny_shards, recipes.evaluation(), split="train", batch_size=32, training=False)
+    # The views the run's loader delivered: bf16 under SSRR_PRECISION=bf16 (the run's precision), else float32.
+    dtype = resolve("fp32", "cpu").view_dtype
+    loader = ViewLoader(tiny_shards, recipes.evaluation(), split="train", batch_size=32, training=False, dtype=dtype)
     recalibrate_batchnorm(backbone, (batch.views.float() for batch in loader.epoch(0)))
     for key in stats:
         torch.testing.assert_close(backbone.state_dict()[key], recal[key], rtol=1e-4, atol=1e-5)

@@ -23,20 +23,23 @@ def test_each_row_is_calibrated_to_the_perplexity() -> None:
 
 
 def test_separated_clusters_stay_separated_and_kl_drops() -> None:
+    # Asserts only what holds whatever kernels the CPU's math libraries pick (t-SNE magnifies their rounding):
+    # the map's exact spread differs by machine (between/within centroid distances 2.8 to 3.0 under the
+    # native, AVX2 and generic personalities of scripts/test_cpus.py), its neighbourhoods and its KL do not.
     g = torch.Generator().manual_seed(1)
     centres = torch.randn(3, 20, generator=g) * 10
     labels = torch.arange(3).repeat_interleave(60)
     x = centres[labels] + torch.randn(180, 20, generator=g)
     y = tsne(x, perplexity=15, iterations=300, seed=1)
     assert y.shape == (180, 2) and torch.isfinite(y).all()
-    centroids = torch.stack([y[labels == c].mean(0) for c in range(3)])
-    within = max(float((y[labels == c] - centroids[c]).norm(dim=1).mean()) for c in range(3))
-    between = min(float((centroids[a] - centroids[b]).norm()) for a in range(3) for b in range(a + 1, 3))
-    assert between > 3 * within
+    distances = torch.cdist(y, y).fill_diagonal_(math.inf)
+    neighbours = distances.topk(10, dim=1, largest=False).indices
+    purity = float((labels[neighbours] == labels[:, None]).float().mean())
+    assert purity > 0.9  # 0.97 to 0.98 measured; a layout that ignores the classes gives 1/3
     random_map = torch.randn(180, 2, generator=g)
-    assert kl_divergence(x, y, 15) < kl_divergence(x, random_map, 15)
-    assert torch.equal(y, tsne(x, perplexity=15, iterations=300, seed=1))  # seeded
-    assert math.isfinite(kl_divergence(x, y, 15))
+    kl, kl_random = kl_divergence(x, y, 15), kl_divergence(x, random_map, 15)
+    assert math.isfinite(kl) and kl < 0.7 * kl_random  # 0.49 to 0.56 of it measured
+    assert torch.equal(y, tsne(x, perplexity=15, iterations=300, seed=1))  # seeded: identical on one machine
 
 
 def test_subsample_and_png(tmp_path: Path) -> None:

@@ -39,7 +39,11 @@ def _numeric_options() -> list[tuple[tuple[str, ...], str, type]]:
                 walk(sub, (*path, name))
             return
         for param in command.params:
-            kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+            # typer's recorded annotation where it keeps one (newer typer), else click's type (typer 0.16)
+            kind = getattr(getattr(param, "type_descriptor", None), "annotation", None) or {
+                "integer": int,
+                "float": float,
+            }.get(getattr(param.type, "name", ""))
             if kind in (int, float) and param.opts and param.opts[0].startswith("--"):
                 found.append((path, param.opts[0], kind))
 
