@@ -77,6 +77,7 @@ def step(
     repeats: int = typer.Option(5, help="Timed steps of ours (median)."),
     baseline_repeats: int = typer.Option(3, help="Timed steps of the public-code-style baseline (0: skip)."),
     side: int = typer.Option(32, "--side", min=8, help="Side of the (random) views in pixels."),
+    device: str = Device,
     as_json: bool = AsJson,
     write: bool = Record,
 ) -> None:
@@ -101,6 +102,7 @@ def step(
         repeats=repeats,
         baseline_repeats=baseline_repeats,
         image_size=side,
+        device=device,
     )
     side_tag = "" if side == 32 else f"-{side}px"  # the 32-px records keep their names
     _emit(
@@ -289,6 +291,7 @@ def linear(
     backbone: str = typer.Option("random:conv4", help="Run folder, checkpoint, or random:<backbone>."),
     epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100), both ways."),
     workers: int | None = typer.Option(None, help="The baseline's DataLoader workers (default: tuned for here)."),
+    device: str = Device,
     as_json: bool = AsJson,
     write: bool = Record,
 ) -> None:
@@ -299,7 +302,7 @@ def linear(
     from ssrr.bench.linear import bench_linear
     from ssrr.data.formats import resolve_dataset
 
-    result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, workers=workers)
+    result = bench_linear(resolve_dataset(dataset), backbone, epochs=epochs, workers=workers, device=device)
     _emit(f"linear-{backbone.replace(':', '-').replace('/', '_')}", result, as_json, write)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from ssrr.bench.literal import literal_relation_logits
+from ssrr.devices import choose_device
 from ssrr.hardware import tune_cpu_allocator
 from ssrr.losses import focal_loss
 from ssrr.models.backbones import build_backbone
@@ -213,7 +214,7 @@ def bench_model_step(
     channels_last (a flag its users can set): the faster is the baseline, both are in `baseline_settings`.
     Returns step_s, views_per_s, pairs_per_s, step_min_s, baseline_step_s, baseline_views_per_s, step_speedup
     (baseline / ours) and the settings (precision resolved). `threads`: intra-op threads (None: as set)."""
-    dev = torch.device(device)
+    dev = choose_device(device)  # the one device rule (ssrr/devices.py): cuda without a usable GPU is refused
     tuned = tune_cpu_allocator() if tune_allocator and dev.type == "cpu" else False
     execution = resolve_precision(precision, dev, channels_last=channels_last)
     repeats = max(1, repeats)
