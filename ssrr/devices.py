@@ -33,7 +33,7 @@ from ssrr.errors import SsrrError
 DEVICES = ("auto", "cpu", "cuda")
 DALI_DISTRIBUTIONS = {"nvidia-dali-cuda110": "11.0", "nvidia-dali-cuda120": "12.0", "nvidia-dali-cuda130": "13.0"}
 INSTALL_CUDA12 = (
-    'pip install "torch>=2.11,<2.15" "torchvision>=0.26,<0.30" --index-url https://download.pytorch.org/whl/cu126 '
+    'pip install "torch>=2.11,<2.16" "torchvision>=0.26,<0.30" --index-url https://download.pytorch.org/whl/cu126 '
     "&& pip install -r requirements-cuda12.txt && pip install --no-deps -e .  (README, Install: CUDA 12 drivers)"
 )
 INSTALL_CUDA13 = "pip install -e .  (torch's default CUDA 13 wheels and nvidia-dali-cuda130; README, Install)"
