@@ -227,7 +227,8 @@ def test_bench_linear_reports_both_ways(colours: Path) -> None:
     from ssrr.bench.linear import bench_linear
 
     result = bench_linear(colours, "random:conv4", epochs=3, device="cpu", workers=0)
-    assert result["speedup"] == pytest.approx(result["baseline_wall_s"] / result["wall_s"], rel=0.01)
+    # both walls are rounded to ms and the ratio to 0.01: on a tiny dataset that alone moves it by a few percent
+    assert result["speedup"] == pytest.approx(result["baseline_wall_s"] / result["wall_s"], rel=0.05, abs=0.01)
     assert result["baseline_wall_s"] >= result["baseline_extract_s"] > 0 and result["baseline_workers"] == 0
     # the same frozen backbone, head initialisation and shuffles both ways: the same classifier within a few rows
     assert result["accuracy_check_diff"] == pytest.approx(abs(result["top1"] - result["baseline_top1"]))
