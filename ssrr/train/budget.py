@@ -32,7 +32,6 @@ class TimeBudget:
     planned_steps: int  # the cap until the first plan
     end_reserve_s: float = 0.0  # estimated seconds after the last step (BatchNorm recalibration)
     fixed: bool = False  # resumed: the saved plan is kept
-    plans: int = 0
     first: tuple[float, int] | None = None  # (seconds, steps) at the first plan: the pace is measured from there
     last_steps: int = 0  # steps at the last plan
 
@@ -63,7 +62,6 @@ class TimeBudget:
         steps = steps_done + max(0, math.floor(left / pace)) if pace > 0 else self.cap_steps
         at_least = steps_done + 1 if measured <= 0 else steps_done  # one step past the first, to measure a pace
         self.planned_steps = min(self.cap_steps, max(at_least, steps))
-        self.plans += 1
         self.last_steps = steps_done
         return self.planned_steps
 
