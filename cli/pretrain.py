@@ -105,7 +105,8 @@ def pretrain(
     ),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    num_threads: int = typer.Option(0, help="DALI threads (0: automatic)."),
+    num_threads: int = typer.Option(0, help="DALI threads (0: the run's thread plan: timed once per machine)."),
+    threads: int = typer.Option(0, help="torch threads on the CPU (0: the run's thread plan: timed once per machine)."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Skip (and count) corrupt samples."),
     log_samples: bool = typer.Option(False, "--log-samples", help="Record each rank's sample indices per step."),
     simclr_loss: str = typer.Option(

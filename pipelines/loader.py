@@ -109,6 +109,8 @@ class ViewLoader:
             JPEG on 2 cores) so that no undecodable image reaches DALI (see :mod:`ssrr.pipelines.shards`).
         steps_per_run: steps computed per pipeline run (its batch is steps_per_run * M images); default 4 for
             training (amortises per-run costs), 1 otherwise.
+        pipeline_cpus: the cores the pipeline's threads run on (None: any); a thread plan that pins the
+            pipeline apart from the training step (:mod:`ssrr.threads`) sets it.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class ViewLoader:
         prefetch: int = 2,
         skip_corrupt: bool = False,
         steps_per_run: int | None = None,
+        pipeline_cpus: set[int] | None = None,
     ) -> None:
         self.shard_dir = Path(shard_dir)
         self.manifest: formats.Manifest = formats.load_manifest(self.shard_dir)
@@ -159,6 +162,7 @@ class ViewLoader:
         self.training = training
         self.source_size: tuple[int, int] = tuple(self.manifest.image_size)  # type: ignore[assignment]
         self.num_threads = num_threads or max(1, min(8, len(os.sched_getaffinity(0))))
+        self.pipeline_cpus = pipeline_cpus
         self.prefetch = prefetch
         self.skip_corrupt = skip_corrupt
         self._plan: ShardPlan | None = plan_shards(self.shard_dir, self.manifest, split, skip_corrupt=skip_corrupt)
@@ -235,6 +239,13 @@ class ViewLoader:
         if epoch in self._prepared and self._prepared[epoch][0] == spec:
             return
         self._prepared[epoch] = (spec, self._start(epoch, spec))
+
+    def endless(self, first_epoch: int) -> Iterator[Batch]:
+        """Batches of epoch `first_epoch`, then of the next, and so on (timing: epochs a run never reads)."""
+        epoch = first_epoch
+        while True:
+            yield from self.epoch(epoch)
+            epoch += 1
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """The batches of epoch ``epoch``: deterministic given (seed, epoch, rank, world_size)."""
@@ -373,7 +384,8 @@ class ViewLoader:
         """Epoch ``epoch``'s pipeline, built and started: its first runs are computed from now on."""
         try:
             pipe = self.define(epoch, spec)
-            pipe.build()
+            with _threads_created_on(self.pipeline_cpus):  # DALI's worker threads inherit this thread's cores
+                pipe.build()
             self._pipes.add(pipe)
             pipe.schedule_run()  # the first call queues `prefetch` runs; DALI's executor works on them at once
         except SsrrError:
@@ -445,3 +457,18 @@ class ViewLoader:
                 )
             )
         return batches
+
+
+@contextlib.contextmanager
+def _threads_created_on(cpus: set[int] | None) -> Iterator[None]:
+    """Threads started inside run on `cpus` (they inherit the creating thread's affinity); this thread's own
+    affinity is restored on leaving. None: no change."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -20,7 +20,7 @@ MODEL_DEFINING = ("method", "backbone", "stem", "head", "aggregation")
 # Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
 NUMERIC = (
     "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
-    "max_steps", "knn_every", "eval_every", "num_threads", "warmup_epochs", "view_size", "view_size_end",
+    "max_steps", "knn_every", "eval_every", "num_threads", "threads", "warmup_epochs", "view_size", "view_size_end",
 )  # fmt: skip
 
 
@@ -66,7 +66,8 @@ class RunConfig:
     eval_every: int = 0  # the linear protocol on the held-out split every N epochs and after the last (0: never)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 0  # DALI worker threads (0: one per core, at most 4)
+    num_threads: int = 0  # DALI worker threads (0: the run's thread plan, ssrr/threads.py)
+    threads: int = 0  # torch intra-op threads on the CPU (0: the run's thread plan)
     skip_corrupt: bool = False  # skip (and count) corrupt samples instead of stopping with an error
     log_samples: bool = False  # write each rank's sample indices per step (samples-rank<R>.jsonl)
     # The authors' form of what ssrr deliberately does otherwise (docs/fidelity.md), one option away:

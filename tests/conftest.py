@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in NUMERICS_FILES:
             item.add_marker(pytest.mark.numerics)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ssrr's cache (downloads, thread plans) in the session's temporary folder, never the user's."""
+    if "SSRR_CACHE" not in os.environ:
+        monkeypatch.setenv("SSRR_CACHE", str(tmp_path_factory.getbasetemp() / "ssrr-cache"))
 
 
 def make_shards(

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 LAYERS: list[set[str]] = [
     {"errors"},  # SsrrError: the one-line user error
     {"files", "options", "hardware", "devices", "schedules", "presets", "launch", "ranks"},  # ... launchers, ranks
+    {"threads"},  # thread plans: the grid, the choice, the per-machine cache
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format

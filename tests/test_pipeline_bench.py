@@ -98,5 +98,11 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path:
     parts = result["baseline_parts_predict"]
     assert parts["serial_views_per_s"] <= parts["overlapped_views_per_s"]
     assert isinstance(result["baseline_suspect"], bool)
+    assert result["step_s"] > 0 and result["loader_views_per_s"] > 0  # ours' parts beside the whole
+    assert result["thread_plan"]["source"] in ("measured", "cached")  # the plan `ssrr pretrain` would pick
+    authors = result["authors_settings"]
+    assert [(row["workers"], row["channels_last"]) for row in authors["tried"]] == [(1, False)] * len(authors["tried"])
+    assert authors["precision"] == "fp32" and len(result["authors_runs"]) == 2
+    assert result["ratio_to_authors"] == pytest.approx(result["views_per_s"] / result["authors_views_per_s"])
     limit = result["step_limit"]
     assert limit["step_gflop"] > 0 and limit["peak_gflops"] > 0 and limit["fraction_of_peak"] > 0

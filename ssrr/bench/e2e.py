@@ -12,8 +12,11 @@ both; figures are medians over repeats. The share of time ours spends waiting fo
 
 from __future__ import annotations
 
+import os
 import statistics
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +26,18 @@ from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_
 from ssrr.bench.limits import step_limit
 from ssrr.bench.timing import endless_batches, timed_steps
 from ssrr.config import RunConfig
+from ssrr.data.formats import load_manifest
 from ssrr.devices import choose_device
-from ssrr.hardware import tune_cpu_allocator
+from ssrr.hardware import cores, tune_cpu_allocator
 from ssrr.methods import method_class
 from ssrr.methods.base import Method
 from ssrr.models.backbones import build_backbone
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import Batch, ViewLoader
-from ssrr.precision import Execution, optimizer_step
+from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_precision
+from ssrr.threads import ThreadPlan
+from ssrr.train.threads import PlanChoice, applied, choose_plan, step_function
 
 
 def bench_execution(device: str, precision: str, *, channels_last: bool = True) -> Execution:
@@ -45,24 +51,36 @@ def bench_execution(device: str, precision: str, *, channels_last: bool = True) 
 
 def method_step(method: Method, execution: Execution) -> Callable[[Batch], None]:
     """A method's training step as `ssrr pretrain` runs it: forward under the precision, (scaled) backward, Adam."""
-    optimizer = method.build_optimizer()
-    scaler = execution.grad_scaler()
-
-    def step(batch: Batch) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with execution.autocast():
-            loss = method(batch).loss
-        optimizer_step(loss, optimizer, scaler)
-        if execution.device.type == "cuda":
-            torch.cuda.synchronize(execution.device)
-
-    return step
+    return step_function(method, execution)
 
 
-def _our_step(backbone: str, k: int, m: int, execution: Execution) -> Callable[[Batch], None]:
-    config = RunConfig(backbone=backbone, k=k, batch=m, precision=execution.precision)
+def _our_method(backbone: str, k: int, m: int, execution: Execution, compile: bool) -> tuple[RunConfig, Method]:
+    config = RunConfig(backbone=backbone, k=k, batch=m, precision=execution.precision, compile=compile)
     method = execution.prepare(method_class("relational")(config, build_backbone(backbone), 10))
-    return method_step(method, execution)
+    if compile:
+        method.backbone.compile()  # as `ssrr pretrain --compile`: in place
+    return config, method
+
+
+def _our_plan(shard_dir: Path | str, config: RunConfig, method: Method, execution: Execution) -> PlanChoice:
+    """The thread plan `ssrr pretrain` would run this workload with on this machine (cached, else timed now)."""
+    side = min(load_manifest(Path(shard_dir)).image_size)
+
+    def loader_for(plan: ThreadPlan) -> ViewLoader:
+        cpus = plan.pipeline_cpus(os.sched_getaffinity(0))
+        return _our_loader(shard_dir, config, execution, plan, cpus)
+
+    timing = execution.device.type == "cpu"
+    return choose_plan(config, method, execution, loader_for, view_side=side, timing=timing)
+
+
+def _our_loader(
+    shard_dir: Path | str, config: RunConfig, execution: Execution, plan: ThreadPlan, cpus: set[int] | None
+) -> ViewLoader:
+    return ViewLoader(
+        shard_dir, recipes.relational(config.k), batch_size=config.batch, device=execution.device,
+        dtype=execution.view_dtype, num_threads=plan.dali_threads, pipeline_cpus=cpus,
+    )  # fmt: skip
 
 
 def bench_e2e(
@@ -79,47 +97,52 @@ def bench_e2e(
     warmup: int = 4,
     max_workers: int | None = None,
     max_threads: int | None = None,
+    compile: bool = False,
+    authors: bool = True,
 ) -> dict[str, Any]:
-    """End-to-end views/s of ours and of the tuned public-code baseline (see `ssrr.bench.baseline`), the same
-    device, precision, warm-up, steps and repeats on both sides. `baseline_steps`: steps of each probe of the
-    baseline's settings grid (0: no baseline)."""
+    """End-to-end views/s of ours (under the thread plan `ssrr pretrain` picks, ssrr.threads) and of the tuned
+    public-code baseline (see `ssrr.bench.baseline`), the same device, precision, warm-up, steps and repeats on
+    both sides; with `authors`, also the public code as its authors run it (float32, NCHW, 2 workers, the
+    better of 1 and 2 threads). `baseline_steps`: steps of each probe of the baseline's settings grid (0: no
+    baseline). Ours' parts (the step alone, the loader alone) are timed beside the whole."""
     execution = bench_execution(device, precision)
     dev = execution.device
-    loader = ViewLoader(shard_dir, recipes.relational(k), batch_size=m, device=dev, dtype=execution.view_dtype)
-    ours = _our_step(backbone, k, m, execution)
+    config, method = _our_method(backbone, k, m, execution, compile)
+    plan = _our_plan(shard_dir, config, method, execution)
+    ours = method_step(method, execution)
     timing = Timing(warmup, steps, repeats)
-    baseline: Baseline | None = None
-    setting: Setting | None = None
-    tried: list[dict[str, Any]] = []
-    if baseline_steps:
-        baseline = Baseline(shard_dir, backbone, k, m, execution)
-        tried, setting = best_setting(baseline, Timing(1, baseline_steps, 1), grid(max_workers, max_threads))
+    sides = _baselines(shard_dir, backbone, k, m, execution, baseline_steps, max_workers, max_threads, authors)
     runs: list[float] = []
     waits: list[float] = []
-    baseline_runs: list[float] = []
-    with loader:  # closed (its DALI pipelines stopped) once ours is measured
+    cpus = plan.plan.pipeline_cpus(os.sched_getaffinity(0))
+    with _our_loader(shard_dir, config, execution, plan.plan, cpus) as loader:  # closed once ours is measured
         for repeat in range(repeats):  # interleaved: drift of a shared machine falls on both sides
-            batches = endless_batches(loader, first_epoch=1000 * repeat)
-            seconds, wait = timed_steps(batches, ours, warmup, steps)
-            batches.close()  # type: ignore[attr-defined]
+            with applied(plan.plan):
+                batches = endless_batches(loader, first_epoch=1000 * repeat)
+                seconds, wait = timed_steps(batches, ours, warmup, steps)
+                batches.close()  # type: ignore[attr-defined]
             runs.append(steps * k * m / seconds)
             waits.append(wait / seconds)
-            if baseline is not None and setting is not None:
-                baseline_runs += baseline.views_per_s(setting, Timing(warmup, steps, 1), first_seed=repeat)
+            for side in sides:
+                side.runs += side.baseline.views_per_s(side.setting, Timing(warmup, steps, 1), first_seed=repeat)
         views_per_s = statistics.median(runs)
-        step_limit = _limit(loader, ours, execution, views_per_s / (k * m))
+        with applied(plan.plan):
+            parts = _our_parts(loader, ours, timing)
+            step_limit = _limit(loader, ours, execution, views_per_s / (k * m))
     result: dict[str, Any] = {"baseline_views_per_s": None}
-    if baseline is not None and setting is not None:
-        result = {
-            **baseline_parts(baseline, setting, timing, baseline_runs),
-            "baseline_settings": {"best": setting.record(), "tried": tried},
-        }
+    for side in sides:
+        result.update(side.result(timing))
     baseline_rate = result["baseline_views_per_s"]
+    authors_rate = result.get("authors_views_per_s")
     return {
         "views_per_s": views_per_s,
         "images_per_s": views_per_s / k,
         "data_wait": statistics.median(waits),
         "ratio": views_per_s / baseline_rate if baseline_rate else None,
+        "ratio_to_authors": views_per_s / authors_rate if authors_rate else None,
+        **parts,
+        "thread_plan": plan.record(),
+        "compile": compile,
         **result,
         "step_limit": step_limit,
         "backbone": backbone,
@@ -135,6 +158,71 @@ def bench_e2e(
         "runs": runs,
         "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }
+
+
+@dataclass
+class _Side:
+    """A baseline timed beside ours: the tuned public code (`baseline_*` keys) or the authors' own settings
+    (`authors_*`)."""
+
+    name: str
+    baseline: Baseline
+    setting: Setting
+    tried: list[dict[str, Any]]
+    runs: list[float] = field(default_factory=list)
+
+    def result(self, timing: Timing) -> dict[str, Any]:
+        if self.name == "baseline":
+            parts = baseline_parts(self.baseline, self.setting, timing, self.runs)
+            return {**parts, "baseline_settings": {"best": self.setting.record(), "tried": self.tried}}
+        return {
+            "authors_views_per_s": statistics.median(self.runs),
+            "authors_runs": self.runs,
+            "authors_settings": {"best": self.setting.record(), "tried": self.tried, "precision": "fp32"},
+        }
+
+
+def _baselines(
+    shard_dir: Path | str,
+    backbone: str,
+    k: int,
+    m: int,
+    execution: Execution,
+    probe_steps: int,
+    max_workers: int | None,
+    max_threads: int | None,
+    authors: bool,
+) -> list[_Side]:
+    """The sides timed beside ours, each with its best setting probed briefly now."""
+    if not probe_steps:
+        return []
+    probe = Timing(1, probe_steps, 1)
+    tuned = Baseline(shard_dir, backbone, k, m, execution)
+    tried, best = best_setting(tuned, probe, grid(max_workers, max_threads))
+    sides = [_Side("baseline", tuned, best, tried)]
+    if authors:  # their script: float32 (it has no autocast), NCHW, 2 DataLoader workers, torch's threads
+        theirs = Baseline(shard_dir, backbone, k, m, Execution(execution.device))
+        workers = 2 if max_workers is None else min(2, max_workers)
+        own = [Setting(workers, threads, False) for threads in sorted({1, min(2, cores())})]
+        tried, best = best_setting(theirs, probe, own)
+        sides.append(_Side("authors", theirs, best, tried))
+    return sides
+
+
+def _our_parts(loader: ViewLoader, step: Callable[[Batch], None], timing: Timing) -> dict[str, Any]:
+    """Ours' parts: the step alone on a batch in memory (median seconds) and the loader alone (views/s)."""
+    batches = endless_batches(loader, first_epoch=500_000)
+    batch = next(batches)
+    times = []
+    for i in range(timing.warmup + timing.steps):
+        started = time.perf_counter()
+        step(batch)
+        if i >= timing.warmup:
+            times.append(time.perf_counter() - started)
+    seconds = timed_steps(batches, lambda _: None, timing.warmup, timing.steps)[0]
+    batches.close()  # type: ignore[attr-defined]
+    views = batch.views.shape[0]
+    return {"step_s": statistics.median(times), "loader_views_per_s": timing.steps * views / seconds}
 
 
 def _limit(

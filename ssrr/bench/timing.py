@@ -9,10 +9,7 @@ from ssrr.pipelines.loader import Batch, ViewLoader
 
 
 def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
-    epoch = first_epoch
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
+    return loader.endless(first_epoch)
 
 
 def timed_steps(

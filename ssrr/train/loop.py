@@ -130,6 +130,7 @@ def _open_run(t: Training) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         t.config.save(run_dir)
         env = records.environment(t.accelerator, t.config, t.execution, t.manifest.image_size, t.num_machines)
+        env["thread_plan"] = t.threads.record()
         write_text_atomic(run_dir / ENVIRONMENT_FILE, json.dumps(env, indent=2) + "\n")
         records.trim_metrics(run_dir, int(t.state.get("step", 0)))
     if t.config.log_with:
@@ -330,6 +331,7 @@ def _save(t: Training, step: int, epoch_now: int, batch_now: int) -> None:
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         **ckpt.rng_entries(rng_states),
         "budget": t.budget.state() if t.budget is not None else None,  # resuming keeps the plan
+        "thread_plan": t.threads.record(),  # and the thread plan
         "epoch": epoch_now,
         "batch_in_epoch": batch_now,
         "step": step,
@@ -360,6 +362,7 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
         "projected_run_s": records.projected_run_s(progress.elapsed_s, progress.step, _total_steps(t)),
         "skipped": t.loader.skipped,
         **(t.budget.state() if t.budget is not None else {}),
+        "thread_plan": t.threads.record(),
     }
     write_text_atomic(config.run_dir / THROUGHPUT_FILE, json.dumps(summary, indent=2) + "\n")
     if show:
@@ -370,6 +373,7 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
             + _global_batch(config.batch, processes, config.grad_accum),
             "device": f"{t.device} x{processes}" + (f" on {t.num_machines} machines" if t.num_machines > 1 else ""),
             "precision": t.execution.describe(),
+            "threads": t.threads.describe() if t.device.type == "cpu" else "-",
             "epochs / steps": f"{progress.epoch} / {progress.step}",
             "wall": f"{total:.1f} s",
             "configured run": f"~{records.hours(summary['projected_run_s'])} at this run's pace",

@@ -4,6 +4,7 @@ state when resuming. Everything the later stages (ssrr.train.loop) read is one `
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from ssrr.models.backbones import build_backbone
 from ssrr.pipelines.loader import ViewLoader
 from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_execution
+from ssrr.threads import ThreadPlan
 from ssrr.train import checkpoint as ckpt
 from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
 from ssrr.train.teardown import LoaderRegistry, end_processes, group_owner
+from ssrr.train.threads import PlanChoice, applied, choose_plan, worth_timing
 
 # How long a rank waits in a collective before the run fails: long enough for rank 0's probes (a linear
 # protocol on a large dataset) and checkpoints, which the other ranks wait out (docs/distributed.md).
@@ -80,6 +83,7 @@ class Training:
     make_loader: Callable[..., ViewLoader]
     state: dict[str, Any]  # the training state resumed from ({} for a fresh run)
     budget: TimeBudget | None  # --time-budget's plan of the run's steps (None: its epochs decide)
+    threads: PlanChoice  # how the step and the pipeline share the CPU (ssrr/threads.py)
     resumed: bool
     views_per_image: int
     pairs_per_step: int
@@ -139,15 +143,22 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     optimizer = method.build_optimizer()
     loaders = LoaderRegistry()
     closing.callback(loaders.close_all)  # before the process group goes (last in, first out)
-    make_loader = _loader_factory(config, shard_dir, accelerator, execution, loaders)
-    loader = make_loader(cls.recipe(config, manifest.image_size))
+    recipe = cls.recipe(config, manifest.image_size)
+    threads = _thread_plan(config, method, execution, accelerator, manifest, state, loaders, shard_dir, recipe)
+    if accelerator.is_main_process and show and threads.source == "measured":
+        timed = f"the fastest of {len(threads.step_s)}, timed in {threads.seconds:.0f} s"
+        console.print(f"thread plan: {threads.plan.label()} ({timed})")
+    pipeline_cpus = threads.plan.pipeline_cpus(os.sched_getaffinity(0))  # before the step's cores narrow
+    closing.enter_context(applied(threads.plan))  # torch's threads and the step's cores, for the whole run
+    make_loader = _loader_factory(config, shard_dir, accelerator, execution, loaders, threads.plan, pipeline_cpus)
+    loader = make_loader(recipe)
     if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
         console.print(f"--skip-corrupt: skipping {loader.skipped} corrupt samples of {shard_dir}", highlight=False)
     if len(loader) == 0:
         raise SsrrError(
             f"{shard_dir}: the {config.split} split has too few samples for one batch of {config.batch} per process"
         )
-    budget = _time_budget(config, len(loader), state)
+    budget = _time_budget(config, len(loader), state, spent_s=threads.seconds)
     scheduler = method.build_scheduler(optimizer, len(loader), budget.total if budget else None)
     model, optimizer = accelerator.prepare(method, optimizer)
     scaler = execution.grad_scaler()
@@ -155,19 +166,56 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     unwrapped: Method = accelerator.unwrap_model(model)
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
-        scaler, loader, make_loader, state, budget, resume_from is not None, cls.views_per_image(config),
+        scaler, loader, make_loader, state, budget, threads, resume_from is not None, cls.views_per_image(config),
         unwrapped.pairs_per_step(config.batch), machines,
     )  # fmt: skip
 
 
-def _time_budget(config: RunConfig, steps_per_epoch: int, state: dict[str, Any]) -> TimeBudget | None:
-    """The plan of a run with `--time-budget`: capped by its epochs and --max-steps; resumed, the saved plan."""
+def _time_budget(
+    config: RunConfig, steps_per_epoch: int, state: dict[str, Any], spent_s: float = 0.0
+) -> TimeBudget | None:
+    """The plan of a run with `--time-budget`: capped by its epochs and --max-steps; resumed, the saved plan.
+    `spent_s` of the budget went to set-up work that trains nothing (timing thread plans)."""
     if not config.time_budget_s:
         return None
     cap = config.epochs * steps_per_epoch
     if config.max_steps:
         cap = min(cap, config.max_steps)
-    return TimeBudget.for_run(config.time_budget_s, steps_per_epoch, cap, state.get("budget"))
+    seconds = max(0.1 * config.time_budget_s, config.time_budget_s - spent_s)
+    return TimeBudget.for_run(seconds, steps_per_epoch, cap, state.get("budget"))
+
+
+def _thread_plan(
+    config: RunConfig,
+    method: Method,
+    execution: Execution,
+    accelerator: Accelerator,
+    manifest: Manifest,
+    state: dict[str, Any],
+    loaders: LoaderRegistry,
+    shard_dir: Path,
+    recipe: Any,
+) -> PlanChoice:
+    """The run's thread plan (ssrr/train/threads.py): resumed, typed, cached, timed here, or the default."""
+    first_side, _ = config.view_sides(min(manifest.image_size))
+    per_epoch = manifest.samples_in(config.split) // max(1, config.batch * accelerator.num_processes)
+    planned = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
+    timing = worth_timing(config, method, accelerator.device, accelerator.num_processes, planned)
+
+    def loader_for(plan: ThreadPlan) -> ViewLoader:
+        loader = loaders.add(
+            ViewLoader(
+                shard_dir, recipe, split=config.split, batch_size=config.batch, device=accelerator.device,
+                seed=config.seed, dtype=execution.view_dtype, num_threads=plan.dali_threads,
+                pipeline_cpus=plan.pipeline_cpus(os.sched_getaffinity(0)), skip_corrupt=config.skip_corrupt,
+            )
+        )  # fmt: skip
+        loader.set_image_size(first_side)
+        return loader
+
+    return choose_plan(
+        config, method, execution, loader_for, view_side=first_side, timing=timing, saved=state.get("thread_plan")
+    )
 
 
 def _build_method(
@@ -188,7 +236,13 @@ def _build_method(
 
 
 def _loader_factory(
-    config: RunConfig, shard_dir: Path, accelerator: Accelerator, execution: Execution, loaders: LoaderRegistry
+    config: RunConfig,
+    shard_dir: Path,
+    accelerator: Accelerator,
+    execution: Execution,
+    loaders: LoaderRegistry,
+    threads: ThreadPlan,
+    pipeline_cpus: set[int] | None,
 ) -> Callable[..., ViewLoader]:
     """make_loader(recipe, split=..., training=...): this rank's views of the shards (DeepCluster makes more),
     each registered so that the run's end closes it if its user has not."""
@@ -206,7 +260,8 @@ def _loader_factory(
                 seed=config.seed,
                 dtype=execution.view_dtype,
                 training=training,
-                num_threads=config.num_threads or None,
+                num_threads=threads.dali_threads,
+                pipeline_cpus=pipeline_cpus,
                 skip_corrupt=config.skip_corrupt,
             )
         )
