@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,39 +51,13 @@ from ssrr.pipelines.batch import Batch
 from ssrr.pipelines.graph import GraphSpec, ParamSource, contrast_for, view_pipeline
 from ssrr.pipelines.handoff import HeldOutputs, as_torch
 from ssrr.pipelines.recipes import Recipe
+from ssrr.pipelines.running import check_arguments, dali_message, output_size, threads_created_on
 from ssrr.pipelines.shards import ShardPlan, combined_splits, epoch_slice, find_undecodable, plan_shards, rank_shares
 
 from ssrr.data import formats
 from ssrr.errors import SsrrError
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SHUFFLE_BUFFER_BYTES = 256 << 20
-
-
-def _size(value: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:
-    if value is None:
-        return default
-    if isinstance(value, int):
-        return (value, value)
-    return (int(value[0]), int(value[1]))
-
-
-def _dali_message(exc: BaseException) -> str:
-    """DALI's multi-line report as one line: the operator, and the error it encountered."""
-    text = str(exc)
-    operator = re.search(r"Error in (?:CPU|GPU|MIXED) operator `([^`]+)`", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    detail = ""
-    if "encountered:" in text:
-        after = text.split("encountered:", 1)[1]
-        detail = next((line.strip() for line in after.splitlines() if line.strip()), "")
-    if not detail:
-        detail = next((ln for ln in lines if "Assert" in ln or "rror" in ln), lines[0] if lines else repr(exc))
-    detail = re.sub(r"^\[[^\]]*\]\s*", "", detail)  # the [/opt/dali/...cc:123] source location
-    detail = re.sub(r"^Assert on \"[^\"]*\" failed:\s*", "", detail)
-    where = f"{operator.group(1)}: " if operator else ""
-    one = f"{where}{detail}"
-    return one if len(one) <= 400 else one[:397] + "..."
 
 
 class ViewLoader:
@@ -143,14 +116,7 @@ class ViewLoader:
             first_size = self.manifest.splits[self.splits[0]].samples
             first_labeled = self.manifest.splits[self.splits[0]].labeled
             self._index_shift = (0, first_size) if first_labeled else (first_size, 0)
-        if batch_size < 1:
-            raise SsrrError(f"batch_size must be at least 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise SsrrError(f"rank {rank} is not in 0..{world_size - 1} (world_size {world_size})")
-        if dtype not in DTYPES:
-            raise SsrrError(f"dtype must be one of float32, float16, bfloat16, got {dtype}")
-        if prefetch < 1:
-            raise SsrrError(f"prefetch must be at least 1, got {prefetch}")
+        check_arguments(batch_size, rank, world_size, dtype, prefetch)
         self.recipe = recipe
         self.split = split
         self.batch_size = batch_size
@@ -183,11 +149,7 @@ class ViewLoader:
             self._len = math.ceil(max(self.shares) / batch_size)
         default_run = 4 if training else 1
         self.steps_per_run = max(1, min(steps_per_run or default_run, self._len))
-        sample_bytes = self.source_size[0] * self.source_size[1] * 3 + 12
-        if self.manifest.encoded:  # the shuffle buffer holds the encoded samples, as read
-            stored = [s for name in self.splits for s in self.manifest.splits[name].shards]
-            sample_bytes = max(1, sum(s.bytes for s in stored) // max(1, sum(s.samples for s in stored)))
-        self._fill_cap = max(1024, SHUFFLE_BUFFER_BYTES // sample_bytes)  # the shuffle buffer, in samples
+        self._fill_cap = max(1024, SHUFFLE_BUFFER_BYTES // self._sample_bytes())  # the shuffle buffer, in samples
         mean = np.asarray(self.manifest.mean, np.float64)
         std = np.asarray(self.manifest.std, np.float64)
         if not (std > 0).all():
@@ -211,7 +173,7 @@ class ViewLoader:
 
     def set_image_size(self, image_size: int | tuple[int, int]) -> None:
         """The output side (or (H, W)) of the epochs started from now on (progressive resizing)."""
-        size = _size(image_size, self.source_size)
+        size = output_size(image_size, self.source_size)
         if min(size) < 1:
             raise SsrrError(f"image_size must be positive, got {image_size}")
         self.image_size = size
@@ -234,11 +196,18 @@ class ViewLoader:
     def prepare(self, epoch: int, image_size: int | tuple[int, int] | None = None) -> None:
         """Build epoch ``epoch``'s pipeline (at ``image_size``, default the current one) and start it now, so that
         ``epoch(epoch)`` finds its first batches ready (see the module docstring). Cheap to call again."""
-        size = self.image_size if image_size is None else _size(image_size, self.source_size)
+        size = self.image_size if image_size is None else output_size(image_size, self.source_size)
         spec = self.spec(epoch, image_size=size)
         if epoch in self._prepared and self._prepared[epoch][0] == spec:
             return
         self._prepared[epoch] = (spec, self._start(epoch, spec))
+
+    def _sample_bytes(self) -> int:
+        """Bytes a sample takes in the shuffle buffer: its raw pixels, or its encoded size as read."""
+        if not self.manifest.encoded:
+            return self.source_size[0] * self.source_size[1] * 3 + 12
+        stored = [s for name in self.splits for s in self.manifest.splits[name].shards]
+        return max(1, sum(s.bytes for s in stored) // max(1, sum(s.samples for s in stored)))
 
     def endless(self, first_epoch: int) -> Iterator[Batch]:
         """Batches of epoch `first_epoch`, then of the next, and so on (timing: epochs a run never reads)."""
@@ -384,7 +353,7 @@ class ViewLoader:
         """Epoch ``epoch``'s pipeline, built and started: its first runs are computed from now on."""
         try:
             pipe = self.define(epoch, spec)
-            with _threads_created_on(self.pipeline_cpus):  # DALI's worker threads inherit this thread's cores
+            with threads_created_on(self.pipeline_cpus):  # DALI's worker threads inherit this thread's cores
                 pipe.build()
             self._pipes.add(pipe)
             pipe.schedule_run()  # the first call queues `prefetch` runs; DALI's executor works on them at once
@@ -392,7 +361,7 @@ class ViewLoader:
             raise
         except Exception as exc:
             raise SsrrError(
-                f"{self.shard_dir} ({self.split}): cannot build the DALI pipeline: {_dali_message(exc)}"
+                f"{self.shard_dir} ({self.split}): cannot build the DALI pipeline: {dali_message(exc)}"
             ) from exc
         return pipe
 
@@ -410,7 +379,7 @@ class ViewLoader:
             if culprit is not None:
                 hint = "; re-create the shards with `ssrr shard`, or skip corrupt samples (--skip-corrupt)"
                 raise SsrrError(f"{culprit}{hint}") from exc
-            raise SsrrError(f"{self.shard_dir} ({self.split}): DALI pipeline failed: {_dali_message(exc)}") from exc
+            raise SsrrError(f"{self.shard_dir} ({self.split}): DALI pipeline failed: {dali_message(exc)}") from exc
 
     def _empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         """A new output tensor. On the CPU numpy allocates it: numpy asks for transparent huge pages for large
@@ -457,18 +426,3 @@ class ViewLoader:
                 )
             )
         return batches
-
-
-@contextlib.contextmanager
-def _threads_created_on(cpus: set[int] | None) -> Iterator[None]:
-    """Threads started inside run on `cpus` (they inherit the creating thread's affinity); this thread's own
-    affinity is restored on leaving. None: no change."""
-    if not cpus or not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, cpus)
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ssrr.pipelines import recipes
-from ssrr.pipelines.loader import ViewLoader, _dali_message
+from ssrr.pipelines.loader import ViewLoader
+from ssrr.pipelines.running import dali_message
 from ssrr.pipelines.shards import ShardPlan
 from ssrr.pipelines.synthetic import write_synthetic
 
@@ -157,7 +158,7 @@ def test_dali_message_parsing() -> None:
         "Index file reports data past the end of the archive\nC++ context: [...]\n"
         "Current pipeline object is no longer valid."
     )
-    assert _dali_message(RuntimeError(report)) == (
+    assert dali_message(RuntimeError(report)) == (
         "nvidia.dali.fn.readers.webdataset: Index file reports data past the end of the archive"
     )
-    assert _dali_message(RuntimeError("plain")) == "plain"
+    assert dali_message(RuntimeError("plain")) == "plain"
