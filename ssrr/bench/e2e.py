@@ -56,10 +56,7 @@ def method_step(method: Method, execution: Execution) -> Callable[[Batch], None]
 
 def _our_method(backbone: str, k: int, m: int, execution: Execution, compile: bool) -> tuple[RunConfig, Method]:
     config = RunConfig(backbone=backbone, k=k, batch=m, precision=execution.precision, compile=compile)
-    method = execution.prepare(method_class("relational")(config, build_backbone(backbone), 10))
-    if compile:
-        method.backbone.compile()  # as `ssrr pretrain --compile`: in place
-    return config, method
+    return config, execution.prepare(method_class("relational")(config, build_backbone(backbone), 10))
 
 
 def _our_plan(shard_dir: Path | str, config: RunConfig, method: Method, execution: Execution) -> PlanChoice:
@@ -109,6 +106,9 @@ def bench_e2e(
     dev = execution.device
     config, method = _our_method(backbone, k, m, execution, compile)
     plan = _our_plan(shard_dir, config, method, execution)
+    if compile:  # as `ssrr pretrain --compile`: in place, once the plan's threads are known
+        with applied(plan.plan):
+            method.backbone.compile()
     ours = method_step(method, execution)
     timing = Timing(warmup, steps, repeats)
     sides = _baselines(shard_dir, backbone, k, m, execution, baseline_steps, max_workers, max_threads, authors)

@@ -150,6 +150,10 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
         console.print(f"thread plan: {threads.plan.label()} ({timed})")
     pipeline_cpus = threads.plan.pipeline_cpus(os.sched_getaffinity(0))  # before the step's cores narrow
     closing.enter_context(applied(threads.plan))  # torch's threads and the step's cores, for the whole run
+    if config.compile:  # after the plan: inductor's CPU kernels keep the thread count they were compiled with
+        # In place (Module.compile), not torch.compile(module): a wrapper would prefix every parameter's name
+        # with `_orig_mod.`, and the saved backbone would not load into an uncompiled one for evaluation.
+        method.backbone.compile()
     make_loader = _loader_factory(config, shard_dir, accelerator, execution, loaders, threads.plan, pipeline_cpus)
     loader = make_loader(recipe)
     if loader.skipped and accelerator.is_main_process:  # said even with --quiet, and recorded in the run
@@ -227,12 +231,7 @@ def _build_method(
     method: Method = cls(config, backbone, num_classes)
     if config.sync_bn and accelerator.num_processes > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    method = execution.prepare(method)
-    if config.compile:
-        # In place (Module.compile), not torch.compile(module): a wrapper would prefix every parameter's name
-        # with `_orig_mod.`, and the saved backbone would not load into an uncompiled one for evaluation.
-        method.backbone.compile()
-    return method
+    return execution.prepare(method)
 
 
 def _loader_factory(
