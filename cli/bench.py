@@ -124,6 +124,10 @@ def e2e(
     steps: int = typer.Option(20, help="Timed steps per repeat (after warm-up)."),
     repeats: int = typer.Option(3, help="Repeats (median)."),
     baseline_steps: int = typer.Option(5, help="Timed steps of the public-code-style baseline (0: skip)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the backbone (ours)."),
+    authors: bool = typer.Option(
+        True, "--authors/--no-authors", help="Also time the public code as its authors run it (fp32, NCHW, 2 workers)."
+    ),
     device: str = Device,
     as_json: bool = AsJson,
     write: bool = Record,
@@ -145,9 +149,15 @@ def e2e(
         repeats=repeats,
         baseline_steps=baseline_steps,
         device=device,
+        compile=compile,
+        authors=authors,
     )
     _emit(
-        f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}", result, as_json, write
+        f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}"
+        + ("-compiled" if compile else ""),
+        result,
+        as_json,
+        write,
     )
 
 
