@@ -106,3 +106,10 @@ def test_short_runs_keep_the_default_plan_and_typed_threads(tiny_shards: Path, t
     assert (recorded["torch_threads"], recorded["dali_threads"], recorded["source"]) == (1, 2, "typed")
     run = pretrain(_config(tiny_shards, tmp_path, name="short", max_steps=2), show=False).run_dir
     assert json.loads((run / "environment.json").read_text())["thread_plan"]["source"] == "default"
+
+
+def test_a_resumed_run_keeps_its_plan(tiny_shards: Path, tmp_path: Path) -> None:
+    pretrain(_config(tiny_shards, tmp_path, threads=1, num_threads=1), show=False)
+    run = pretrain(_config(tiny_shards, tmp_path, epochs=2), resume=True, show=False).run_dir
+    recorded = json.loads((run / "environment.json").read_text())["thread_plan"]
+    assert (recorded["torch_threads"], recorded["dali_threads"], recorded["source"]) == (1, 1, "resumed")
