@@ -99,6 +99,9 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path:
     assert parts["serial_views_per_s"] <= parts["overlapped_views_per_s"]
     assert isinstance(result["baseline_suspect"], bool)
     assert result["step_s"] > 0 and result["loader_views_per_s"] > 0  # ours' parts beside the whole
+    ours = result["parts_predict"]
+    assert ours["serial_views_per_s"] <= ours["overlapped_views_per_s"]
+    assert ours["overhead"] == pytest.approx(1 - result["views_per_s"] / ours["overlapped_views_per_s"])
     assert result["thread_plan"]["source"] in ("measured", "cached")  # the plan `ssrr pretrain` would pick
     authors = result["authors_settings"]
     assert [(row["workers"], row["channels_last"]) for row in authors["tried"]] == [(1, False)] * len(authors["tried"])

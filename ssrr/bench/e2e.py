@@ -141,6 +141,7 @@ def bench_e2e(
         "ratio": views_per_s / baseline_rate if baseline_rate else None,
         "ratio_to_authors": views_per_s / authors_rate if authors_rate else None,
         **parts,
+        "parts_predict": _composition(parts, views_per_s, k * m),
         "thread_plan": plan.record(),
         "compile": compile,
         **result,
@@ -207,6 +208,19 @@ def _baselines(
         tried, best = best_setting(theirs, probe, own)
         sides.append(_Side("authors", theirs, best, tried))
     return sides
+
+
+def _composition(parts: dict[str, Any], views_per_s: float, views_per_step: int) -> dict[str, float]:
+    """What ours' parts predict for the whole: one after the other (serial) or fully overlapped (the slower of
+    the two), and how far the whole falls short of the overlapped figure (`overhead`, 0: perfect overlap)."""
+    step_rate = views_per_step / parts["step_s"]
+    loader = parts["loader_views_per_s"]
+    overlapped = min(loader, step_rate)
+    return {
+        "serial_views_per_s": 1 / (1 / loader + 1 / step_rate),
+        "overlapped_views_per_s": overlapped,
+        "overhead": 1 - views_per_s / overlapped,
+    }
 
 
 def _our_parts(loader: ViewLoader, step: Callable[[Batch], None], timing: Timing) -> dict[str, Any]:
