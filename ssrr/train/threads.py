@@ -2,7 +2,7 @@
 
 A fresh CPU run long enough to repay it (`MIN_STEPS` planned steps or a `MIN_BUDGET_S` time budget) times each
 plan of the grid for a few steps: a loader with the plan's DALI threads (pinned or not), the step on the plan's
-torch threads, the first pipeline run left out as warm-up. The steps train the run's own model, so its weights,
+torch threads, the first steps left out as warm-up. The steps train the run's own model, so its weights,
 BatchNorm statistics and random streams are put back afterwards: the run then starts as if nothing had been
 timed. The fastest plan is kept for the run and cached for this machine and workload. Short runs (and tests),
 several processes, GPU runs and methods with an epoch hook (DeepCluster clusters first) keep the defaults;
@@ -33,8 +33,10 @@ from ssrr.train import checkpoint as ckpt
 
 MIN_STEPS = 300  # a run shorter than this keeps the default plan (timing would cost more than it saves)
 MIN_BUDGET_S = 300.0
-WARMUP_STEPS = 4  # one pipeline run: the pipeline's start and the step's first allocations
+WARMUP_STEPS = 2  # the pipeline's start and the step's first allocations
 TIMED_STEPS = 8
+MIN_TIMED_STEPS = 2
+ENOUGH_S = 4.0  # timed seconds after which a plan's figure is taken as it stands
 SLOWER_THAN_BEST = 1.5  # a plan whose steps have taken this many times the best plan's stops being timed
 
 
@@ -153,10 +155,18 @@ def _time_plan(
         for _ in range(WARMUP_STEPS):
             step(next(batches))
         started, done = time.perf_counter(), 0
-        while done < TIMED_STEPS and (limit_s is None or time.perf_counter() - started <= limit_s):
+        while _more(done, time.perf_counter() - started, limit_s):
             step(next(batches))
             done += 1
         return (time.perf_counter() - started) / done
+
+
+def _more(done: int, seconds: float, limit_s: float | None) -> bool:
+    """Whether to time another step: up to TIMED_STEPS, fewer once ENOUGH_S have passed (a heavy step varies
+    less), none past `limit_s` (the plan is clearly slower than the best), and at least MIN_TIMED_STEPS."""
+    if done < MIN_TIMED_STEPS:
+        return True
+    return done < TIMED_STEPS and seconds < ENOUGH_S and (limit_s is None or seconds <= limit_s)
 
 
 @contextlib.contextmanager
