@@ -148,7 +148,7 @@ def _time_plan(
     loader_for: Callable[[ThreadPlan], ViewLoader],
     limit_s: float | None = None,
 ) -> float:
-    """Seconds a step under `plan`, pipeline included, after a warm-up of one pipeline run; a plan that has
+    """Seconds a step under `plan`, pipeline included, after WARMUP_STEPS; a plan that has
     spent `limit_s` is clearly slower than the best so far and stops early."""
     with applied(plan), loader_for(plan) as loader:
         batches = loader.endless(1_000_000)  # epochs the run never reads
