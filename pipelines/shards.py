@@ -26,6 +26,7 @@ start costs more than the check itself).
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -277,9 +278,9 @@ def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple
             f"{root}: split '{split}': splits combine as distinct labelled splits and at most one unlabelled split "
             "(e.g. train+unlabeled, train+val)"
         )
-    spans = sorted((manifest.splits[name].indices, name) for name in labeled)
-    for (first, first_name), (second, second_name) in zip(spans, spans[1:]):
-        if second.start < first.stop:
+    spans = sorted((manifest.splits[name].first_index, manifest.splits[name].indices.stop, name) for name in labeled)
+    for (_, first_stop, first_name), (second_start, _, second_name) in itertools.pairwise(spans):
+        if second_start < first_stop:
             raise SsrrError(
                 f"{root}: split '{split}': '{first_name}' and '{second_name}' number their samples alike; labelled "
                 "splits combine only with a validation split carved from train (`ssrr shard ... --val N`)"

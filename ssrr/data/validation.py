@@ -60,7 +60,9 @@ def choose_indices(fine: np.ndarray, total: int, seed: int) -> np.ndarray:
     classes, counts = np.unique(fine, return_counts=True)
     quotas = class_quotas(counts, total)
     rng = np.random.default_rng([seed, 0x7A1])
-    chosen = [rng.choice(np.flatnonzero(fine == c), size=int(q), replace=False) for c, q in zip(classes, quotas)]
+    chosen = [
+        rng.choice(np.flatnonzero(fine == c), size=int(q), replace=False) for c, q in zip(classes, quotas, strict=True)
+    ]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
@@ -78,6 +80,8 @@ def carve_validation(dataset: DatasetArrays, samples: int, seed: int = 0) -> tup
         raise SsrrError(
             f"{dataset.name}: already has a validation split '{dataset.validation_split}'; drop --val to use it"
         )
+    if seed < 0:
+        raise SsrrError(f"--val-seed must be at least 0, got {seed}")
     classes = len(np.unique(train.fine))
     if not classes <= samples < len(train.fine) - classes + 1:
         raise SsrrError(
@@ -98,4 +102,3 @@ def carve_validation(dataset: DatasetArrays, samples: int, seed: int = 0) -> tup
         side_files={INDICES_FILE: carve.indices_json()},
     )
     return carved, carve
-

@@ -253,7 +253,9 @@ def _write_split(
             data = payloads[start:stop]
         labels = [(fine[i], int(arrays.coarse[order[i]])) for i in range(start, stop)]
         path = staging / formats.shard_name(split, number)
-        info.shards.append(write_shard(path, split, ext, data, labels, first_index=first_index + start, with_class=with_class))
+        info.shards.append(
+            write_shard(path, split, ext, data, labels, first_index=first_index + start, with_class=with_class)
+        )
         if progress:
             progress(split, len(chunk))
     return info, kept
@@ -351,7 +353,9 @@ def _eval_split(dataset: DatasetArrays, splits: dict[str, formats.SplitInfo]) ->
     return dataset.eval_split
 
 
-def _validation_split(dataset: DatasetArrays, splits: dict[str, formats.SplitInfo], eval_split: str | None) -> str | None:
+def _validation_split(
+    dataset: DatasetArrays, splits: dict[str, formats.SplitInfo], eval_split: str | None
+) -> str | None:
     """The manifest's `validation_split`: the dataset's, which must be labelled and not the held-out split."""
     name = dataset.validation_split
     if name is None:

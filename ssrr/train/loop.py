@@ -217,6 +217,9 @@ def _run_epoch(
     due = _due_probes(probes, epoch + 1, ends_run) if (epoch_done or ends_run) else []
     if due and t.main:
         record.update({probe.name: probe(t.method.backbone, t.shard_dir, t.execution) for probe in due})
+        scored = sorted({str(probe.split) for probe in due if getattr(probe, "split", None)})
+        if scored:  # which split the values are of (validation or test): one name, or several joined by ","
+            record["probe_split"] = ",".join(scored)
     if due:  # the other ranks wait out rank 0's probes here, within the process group's timeout (setup.py)
         t.accelerator.wait_for_everyone()
     progress.probe_s += time.perf_counter() - probe_started

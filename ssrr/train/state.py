@@ -35,6 +35,8 @@ class Probe(Protocol):
 
     def __call__(self, backbone: torch.nn.Module, shard_dir: Path, execution: Execution) -> float: ...
 
+    # A probe may also carry `split`, the split it scores: logged as `probe_split` beside its value.
+
 
 @dataclass
 class Progress:
