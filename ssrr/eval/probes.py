@@ -71,6 +71,7 @@ class LinearProbe:
     epochs: int = EPOCHS
     seed: int = 1
     bank: str | None = None  # None: train
+    every_steps: int = 0  # > 0: every N optimizer steps instead of every `every` epochs (ssrr bench accuracy)
     name: str = "linear_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:

@@ -33,7 +33,7 @@ from ssrr.pipelines import recipes
 from ssrr.precision import Execution
 from ssrr.schedules import view_side
 from ssrr.train import checkpoint as ckpt
-from ssrr.train import records
+from ssrr.train import probing, records
 from ssrr.train.progress import TrainDisplay, console, summary_table
 from ssrr.train.records import ENVIRONMENT_FILE, METRICS_FILE, THROUGHPUT_FILE
 from ssrr.train.setup import Training, set_up
@@ -194,7 +194,8 @@ def _run_epoch(
             next(batches)
             tally.batch_in_epoch += 1
         progress.skip = 0
-        _run_steps(t, progress, tally, batches, display, sample_log, lambda: _prepare_next_epoch(t, epoch))
+        prepare = lambda: _prepare_next_epoch(t, epoch)  # noqa: E731
+        _run_steps(t, progress, tally, batches, display, sample_log, prepare, probes)
     except Exception:
         if not (progress.interrupted and several):
             raise  # else a peer stopped first on the same Ctrl-C and left this rank's collective: the stop
@@ -213,16 +214,8 @@ def _run_epoch(
     record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
     record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
     record.update({key: [mark[key] for mark in marks_per_rank] for key in marks})  # one value per rank
-    probe_started = time.perf_counter()
-    due = _due_probes(probes, epoch + 1, ends_run) if (epoch_done or ends_run) else []
-    if due and t.main:
-        record.update({probe.name: probe(t.method.backbone, t.shard_dir, t.execution) for probe in due})
-        scored = sorted({str(probe.split) for probe in due if getattr(probe, "split", None)})
-        if scored:  # which split the values are of (validation or test): one name, or several joined by ","
-            record["probe_split"] = ",".join(scored)
-    if due:  # the other ranks wait out rank 0's probes here, within the process group's timeout (setup.py)
-        t.accelerator.wait_for_everyone()
-    progress.probe_s += time.perf_counter() - probe_started
+    due = probing.due_probes(probes, epoch + 1, ends_run, progress.step) if (epoch_done or ends_run) else []
+    record.update(probing.run_probes(t, progress, due))
     progress.elapsed_s = progress.pretraining_s()
     record["elapsed_s"] = round(progress.elapsed_s, 3)
     if t.main:
@@ -264,9 +257,11 @@ def _run_steps(
     display: TrainDisplay,
     sample_log: Any,
     after_first_step: Callable[[], None] = lambda: None,
+    probes: Sequence[Probe] = (),
 ) -> None:
-    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data. The live
-    display reads the loss and metrics without waiting for the device (`records.LaggedSums`)."""
+    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data, and the
+    probes due within it (`probing.step_probes`). The live display reads the loss and metrics without waiting for the
+    device (`records.LaggedSums`)."""
     config = t.config
     lagged = records.LaggedSums(t.device)
     tally.step_started = time.perf_counter()
@@ -283,6 +278,8 @@ def _run_steps(
         tally.add(out)
         if tally.counted == 1:
             after_first_step()
+        if tally.batch_in_epoch < t.steps_per_epoch:  # the epoch's last step probes in its record (_run_epoch)
+            probing.step_probes(t, progress, tally, probes)
         if tally.batch_in_epoch < t.steps_per_epoch:  # an epoch's end plans in _run_epoch
             _plan_budget(t, progress, display, epoch_end=False)
         if display.enabled and (tally.batch_in_epoch % 5 == 0 or tally.batch_in_epoch == t.steps_per_epoch):
@@ -413,9 +410,3 @@ def _train_step(
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return out
-
-
-def _due_probes(probes: Sequence[Probe], epochs_done: int, last: bool) -> list[Probe]:
-    """The probes due after `epochs_done` epochs: every `every` complete epochs, and after the run's `last` epoch
-    (so a curve always ends at the final backbone). The same on every rank."""
-    return [probe for probe in probes if probe.every and (epochs_done % probe.every == 0 or last)]
