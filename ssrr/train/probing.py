@@ -28,7 +28,7 @@ def run_probes(t: Training, progress: Progress, due: Sequence[Probe]) -> dict[st
     values: dict[str, Any] = {}
     if t.main:
         values = {probe.name: probe(t.method.backbone, t.shard_dir, t.execution) for probe in due}
-        scored = sorted({str(probe.split) for probe in due if getattr(probe, "split", None)})
+        scored = sorted({str(split) for split in (getattr(probe, "split", None) for probe in due) if split})
         if scored:  # which split the values are of (validation or test): one name, or several joined by ","
             values["probe_split"] = ",".join(scored)
     t.accelerator.wait_for_everyone()  # the other ranks wait out rank 0's probes, within the group's timeout
