@@ -169,3 +169,32 @@ def test_a_run_probes_the_validation_split_and_says_so_in_its_metrics(tmp_path: 
     run = pretrain(full, show=False, probes=probes_for(full))
     record = json.loads((run.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["probe_split"] == "test" and record["step"] == 160 // 32  # trained on all 160
+
+
+def test_the_tuning_script_chooses_on_validation_and_trains_the_finals_on_train_plus_val(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    write_dataset(carve_validation(_dataset(), 30)[0], tmp_path / "with")
+    write_dataset(_dataset(), tmp_path / "without")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ssrr").write_text('#!/bin/sh\necho "ssrr $*" >> "$CALLS"\n')
+    (fake / "ssrr").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "PYTHON": sys.executable, "SEEDS": "1"}
+    script = Path(__file__).parents[1] / "scripts" / "fast_ablations.sh"
+
+    def run(dataset: Path, what: str) -> tuple[int, list[str]]:
+        calls = tmp_path / f"{what}-{dataset.parent.name}.txt"
+        done = subprocess.run(
+            ["bash", str(script), str(dataset), str(tmp_path / "out"), what], env={**env, "CALLS": str(calls)},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return done.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+    code, calls = run(tmp_path / "with" / "toy", "k8-budget")
+    assert code == 0 and calls and all("--split train --probe-split val" in call for call in calls)
+    code, calls = run(tmp_path / "with" / "toy", "finals")
+    assert code == 0 and calls and all("--split train+val --probe-split test" in call for call in calls)
+    assert run(tmp_path / "without" / "toy", "k8-budget") == (2, [])  # no validation split: refused
