@@ -142,8 +142,11 @@ def _epochs(t: Training) -> int:
 
 
 def _ends_run(t: Training, progress: Progress, epoch_done: bool) -> bool:
-    """Whether the epoch just trained ends the run (its last epoch, or the time budget's last step)."""
-    return (epoch_done and progress.epoch + 1 >= _epochs(t)) or (t.budget is not None and t.budget.ended(progress.step))
+    """Whether the epoch just trained ends the run (its last epoch, the time budget's last step, or --max-steps:
+    the probes then score the final backbone)."""
+    budget_ended = t.budget is not None and t.budget.ended(progress.step)
+    max_steps = bool(t.config.max_steps and progress.step >= t.config.max_steps)
+    return (epoch_done and progress.epoch + 1 >= _epochs(t)) or budget_ended or max_steps
 
 
 def _plan_budget(t: Training, progress: Progress, display: TrainDisplay, epoch_end: bool) -> None:
