@@ -198,3 +198,26 @@ def test_the_tuning_script_chooses_on_validation_and_trains_the_finals_on_train_
     code, calls = run(tmp_path / "with" / "toy", "finals")
     assert code == 0 and calls and all("--split train+val --probe-split test" in call for call in calls)
     assert run(tmp_path / "without" / "toy", "k8-budget") == (2, [])  # no validation split: refused
+
+
+def test_stl10s_layout_carves_from_train_and_reads_train_val_and_unlabeled_as_one(tmp_path: Path) -> None:
+    dataset = _dataset(train=40)
+    rng = np.random.default_rng(1)
+    dataset.splits["unlabeled"] = SplitArrays.unlabeled(rng.integers(0, 256, (24, 8, 8, 3), dtype=np.uint8))
+    write_dataset(carve_validation(dataset, 8)[0], tmp_path, shard_size=8)
+    root = tmp_path / "toy"
+    for split, count in (("train+val+unlabeled", 64), ("unlabeled+train", 56), ("train+unlabeled", 56)):
+        loader = ViewLoader(root, recipes.evaluation(), split=split, batch_size=8, training=False)
+        try:
+            indices = [i for batch in loader.epoch(0) for i in batch.index[batch.valid].tolist()]
+        finally:
+            loader.close()
+        assert len(indices) == len(set(indices)) == count, split  # every sample numbered once
+    assert probe_splits(load_manifest(root), "train+unlabeled") == ("train", "val")  # val is not trained on
+
+
+def test_a_folder_of_train_alone_gets_a_validation_split_but_no_held_out_one(tmp_path: Path) -> None:
+    dataset = _dataset()
+    del dataset.splits["test"]
+    manifest = write_dataset(carve_validation(replace(dataset, eval_split=None), 20)[0], tmp_path)
+    assert manifest.validation_split == "val" and manifest.held_out_split is None  # val is no test split

@@ -115,8 +115,9 @@ class Manifest:
     @property
     def held_out_split(self) -> str | None:
         """The split evaluations score by default: `eval_split`, or for older manifests the rule of
-        `default_eval_split` (test if it exists and is labelled, else val if it is)."""
-        return self.eval_split or default_eval_split(self.splits)
+        `default_eval_split` (test if it exists and is labelled, else val if it is; never the validation split)."""
+        others = {name: info for name, info in self.splits.items() if name != self.validation_split}
+        return self.eval_split or default_eval_split(others)
 
     def samples_in(self, split: str) -> int:
         """Samples of a split, or of splits joined with "+" (train+unlabeled); a name the manifest lacks counts 0

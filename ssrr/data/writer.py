@@ -310,7 +310,7 @@ def write_dataset(
             first = dataset.first_index.get(split, 0)
             splits[split], split_kept = _write_split(staging, split, arrays, order, settings, progress, first)
             kept += split_kept
-        eval_split = _eval_split(dataset, splits)
+        eval_split = _eval_split(dataset, {k: v for k, v in splits.items() if k != dataset.validation_split})
         mean, std = channel_stats(dataset.splits["train"].images)
         manifest = formats.Manifest(
             name=dataset.name,
