@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ssrr.files import append_line
 from ssrr.train.records import METRICS_FILE
 from ssrr.train.setup import Training
@@ -24,6 +26,8 @@ def run_probes(t: Training, progress: Progress, due: Sequence[Probe]) -> dict[st
     (`probe_split`); their time is counted in `progress.probe_s`, so it is no pretraining time."""
     if not due:
         return {}
+    if t.device.type == "cuda":  # the steps queued so far are training time: finish them before the probe's clock
+        torch.cuda.synchronize(t.device)
     started = time.perf_counter()
     values: dict[str, Any] = {}
     if t.main:
