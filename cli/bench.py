@@ -218,7 +218,7 @@ def accuracy(
     linear_epochs: int = typer.Option(100, help="Linear-evaluation epochs (the protocol: 100)."),
     seeds: str = typer.Option("1,2,3", help="Seeds, comma-separated: ours and the baseline each run every seed."),
     target_top1: float | None = typer.Option(
-        None, "--target-top1", help="Probe after every epoch; report the pretraining time to this linear top-1 (%)."
+        None, "--target-top1", help="Probe 4 times an epoch; report the pretraining time to this linear top-1 (%)."
     ),
     amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP + " Both sides."),
     precision: str | None = Precision,

@@ -76,7 +76,8 @@ def pretrain(
     head: str = typer.Option("relation", help="relation, dot or encoder-dot (the seed's head ablation)."),
     labels: str = typer.Option("fine", help="supervised only: fine or coarse labels."),
     split: str = typer.Option(
-        "train", help="Split to train on; train+unlabeled joins a labelled and an unlabelled split (STL-10)."
+        "train",
+        help="Split to train on; + joins splits: train+unlabeled (STL-10), train+val (all of train after --val).",
     ),
     amp: bool = typer.Option(False, "--amp/--no-amp", help=AMP_HELP),
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
@@ -97,11 +98,15 @@ def pretrain(
         "and plans its steps and schedule to fit; --epochs then only caps it. --preset fast: 15m unless --epochs "
         "is typed.",
     ),
-    knn_every: int = typer.Option(
-        0, help="k-NN probe on the held-out split every N epochs and after the last (0: never)."
-    ),
+    knn_every: int = typer.Option(0, help="k-NN probe on --probe-split every N epochs and after the last (0: never)."),
     eval_every: int = typer.Option(
-        0, help="Linear protocol on the held-out split every N epochs and after the last, with the time (0: never)."
+        0, help="Linear protocol on --probe-split every N epochs and after the last, with the time (0: never)."
+    ),
+    probe_split: str = typer.Option(
+        "",
+        help="Split the --knn-every/--eval-every probes score (default: the validation split of `ssrr shard --val` "
+        "when the run does not train on it, else the held-out test split).",
+        show_default=False,
     ),
     log_with: list[str] = typer.Option([], help="accelerate tracker: tensorboard or wandb (repeatable)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),

@@ -32,6 +32,7 @@ from ssrr.data.sizing import parse_bytes
 from ssrr.data.sources import DATASETS, load_dataset
 from ssrr.data.sources.base import DEFAULT_WORKERS, ProgressFactory, Tick
 from ssrr.data.sources.synthetic import TEST_PER_CLASS, TRAIN_PER_CLASS
+from ssrr.data.validation import carve_validation
 from ssrr.data.verify import verify_report
 from ssrr.data.writer import write_dataset
 from ssrr.errors import SsrrError
@@ -162,6 +163,14 @@ _SIZE = typer.Option(None, "--size", help="imagefolder/tiny-imagenet: image side
 _WORKERS = typer.Option(DEFAULT_WORKERS, "--workers", help="Image-decoding processes and image-encoding threads.")
 _TRAIN_PER_CLASS = typer.Option(TRAIN_PER_CLASS, "--train-per-class", help="synthetic only.")
 _TEST_PER_CLASS = typer.Option(TEST_PER_CLASS, "--test-per-class", help="synthetic only.")
+_VAL = typer.Option(
+    None,
+    "--val",
+    help="Carve a validation split of N train images (class-balanced, seeded by --val-seed) to choose settings on; "
+    "train keeps the rest, train+val is the whole train split. Default: none.",
+    show_default=False,
+)
+_VAL_SEED = typer.Option(0, "--val-seed", help="Seed of the --val carving.")
 
 
 def make(
@@ -181,6 +190,8 @@ def make(
     workers: int = _WORKERS,
     train_per_class: int = _TRAIN_PER_CLASS,
     test_per_class: int = _TEST_PER_CLASS,
+    val: int | None = _VAL,
+    val_seed: int = _VAL_SEED,
 ) -> None:
     """Shard DATASET into OUT/NAME/: WebDataset tars of RGB images, DALI indexes, manifest.json.
 
@@ -210,6 +221,8 @@ def make(
 
       [cyan]ssrr shard synthetic --seed 1[/]
 
+      [cyan]ssrr shard cifar10 --val 5000[/]   (a validation split: val 5,000, train 45,000)
+
       [cyan]ssrr shard imagefolder ~/data/imagenette --name imagenette --encoding jpeg --shard-bytes 256MB[/]
     """
     if source_arg is not None and source is not None and source_arg != source:
@@ -232,6 +245,8 @@ def make(
             test_per_class=test_per_class,
             progress=factory,
         )
+        if val is not None:
+            arrays, _ = carve_validation(arrays, val, val_seed)
         total = sum(len(split.images) for split in arrays.splits.values())
         tick = factory(f"writing {out / arrays.name}", total)
         manifest = write_dataset(
@@ -342,6 +357,9 @@ def info(
             f"split {split}", f"{split_info.samples:,} samples, {labeled}, {len(split_info.shards)} shard(s), {size}"
         )
     table.add_row("evaluated on", str(manifest.held_out_split or "-") + ("" if manifest.eval_split else " (by rule)"))
+    carve = manifest.validation_carve
+    carved = f" (carved from train: --val {carve['samples']}, seed {carve['seed']})" if carve else ""
+    table.add_row("validation", str(manifest.validation_split or "-") + carved)
     table.add_row("seed", str(manifest.seed))
     cap = f", at most {manifest.shard_size:,} samples" if manifest.shard_size else ""
     limit = _human_bytes(manifest.shard_bytes) if manifest.shard_bytes else "unset"

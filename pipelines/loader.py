@@ -52,7 +52,15 @@ from ssrr.pipelines.graph import GraphSpec, ParamSource, contrast_for, view_pipe
 from ssrr.pipelines.handoff import HeldOutputs, as_torch
 from ssrr.pipelines.recipes import Recipe
 from ssrr.pipelines.running import check_arguments, dali_message, output_size, threads_created_on
-from ssrr.pipelines.shards import ShardPlan, combined_splits, epoch_slice, find_undecodable, plan_shards, rank_shares
+from ssrr.pipelines.shards import (
+    ShardPlan,
+    combined_splits,
+    epoch_slice,
+    find_undecodable,
+    index_shifts,
+    plan_shards,
+    rank_shares,
+)
 
 from ssrr.data import formats
 from ssrr.errors import SsrrError
@@ -66,7 +74,7 @@ class ViewLoader:
     Args:
         shard_dir: a shard folder (with manifest.json).
         recipe: what each view goes through (:mod:`ssrr.pipelines.recipes`).
-        split: which split to read, or a labelled and an unlabelled one joined by ``+`` (``train+unlabeled``).
+        split: which split to read, or several joined by ``+`` (``train+unlabeled``, ``train+val``: `combined_splits`).
         batch_size: M images per step.
         device: "cpu", or "cuda" / "cuda:N": the pipeline runs on that GPU and the batches stay there.
         rank, world_size: this process's share of the split (DALI ``shard_id`` / ``num_shards``).
@@ -109,13 +117,11 @@ class ViewLoader:
         self.shard_dir = Path(shard_dir)
         self.manifest: formats.Manifest = formats.load_manifest(self.shard_dir)
         self.splits = combined_splits(self.shard_dir, self.manifest, split)
-        # Sample indices are per split: a combined read shifts the second split's past the first's. The
-        # unlabelled split's samples are the ones without a fine label (checked when the shards are planned).
+        # Sample indices are per split: a combined read shifts the unlabelled split's apart from the labelled ones'
+        # (`index_shifts`). Its samples are the ones without a fine label (checked when the shards are planned).
         self._index_shift: tuple[int, int] | None = None  # (labelled samples' shift, unlabelled samples' shift)
-        if len(self.splits) == 2:
-            first_size = self.manifest.splits[self.splits[0]].samples
-            first_labeled = self.manifest.splits[self.splits[0]].labeled
-            self._index_shift = (0, first_size) if first_labeled else (first_size, 0)
+        if len(self.splits) > 1:
+            self._index_shift = index_shifts(self.manifest, self.splits)
         check_arguments(batch_size, rank, world_size, dtype, prefetch)
         self.recipe = recipe
         self.split = split

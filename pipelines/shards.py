@@ -26,6 +26,7 @@ start costs more than the check itself).
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -186,11 +187,11 @@ def _check_shard(
         )
         limit_fine = manifest.num_classes if manifest.classes else np.iinfo(np.int32).max
         limit_coarse = len(manifest.coarse_classes) if manifest.coarse_classes else np.iinfo(np.int32).max
-        split_size = manifest.splits[split].samples
+        numbers = manifest.splits[split].indices
         bad = (
             ((named >= 0) & (stored_index != named))
-            | (stored_index < 0)
-            | (stored_index >= split_size)
+            | (stored_index < numbers.start)
+            | (stored_index >= numbers.stop)
             | (fine < formats.NO_LABEL)
             | (fine >= limit_fine)
             | (coarse < formats.NO_LABEL)
@@ -262,19 +263,42 @@ def _flag(ok: np.ndarray, reasons: np.ndarray, bad: np.ndarray, message: str, si
 
 
 def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple[str, ...]:
-    """The splits that ``split`` names: one (``train``), or a labelled and an unlabelled one joined by ``+``
-    (``train+unlabeled``, STL-10's pretraining set). The unlabelled one is told apart by its missing labels."""
+    """The splits that ``split`` names: one (``train``), or several joined by ``+``: labelled splits whose samples
+    are numbered apart (train and the validation split carved from it: ``train+val``, the whole original train
+    split) and at most one unlabelled split (``train+unlabeled``, STL-10's pretraining set), told apart by its
+    missing labels."""
     names = tuple(split.split("+"))
     for name in names:
         manifest.shard_paths(root, name)  # an unknown split: the standard one-line error
     if len(names) == 1:
         return names
     labeled = [name for name in names if manifest.splits[name].labeled]
-    if len(names) != 2 or len(labeled) != 1:
+    if len(set(names)) != len(names) or len(names) - len(labeled) > 1:
         raise SsrrError(
-            f"{root}: split '{split}': splits combine as one labelled and one unlabelled split (e.g. train+unlabeled)"
+            f"{root}: split '{split}': splits combine as distinct labelled splits and at most one unlabelled split "
+            "(e.g. train+unlabeled, train+val)"
         )
+    spans = sorted((manifest.splits[name].first_index, manifest.splits[name].indices.stop, name) for name in labeled)
+    for (_, first_stop, first_name), (second_start, _, second_name) in itertools.pairwise(spans):
+        if second_start < first_stop:
+            raise SsrrError(
+                f"{root}: split '{split}': '{first_name}' and '{second_name}' number their samples alike; labelled "
+                "splits combine only with a validation split carved from train (`ssrr shard ... --val N`)"
+            )
     return names
+
+
+def index_shifts(manifest: formats.Manifest, names: tuple[str, ...]) -> tuple[int, int]:
+    """(labelled samples' shift, unlabelled samples' shift) that number the samples of combined splits apart:
+    labelled splits carry distinct indices already; the unlabelled split's go after them, or before them when it
+    is named first (``unlabeled+train``: the labelled ones shift past it)."""
+    labeled = [manifest.splits[name] for name in names if manifest.splits[name].labeled]
+    unlabeled = [manifest.splits[name] for name in names if not manifest.splits[name].labeled]
+    if not unlabeled or not labeled:
+        return 0, 0
+    if not manifest.splits[names[0]].labeled:
+        return unlabeled[0].samples, 0
+    return 0, max(info.indices.stop for info in labeled)
 
 
 def _index_tempdir() -> tempfile.TemporaryDirectory:

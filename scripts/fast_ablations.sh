@@ -9,16 +9,26 @@
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
 # Finals run alone (their times are the result). Ablations compare accuracy at a fixed number of views, so they
 # run two at a time with one thread each (their times are not used). A finished run is skipped on a rerun.
+# DATASET needs a validation split (`ssrr shard imagefolder cifar10-jpeg.tar.gz --name cifar10-jpeg --val 5000`):
+# every setting is chosen on it (runs train on train, the 45,000 left, and probe val); finals train the chosen
+# recipe on train+val (all 50,000) and probe the test split, once per seed.
 set -euo pipefail
 DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, ablations, ablations-v1, screens, k8-budget or resnet32}
 SEEDS=${SEEDS:-"1 2 3"}
 BACKBONE=conv4
-one() {  # one GROUP NAME SEED ARGS...
+VAL=$(${PYTHON:-python} -c 'import sys; from ssrr.data.formats import load_manifest
+print(load_manifest(sys.argv[1]).validation_split or "")' "$DATASET")
+if [ -z "$VAL" ]; then
+  echo "$DATASET has no validation split to choose settings on: shard it with --val 5000" >&2; exit 2
+fi
+one() {  # one GROUP NAME SEED ARGS... : chosen on validation (train on train, probe val), finals on train+val/test
   local group=$1 name=$2 seed=$3; shift 3
   [ -f "$OUT/$group/$name-s$seed/throughput.json" ] && return 0
   rm -rf "$OUT/$group/$name-s$seed"
+  local splits=(--split train --probe-split "$VAL")
+  [ "$group" = finals ] && splits=(--split "train+$VAL" --probe-split test)
   ssrr pretrain --dataset "$DATASET" --backbone "$BACKBONE" --seed "$seed" --out "$OUT/$group" --name "$name-s$seed" \
-    --quiet "$@"
+    "${splits[@]}" --quiet "$@"
 }
 pair() {  # pair NAME ARGS... : every seed in the background, never more than two runs at once, one thread each
   local name=$1; shift

@@ -62,8 +62,9 @@ class RunConfig:
     checkpoint_every: int = 1  # epochs
     max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
     time_budget_s: float = 0.0  # end pretraining within this many seconds (0: none): ssrr/train/budget.py
-    knn_every: int = 0  # k-NN probe on the held-out split (test; val for tiny-ImageNet) every N epochs and the last
-    eval_every: int = 0  # the linear protocol on the held-out split every N epochs and after the last (0: never)
+    knn_every: int = 0  # k-NN probe (on --probe-split) every N epochs and after the last (0: never)
+    eval_every: int = 0  # the linear protocol (on --probe-split) every N epochs and after the last (0: never)
+    probe_split: str = ""  # the split those probes score ("": the validation split, else the held-out one)
     log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # DALI worker threads (0: the run's thread plan, ssrr/threads.py)

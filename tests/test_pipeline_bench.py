@@ -59,12 +59,13 @@ def test_bench_time_to_accuracy_runs_every_seed_both_ways_and_times_the_target(t
 
     write_dataset(load_dataset("synthetic", train_per_class=4, test_per_class=2), tmp_path)
     result = bench_time_to_accuracy(
-        tmp_path / "synthetic", k=2, m=8, epochs=2, seeds=(1, 2), linear_epochs=1, target_top1=0.0, probe_steps=1
+        tmp_path / "synthetic", k=2, m=10, epochs=1, seeds=(1, 2), linear_epochs=1, target_top1=0.0, probe_steps=1
     )
     assert result["seeds"] == [1, 2] and len(result["curves"]) == len(result["baseline_curves"]) == 2
+    assert result["probe_every_steps"] == 1 and result["probe_split"] == "test"  # 4 steps an epoch: 4 probes
     for curves in (result["curves"], result["baseline_curves"]):
-        for curve in curves:  # probed after each epoch, pretraining time growing
-            assert len(curve["top1"]) == 2 and 0 < curve["seconds"][0] < curve["seconds"][1]
+        for curve in curves:  # probed after each of the epoch's 4 steps, pretraining time growing
+            assert len(curve["top1"]) == 4 and 0 < curve["seconds"][0] < curve["seconds"][1] < curve["seconds"][3]
     finals = [curve["top1"][-1] for curve in result["curves"]]
     assert result["top1_mean"] == pytest.approx(sum(finals) / 2)
     assert result["top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)

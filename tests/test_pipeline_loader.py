@@ -353,12 +353,12 @@ def test_train_plus_unlabeled_reads_both_with_unique_indices(with_unlabeled: Pat
     assert len(training) == 6 and len(indices) == len(set(indices)) == 96 and max(indices) < 100
 
 
-def test_combined_splits_are_one_labelled_and_one_unlabelled(with_unlabeled: Path) -> None:
+def test_combined_splits_are_labelled_ones_and_at_most_one_unlabelled(with_unlabeled: Path) -> None:
     for split, message in (
         ("train+nope", "no split 'nope'"),
-        ("train+train", "one labelled and one unlabelled"),
-        ("unlabeled+partly", "one labelled and one unlabelled"),
-        ("train+unlabeled+partly", "one labelled and one unlabelled"),
+        ("train+train", "at most one unlabelled"),
+        ("unlabeled+partly", "at most one unlabelled"),
+        ("train+unlabeled+partly", "at most one unlabelled"),
     ):
         with pytest.raises(SsrrError, match=message):
             ViewLoader(with_unlabeled, recipes.evaluation(), split=split, batch_size=4)

@@ -189,6 +189,25 @@ def test_probes_run_every_n_epochs_and_after_the_last_beside_the_pretraining_tim
     assert throughput["projected_run_s"] == pytest.approx(elapsed[-1], abs=1e-3)  # finished: its own time
 
 
+def test_a_probe_every_n_steps_runs_within_epochs_in_lines_of_its_own_its_time_not_counted(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    probe = CountingProbe(every=0, pause=0.5)
+    probe.every_steps = 3  # type: ignore[attr-defined]
+    probe.split = "test"  # type: ignore[attr-defined]
+    result = pretrain(config(tiny_shards, tmp_path, epochs=2), show=False, probes=[probe])  # 8 steps an epoch
+    lines = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    probed = [(line["step"], line.get("probe_only", False)) for line in lines if "fake_top1" in line]
+    assert probed == [(3, True), (6, True), (9, True), (12, True), (15, True), (16, False)]  # and after the last
+    assert all(line["probe_split"] == "test" for line in lines if "fake_top1" in line)
+    epochs = [line for line in lines if not line.get("probe_only")]
+    assert [line["step"] for line in epochs] == [8, 16] and "fake_top1" not in epochs[0]
+    throughput = json.loads((result.run_dir / "throughput.json").read_text())
+    assert lines[-1]["elapsed_s"] < throughput["wall_s"] - 2.5  # the six 0.5 s probes are not pretraining time
+    elapsed = [line["elapsed_s"] for line in lines]
+    assert elapsed == sorted(elapsed)
+
+
 def test_the_projected_time_follows_the_pace_of_the_steps_so_far() -> None:
     six_epochs = RunConfig(epochs=6)
     run_steps = total_steps(six_epochs, steps_per_epoch=8)

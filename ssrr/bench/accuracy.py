@@ -5,9 +5,10 @@ Ours: `ssrr pretrain` itself (DALI views, fused relation head, checkpoints and l
 the linear probe handed to the loop. Baseline, in the same process, alternating with ours seed by seed: the
 torchvision reference loader feeding the public implementation's step (NCHW, literal pair loop), its DataLoader
 workers and torch threads tuned once by a short probe of the settings grid (`ssrr.bench.baseline`), for the
-same epochs, K, M, loss, optimiser, device and precision. Both are scored by the same linear protocol; with a
-target, after every epoch, and the pretraining time (probe time excluded) at the first epoch reaching the target
-is the time to it.
+same epochs, K, M, loss, optimiser, device and precision. Both are scored by the same linear protocol (on the
+validation split when the shards have one, else the held-out split); with a target, `PROBES_PER_EPOCH` times an
+epoch (every `probe_every_steps` steps), and the pretraining time (probe time excluded) at the first probe reaching
+the target is the time to it. `wall_ratio` is the ratio of the pretraining times at equal epochs.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_step, best_s
 from ssrr.bench.e2e import bench_execution
 from ssrr.bench.step import intra_op_threads
 from ssrr.config import RunConfig
+from ssrr.data.formats import load_manifest
 from ssrr.eval.curves import Curve, read_curve
-from ssrr.eval.probes import LinearProbe
+from ssrr.eval.probes import LinearProbe, probe_splits
 from ssrr.precision import Execution
 from ssrr.train.loop import pretrain
+
+PROBES_PER_EPOCH = 4  # with a target: probes an epoch, ours and the baseline's alike
 
 
 def _ours(shard_dir: Path, config: RunConfig, probe: LinearProbe, execution: Execution) -> tuple[float, Curve]:
@@ -45,21 +49,50 @@ def _ours(shard_dir: Path, config: RunConfig, probe: LinearProbe, execution: Exe
 
 
 def _baseline(baseline: Baseline, setting: Setting, epochs: int, seed: int, probe: LinearProbe) -> tuple[float, Curve]:
-    """Train the public-code way for `epochs`, probing after every `probe.every`-th epoch (probe time excluded)."""
+    """Train the public-code way for `epochs`, probing as ours is probed (every `probe.every_steps` steps, else
+    every `probe.every` epochs, and at the end); probe time is left out of the training time."""
     torch.manual_seed(seed)
     seconds, times, values = 0.0, [], []
+    steps, probed_at = 0, -1
     with intra_op_threads(setting.threads):
         step, net = baseline_step(baseline.backbone, baseline.k, baseline.execution, setting.channels_last)
+
+        def score() -> None:
+            nonlocal probed_at
+            times.append(seconds)
+            values.append(probe(net.eval(), Path(baseline.shard_dir), baseline.execution))
+            net.train()
+            probed_at = steps
+
         for epoch in range(epochs):
             started = time.perf_counter()
             net.train()
             for batch in baseline.epoch(setting.workers, seed * 1000 + epoch):
                 step(batch)
-            seconds += time.perf_counter() - started
-            if (epoch + 1) % probe.every == 0 or epoch + 1 == epochs:
-                times.append(seconds)
-                values.append(probe(net.eval(), Path(baseline.shard_dir), baseline.execution))
+                steps += 1
+                if probe.every_steps and steps % probe.every_steps == 0:
+                    seconds += _synced(baseline.execution) - started
+                    score()
+                    started = time.perf_counter()
+            seconds += _synced(baseline.execution) - started
+            last = epoch + 1 == epochs
+            epoch_due = not probe.every_steps and probe.every and (epoch + 1) % probe.every == 0
+            if probed_at != steps and (last or epoch_due):
+                score()
     return seconds, Curve("baseline", probe.name, times, values)
+
+
+def _synced(execution: Execution) -> float:
+    """The clock once the device's queued work is done (a GPU runs steps asynchronously)."""
+    if execution.device.type == "cuda":
+        torch.cuda.synchronize(execution.device)
+    return time.perf_counter()
+
+
+def probe_every_steps(shard_dir: Path, m: int) -> int:
+    """Steps between probes so that an epoch (of one process at M images a step) has `PROBES_PER_EPOCH`."""
+    steps_per_epoch = load_manifest(shard_dir).samples_in("train") // m
+    return max(1, steps_per_epoch // PROBES_PER_EPOCH)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -91,8 +124,10 @@ def bench_time_to_accuracy(
     """Ours and the baseline for each seed in turn; mean +- std of top-1 and pretraining time over the seeds."""
     shard_dir = Path(shard_dir)
     execution = bench_execution(device, precision, channels_last=False)
-    every = 1 if target_top1 is not None else epochs
-    probe = LinearProbe(every, epochs=linear_epochs)
+    if target_top1 is not None:  # several probes an epoch: the time to the target is not rounded to an epoch
+        probe = LinearProbe(0, epochs=linear_epochs, every_steps=probe_every_steps(shard_dir, m))
+    else:
+        probe = LinearProbe(epochs, epochs=linear_epochs)
     config = RunConfig(
         dataset=str(shard_dir), backbone=backbone, k=k, batch=m, epochs=epochs, precision=execution.precision
     )
@@ -117,6 +152,8 @@ def bench_time_to_accuracy(
         "speedup": statistics.fmean(baseline_wall) / statistics.fmean(wall),
         "wall_ratio": statistics.fmean(baseline_wall) / statistics.fmean(wall),  # at equal epochs (and views)
         "target_top1": target_top1,
+        "probe_split": probe_splits(load_manifest(shard_dir))[1],  # validation when the shards have one
+        "probe_every_steps": probe.every_steps or None,  # None: after the last epoch only
         "time_to_target_s": to_target,
         "baseline_time_to_target_s": baseline_to_target,
         "time_to_target_ratio": baseline_to_target / to_target if to_target and baseline_to_target else None,

@@ -69,6 +69,14 @@ class SplitInfo:
     samples: int
     labeled: bool
     shards: list[ShardInfo] = field(default_factory=list)
+    # The sample index of the split's first sample: 0, or for a validation split carved from train (`--val`) the
+    # train split's size, so train+val numbers every sample once. Stored only when not 0.
+    first_index: int = 0
+
+    @property
+    def indices(self) -> range:
+        """The sample indices this split's samples carry."""
+        return range(self.first_index, self.first_index + self.samples)
 
 
 @dataclass
@@ -95,6 +103,10 @@ class Manifest:
     quality: int | None = None  # lossy encodings: the quality images were encoded at (source files kept as is)
     shard_bytes: int | None = None  # the most bytes per shard asked for (small splits get smaller shards)
     source_files_kept: int | None = None  # encoded shards: samples whose source file is stored byte for byte
+    # A labelled split to choose settings on (the probes' default), never the held-out split results are reported
+    # on: carved from train by `ssrr shard --val N`, or a source's own (an image folder's val beside its test).
+    validation_split: str | None = None
+    validation_carve: dict | None = None  # `--val`: {"from", "samples", "seed", "indices_file"}
 
     @property
     def num_classes(self) -> int:
@@ -103,8 +115,9 @@ class Manifest:
     @property
     def held_out_split(self) -> str | None:
         """The split evaluations score by default: `eval_split`, or for older manifests the rule of
-        `default_eval_split` (test if it exists and is labelled, else val if it is)."""
-        return self.eval_split or default_eval_split(self.splits)
+        `default_eval_split` (test if it exists and is labelled, else val if it is; never the validation split)."""
+        others = {name: info for name, info in self.splits.items() if name != self.validation_split}
+        return self.eval_split or default_eval_split(others)
 
     def samples_in(self, split: str) -> int:
         """Samples of a split, or of splits joined with "+" (train+unlabeled); a name the manifest lacks counts 0
@@ -132,9 +145,14 @@ class Manifest:
             "quality",
             "shard_bytes",
             "source_files_kept",
+            "validation_split",
+            "validation_carve",
         ):  # absent when unset, as in manifests written before them
             if data[optional] is None:
                 del data[optional]
+        for split in data["splits"].values():
+            if not split["first_index"]:
+                del split["first_index"]
         return json.dumps(data, indent=2) + "\n"
 
     @classmethod
@@ -144,6 +162,7 @@ class Manifest:
                 samples=s["samples"],
                 labeled=s["labeled"],
                 shards=[ShardInfo(**shard) for shard in s["shards"]],
+                first_index=int(s.get("first_index", 0)),
             )
             for name, s in data["splits"].items()
         }

@@ -175,13 +175,15 @@ def verify_report(
                 progress(shard_info.samples)
         if report.samples != info.samples:
             report.problems.append(f"{split}: {report.samples} samples in shards, manifest says {info.samples}")
-        missing = np.setdiff1d(np.arange(info.samples), np.fromiter(seen, dtype=np.int64, count=len(seen)))
+        numbers = info.indices
+        span = f"{numbers.start}..{numbers.stop - 1}"
+        missing = np.setdiff1d(np.asarray(numbers), np.fromiter(seen, dtype=np.int64, count=len(seen)))
         if len(missing):
             shown = ", ".join(str(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
-            report.problems.append(f"{split}: {len(missing)} indices of 0..{info.samples - 1} missing ({shown})")
-        out_of_range = sorted(i for i in seen if not 0 <= i < info.samples)
+            report.problems.append(f"{split}: {len(missing)} indices of {span} missing ({shown})")
+        out_of_range = sorted(i for i in seen if i not in numbers)
         for i in out_of_range[:5]:
-            report.problems.append(f"{seen[i]}: index {i} outside 0..{info.samples - 1}")
+            report.problems.append(f"{seen[i]}: index {i} outside {span}")
     return manifest, reports
 
 

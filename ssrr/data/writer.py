@@ -15,9 +15,9 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -71,6 +71,10 @@ class DatasetArrays:
     coarse_classes: list[str]
     source: dict[str, str]
     eval_split: str | None = None  # the source's labelled held-out split; None: by rule (formats.default_eval_split)
+    validation_split: str | None = None  # a labelled split to choose settings on, not the held-out one
+    first_index: dict[str, int] = field(default_factory=dict)  # a split's first sample index (0 where absent)
+    validation_carve: dict[str, Any] | None = None  # how the validation split was carved from train (`--val`)
+    side_files: dict[str, str] = field(default_factory=dict)  # file name -> text, written beside the manifest
 
     @property
     def source_formats(self) -> frozenset[str]:
@@ -226,8 +230,10 @@ def _write_split(
     order: np.ndarray,
     settings: _Settings,
     progress: ProgressHook | None,
+    first_index: int = 0,
 ) -> tuple[formats.SplitInfo, int]:
-    """Write one split's shards into `staging`; its SplitInfo, and how many source files were kept unchanged."""
+    """Write one split's shards into `staging`, its samples numbered from `first_index`; its SplitInfo, and how
+    many source files were kept unchanged."""
     ext = codec.ENCODINGS[settings.encoding].ext
     with_class = settings.encoding == codec.RAW  # see formats: encoded shards leave out the 1 KB `.cls`
     payloads = encode_split(arrays, order, settings.encoding, settings.quality, settings.workers)
@@ -238,7 +244,7 @@ def _write_split(
     stored = [raw_size] * len(order) if payloads is None else [len(payload) for payload in payloads]
     sizes = [sample_bytes(stored[i], fine[i], with_class) for i in range(len(order))]
     target = split_shard_bytes(settings.shard_bytes, sum(sizes))
-    info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled)
+    info = formats.SplitInfo(samples=len(order), labeled=arrays.labeled, first_index=first_index)
     for number, (start, stop) in enumerate(cut_shards(sizes, target, settings.shard_size)):
         chunk = order[start:stop]
         if payloads is None:
@@ -247,7 +253,9 @@ def _write_split(
             data = payloads[start:stop]
         labels = [(fine[i], int(arrays.coarse[order[i]])) for i in range(start, stop)]
         path = staging / formats.shard_name(split, number)
-        info.shards.append(write_shard(path, split, ext, data, labels, first_index=start, with_class=with_class))
+        info.shards.append(
+            write_shard(path, split, ext, data, labels, first_index=first_index + start, with_class=with_class)
+        )
         if progress:
             progress(split, len(chunk))
     return info, kept
@@ -299,9 +307,10 @@ def write_dataset(
         for split in sorted(dataset.splits):
             arrays = dataset.splits[split]
             order = rng.permutation(len(arrays.images))
-            splits[split], split_kept = _write_split(staging, split, arrays, order, settings, progress)
+            first = dataset.first_index.get(split, 0)
+            splits[split], split_kept = _write_split(staging, split, arrays, order, settings, progress, first)
             kept += split_kept
-        eval_split = _eval_split(dataset, splits)
+        eval_split = _eval_split(dataset, {k: v for k, v in splits.items() if k != dataset.validation_split})
         mean, std = channel_stats(dataset.splits["train"].images)
         manifest = formats.Manifest(
             name=dataset.name,
@@ -321,7 +330,11 @@ def write_dataset(
             quality=(quality or codec.DEFAULT_QUALITY) if codec.ENCODINGS[chosen].lossy else None,
             shard_bytes=shard_bytes,
             source_files_kept=kept if chosen != codec.RAW else None,
+            validation_split=_validation_split(dataset, splits, eval_split),
+            validation_carve=dataset.validation_carve,
         )
+        for file_name, text in dataset.side_files.items():
+            (staging / file_name).write_text(text)
         (staging / formats.MANIFEST).write_text(manifest.to_json())
         _swap_into_place(staging, final)
     except BaseException:
@@ -338,6 +351,19 @@ def _eval_split(dataset: DatasetArrays, splits: dict[str, formats.SplitInfo]) ->
     if info is None or not info.labeled:
         raise SsrrError(f"{dataset.name}: evaluation split '{dataset.eval_split}' is missing or not fully labelled")
     return dataset.eval_split
+
+
+def _validation_split(
+    dataset: DatasetArrays, splits: dict[str, formats.SplitInfo], eval_split: str | None
+) -> str | None:
+    """The manifest's `validation_split`: the dataset's, which must be labelled and not the held-out split."""
+    name = dataset.validation_split
+    if name is None:
+        return None
+    info = splits.get(name)
+    if info is None or not info.labeled or name == eval_split:
+        raise SsrrError(f"{dataset.name}: validation split '{name}' is missing, unlabelled or the held-out split")
+    return name
 
 
 def _swap_into_place(staging: Path, final: Path) -> None:

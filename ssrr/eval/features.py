@@ -143,8 +143,9 @@ def evaluation_loader(
     from ssrr.pipelines.loader import ViewLoader
 
     manifest = load_manifest(shard_dir)
-    if split not in manifest.splits:
-        raise SsrrError(f"{shard_dir}: no split '{split}' (has: {', '.join(manifest.splits)})")
+    for name in split.split("+"):  # a combined split (train+val) reads its parts as one
+        if name not in manifest.splits:
+            raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
     return ViewLoader(
         shard_dir,
         recipes.evaluation(),

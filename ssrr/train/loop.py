@@ -33,7 +33,7 @@ from ssrr.pipelines import recipes
 from ssrr.precision import Execution
 from ssrr.schedules import view_side
 from ssrr.train import checkpoint as ckpt
-from ssrr.train import records
+from ssrr.train import probing, records
 from ssrr.train.progress import TrainDisplay, console, summary_table
 from ssrr.train.records import ENVIRONMENT_FILE, METRICS_FILE, THROUGHPUT_FILE
 from ssrr.train.setup import Training, set_up
@@ -143,8 +143,11 @@ def _epochs(t: Training) -> int:
 
 
 def _ends_run(t: Training, progress: Progress, epoch_done: bool) -> bool:
-    """Whether the epoch just trained ends the run (its last epoch, or the time budget's last step)."""
-    return (epoch_done and progress.epoch + 1 >= _epochs(t)) or (t.budget is not None and t.budget.ended(progress.step))
+    """Whether the epoch just trained ends the run (its last epoch, the time budget's last step, or --max-steps:
+    the probes then score the final backbone)."""
+    budget_ended = t.budget is not None and t.budget.ended(progress.step)
+    max_steps = bool(t.config.max_steps and progress.step >= t.config.max_steps)
+    return (epoch_done and progress.epoch + 1 >= _epochs(t)) or budget_ended or max_steps
 
 
 def _plan_budget(t: Training, progress: Progress, display: TrainDisplay, epoch_end: bool) -> None:
@@ -195,7 +198,8 @@ def _run_epoch(
             next(batches)
             tally.batch_in_epoch += 1
         progress.skip = 0
-        _run_steps(t, progress, tally, batches, display, sample_log, lambda: _prepare_next_epoch(t, epoch))
+        prepare = lambda: _prepare_next_epoch(t, epoch)  # noqa: E731
+        _run_steps(t, progress, tally, batches, display, sample_log, prepare, probes)
     except Exception:
         if not (progress.interrupted and several):
             raise  # else a peer stopped first on the same Ctrl-C and left this rank's collective: the stop
@@ -214,13 +218,8 @@ def _run_epoch(
     record["lr"] = t.optimizer.param_groups[0]["lr"]  # at the end of the epoch (schedules: ssrr/schedules.py)
     record["view_size"] = view_size[0]  # the side of this epoch's training views (progressive resizing)
     record.update({key: [mark[key] for mark in marks_per_rank] for key in marks})  # one value per rank
-    probe_started = time.perf_counter()
-    due = _due_probes(probes, epoch + 1, ends_run) if (epoch_done or ends_run) else []
-    if due and t.main:
-        record.update({probe.name: probe(t.method.backbone, t.shard_dir, t.execution) for probe in due})
-    if due:  # the other ranks wait out rank 0's probes here, within the process group's timeout (setup.py)
-        t.accelerator.wait_for_everyone()
-    progress.probe_s += time.perf_counter() - probe_started
+    due = probing.due_probes(probes, epoch + 1, ends_run, progress.step) if (epoch_done or ends_run) else []
+    record.update(probing.run_probes(t, progress, due))
     progress.elapsed_s = progress.pretraining_s()
     record["elapsed_s"] = round(progress.elapsed_s, 3)
     if t.main:
@@ -262,9 +261,11 @@ def _run_steps(
     display: TrainDisplay,
     sample_log: Any,
     after_first_step: Callable[[], None] = lambda: None,
+    probes: Sequence[Probe] = (),
 ) -> None:
-    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data. The live
-    display reads the loss and metrics without waiting for the device (`records.LaggedSums`)."""
+    """The steps of an epoch until its batches run out (or `--max-steps`), timing the wait for data, and the
+    probes due within it (`probing.step_probes`). The live display reads the loss and metrics without waiting for the
+    device (`records.LaggedSums`)."""
     config = t.config
     lagged = records.LaggedSums(t.device)
     tally.step_started = time.perf_counter()
@@ -281,6 +282,8 @@ def _run_steps(
         tally.add(out)
         if tally.counted == 1:
             after_first_step()
+        if tally.batch_in_epoch < t.steps_per_epoch:  # the epoch's last step probes in its record (_run_epoch)
+            probing.step_probes(t, progress, tally, probes)
         if tally.batch_in_epoch < t.steps_per_epoch:  # an epoch's end plans in _run_epoch
             _plan_budget(t, progress, display, epoch_end=False)
         if display.enabled and (tally.batch_in_epoch % 5 == 0 or tally.batch_in_epoch == t.steps_per_epoch):
@@ -414,9 +417,3 @@ def _train_step(
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return out
-
-
-def _due_probes(probes: Sequence[Probe], epochs_done: int, last: bool) -> list[Probe]:
-    """The probes due after `epochs_done` epochs: every `every` complete epochs, and after the run's `last` epoch
-    (so a curve always ends at the final backbone). The same on every rank."""
-    return [probe for probe in probes if probe.every and (epochs_done % probe.every == 0 or last)]

@@ -35,6 +35,9 @@ class Probe(Protocol):
 
     def __call__(self, backbone: torch.nn.Module, shard_dir: Path, execution: Execution) -> float: ...
 
+    # A probe may also carry `split`, the split it scores (logged as `probe_split` beside its value), and
+    # `every_steps`: run every N optimizer steps instead of every `every` epochs (and after the last step).
+
 
 @dataclass
 class Progress:

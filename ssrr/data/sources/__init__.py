@@ -14,7 +14,10 @@ imagefolder     <split>/<class>/<image> folder, .tar, .tar.gz or .zip  as found 
 synthetic       generated from --seed, no files                        train, test                   test
 ==============  =====================================================  ============================  ==========
 
-"evaluated" is the manifest's `eval_split`: the labelled held-out split `ssrr eval` scores by default.
+"evaluated" is the manifest's `eval_split`: the labelled held-out split `ssrr eval` scores by default. The manifest's
+`validation_split` (what settings are chosen on, the pretraining probes' default) is an image folder's own `val`
+beside a `test`, or one carved from train by `ssrr shard ... --val N` (`ssrr.data.validation`); tiny-ImageNet's
+`val` is the split it reports on, so it is not one.
 """
 
 from __future__ import annotations
@@ -145,6 +148,15 @@ def load_dataset(
     path, source_entry = resolve_source(dataset, source, cache, progress)
     splits, classes, coarse = READERS[dataset](path, size, workers, progress)
     default_name = archive_stem(path.resolve()) if dataset == "imagefolder" else dataset
-    return DatasetArrays(
-        check_name(name or default_name), splits, classes, coarse, source_entry, EVAL_SPLITS.get(dataset)
-    )
+    eval_split = EVAL_SPLITS.get(dataset)
+    arrays = DatasetArrays(check_name(name or default_name), splits, classes, coarse, source_entry, eval_split)
+    arrays.validation_split = own_validation_split(arrays) if dataset == "imagefolder" else None
+    return arrays
+
+
+def own_validation_split(arrays: DatasetArrays) -> str | None:
+    """An image folder's own validation split: its labelled `val` when a labelled `test` is the held-out split
+    beside it (train/val/test). A `val` without a test is what results are reported on (ImageNet's layout,
+    tiny-ImageNet's), not a split to choose settings on: None, and `--val N` carves one (`minival`) from train."""
+    labelled = {name for name, split in arrays.splits.items() if split.labeled}
+    return "val" if {"val", "test"} <= labelled else None
