@@ -4,7 +4,8 @@
 # epochs on TRAIN real CIFAR-10 images a class upscaled to 96 px, against random:tv:resnet18, linear protocol
 # (100 epochs) on TEST test images a class, seeds 1-3; then (unless SPEED=0) views/s of tv:resnet18 and
 # tv:resnet50 at 96, 160 and 224 px (`ssrr bench step`). The speed part must run alone on the machine.
-#   [TRAIN=500 TEST=100 EPOCHS=10 SPEED=1] scripts/own_images_bench.sh [WORK_FOLDER]   (default: data/bench96)
+#   [TRAIN=500 TEST=100 EPOCHS=10 SPEED=1 PRETRAIN_ARGS=...] scripts/own_images_bench.sh [WORK_FOLDER]
+#   (default WORK_FOLDER: data/bench96; PRETRAIN_ARGS: more `ssrr pretrain` options, e.g. --threads 2 --num-threads 2)
 # (The first figures, 100 and 50 images a class, `--k 4 --view-size 64 --epochs 3 --amp`, are kept in
 # docs/benchmarks.md: pretrained fell below random weights at that budget.)
 set -euo pipefail
@@ -14,12 +15,12 @@ python=${PYTHON:-python}
 train=${TRAIN:-500}
 test=${TEST:-100}
 epochs=${EPOCHS:-10}
-"$python" scripts/upscaled_folder.py --side 96 --train-per-class "$train" --test-per-class "$test" --out "$work/photos"
-$ssrr shard imagefolder "$work/photos" --name c10-96 --encoding jpeg --out "$work/shards"
+[ -d "$work/shards/c10-96" ] || "$python" scripts/upscaled_folder.py --side 96 --train-per-class "$train" --test-per-class "$test" --out "$work/photos"
+[ -d "$work/shards/c10-96" ] || $ssrr shard imagefolder "$work/photos" --name c10-96 --encoding jpeg --out "$work/shards"
 for seed in 1 2 3; do
   t0=$SECONDS
   $ssrr pretrain --preset fast --dataset "$work/shards/c10-96" --backbone tv:resnet18 --epochs "$epochs" \
-    --seed "$seed" --out "$work/runs" --name "r18-s$seed" --quiet
+    --seed "$seed" --out "$work/runs" --name "r18-s$seed" --quiet ${PRETRAIN_ARGS:-}
   echo "pretrain seed $seed: $((SECONDS - t0)) s"
   $ssrr eval linear "$work/runs/r18-s$seed" --seed "$seed" --json > "$work/linear-r18-s$seed.json"
   $ssrr eval linear random:tv:resnet18 --dataset "$work/shards/c10-96" --seed "$seed" --out "$work/random-s$seed" \
