@@ -156,7 +156,7 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
         scaler, loader, make_loader, state, budget, resume_from is not None, cls.views_per_image(config),
-        unwrapped.pairs_per_step(config.batch), machines,
+        unwrapped.pairs_per_step(config.batch_size), machines,
     )  # fmt: skip
 
 
@@ -252,7 +252,7 @@ def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard
     splits = [manifest.splits[name] for name in config.split.split("+") if name in manifest.splits]
     if uses_labels and not all(split.labeled for split in splits):  # an unknown split: the loader's error
         raise SsrrError(f"{shard_dir}: split {config.split} is not all labelled; --method {config.method} needs labels")
-    if config.labels == "coarse":
+    if config.method_options.get("labels") == "coarse":  # supervised's option (ssrr/methods/supervised.py)
         if not manifest.coarse_classes:
             raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
         return len(manifest.coarse_classes)
