@@ -14,16 +14,15 @@ from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.experiments.planning import EvalJob, Plan, Run, missing_datasets, shard_hint, status
 from ssrr.experiments.tables import Log
-from ssrr.methods.base import with_method_defaults
 from ssrr.run_options import config_args, dataset_image_size, given_fields, prepare
 
 # ------------------------------------------------------------------------------------------- 3. execute
 
 
 def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
-    """The `ssrr pretrain` options that make exactly this config (its batch, rate and method options filled in,
-    as the run saves them), generated from the options' declarations (`ssrr.run_options.config_args`)."""
-    args = config_args(with_method_defaults(config))
+    """The `ssrr pretrain` options that make exactly this config, generated from the options' declarations
+    (`ssrr.run_options.config_args`); a planned config sets its batch (the method's, as the authors)."""
+    args = config_args(config)
     return [*args, "--resume"] if resume else args
 
 
@@ -145,7 +144,6 @@ def _pretrain(run: Run, plan: Plan, launch: str | None, show: bool, cache: str |
     from ssrr.train.loop import pretrain
 
     # The same config a launched `ssrr pretrain <pretrain_args> --resume` would take: what it gives wins.
-    config = with_method_defaults(config)
     config = prepare(config, given_fields(config), dataset_image_size, resume=True)
     pretrain(config, resume=True, show=show, probes=probes_for(config))
 
