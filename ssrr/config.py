@@ -275,4 +275,4 @@ def merge_with_saved(config: RunConfig, given: set[str]) -> RunConfig:
     if "method_options" in explicit and saved.method == config.method:
         explicit["method_options"] = {**saved.method_options, **config.method_options}
     # The folder the config came from, never its own record of it.
-    return replace(saved, **explicit, out=config.out, name=resolved.name)
+    return replace(saved, **{**explicit, "out": config.out, "name": resolved.name})

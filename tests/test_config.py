@@ -162,7 +162,8 @@ def test_resume_keeps_the_saved_config_except_what_is_given(tmp_path: Path) -> N
         method="simclr", epochs=4, batch=16, out=str(tmp_path), name="r", method_options={"loss": "official"}
     )
     saved.save(tmp_path / "r")
-    merged = merge_with_saved(RunConfig(method="simclr", epochs=9, batch=99, out=str(tmp_path), name="r"), {"epochs"})
+    typed = RunConfig(method="simclr", epochs=9, batch=99, out=str(tmp_path), name="r")
+    merged = merge_with_saved(typed, {"epochs", "out", "name"})
     assert (merged.epochs, merged.batch, merged.method_options) == (9, 16, {"loss": "official"})
     fresh = RunConfig(out=str(tmp_path), name="new")
     assert merge_with_saved(fresh, set()) == fresh  # nothing saved: --resume starts it
