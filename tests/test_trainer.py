@@ -80,8 +80,8 @@ def test_resuming_with_another_model_is_refused(tiny_shards: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"k": 1}, "--k must be at least 2"),
-        ({"batch": 1}, "--batch must be at least 2"),
+        ({"k": 1}, "--k must be >= 2"),
+        ({"batch": 1}, "--batch must be >= 2"),
         ({"backbone": "vgg"}, "unknown backbone"),
         ({"aggregation": "median"}, "aggregation"),
         ({"dataset": "no-such-dataset"}, "ssrr shard no-such-dataset"),
