@@ -190,3 +190,21 @@ def test_config_from_options_leaves_what_is_not_typed_to_the_method() -> None:
     config = _parse(["--method", "supervised", "--labels", "coarse"])
     assert config.batch is None and config.lr is None and config.method_options == {"labels": "coarse"}
     assert asdict(with_method_defaults(config))["method_options"] == {"labels": "coarse", "augment": "crop-flip"}
+
+
+def test_command_line_shapes_of_earlier_issues_make_their_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssrr.train.loop
+
+    captured: list[RunConfig] = []
+    monkeypatch.setattr(ssrr.train.loop, "pretrain", lambda config, **_: captured.append(config))
+    shapes = [
+        (["--amp", "--time-budget", "15m", "--k", "4", "--bn-recalibrate"], {"precision": "auto", "k": 4}),
+        (["--amp", "--precision", "bf16", "--no-channels-last"], {"precision": "bf16", "channels_last": False}),
+        (["--method", "supervised", "--labels", "coarse"], {"method_options": {"labels": "coarse"}}),
+        (["--processes", "1", "--machines", "1", "--main-port", "29501"], {"precision": "fp32"}),
+    ]
+    for args, expected in shapes:
+        result = run_ssrr("pretrain", "--dataset", "shards/x", *args)
+        assert result.exit_code == 0, result.output
+        assert {key: getattr(captured[-1], key) for key in expected} == expected, args
+    assert captured[0].time_budget_s == 900.0 and captured[0].bn_recalibrate
