@@ -262,17 +262,26 @@ class RunConfig:
         ]
 
 
+def saved_config(config: RunConfig) -> RunConfig | None:
+    """The config saved in the run folder that `config` names, or None when there is none (yet)."""
+    try:
+        return RunConfig.load(config.resolved().run_dir)
+    except SsrrError:
+        return None
+
+
 def merge_with_saved(config: RunConfig, given: set[str]) -> RunConfig:
     """The config a resumed run continues with: the saved one, except the fields in `given` (typed on the
     command line, or set by `ssrr reproduce`), which this `config` sets. `method_options` counts as given when
-    any of them is. Without a saved run (nothing to resume) the config itself."""
+    any of them is; they add to the saved ones of the same method. Without a saved run (nothing to resume)
+    the config itself."""
     resolved = config.resolved()
-    try:
-        saved = RunConfig.load(resolved.run_dir)
-    except SsrrError:  # no saved run yet: --resume starts it
+    saved = saved_config(resolved)
+    if saved is None:  # no saved run yet: --resume starts it
         return config
     explicit = {item.name: getattr(config, item.name) for item in fields(RunConfig) if item.name in given}
-    if "method_options" in explicit and saved.method == config.method:
+    method = config.method if "method" in given else saved.method
+    if "method_options" in explicit and saved.method == method:
         explicit["method_options"] = {**saved.method_options, **config.method_options}
     # The folder the config came from, never its own record of it.
     return replace(saved, **{**explicit, "out": config.out, "name": resolved.name})

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ssrr.config import RunConfig, merge_with_saved
+from ssrr.config import RunConfig, merge_with_saved, saved_config
 from ssrr.declare import Declared, declared, field_types, flag_of
 from ssrr.errors import SsrrError
 from ssrr.methods.base import METHODS, method_class, option_fields
@@ -90,13 +90,20 @@ def config_from_options(
             chosen.setdefault(spec.method, {})[spec.name] = value
             flags[spec.method] = spec.flag
     config = RunConfig(**given).validate()
+    run_method = _run_method(config, "method" in given, resume)
     for method, flag in flags.items():
-        if method != config.method:
-            raise SsrrError(f"{flag} is an option of --method {method}, not of {config.method}")
-    if config.method in chosen:
-        config = replace(config, method_options=chosen[config.method])
-        given["method_options"] = chosen[config.method]
+        if method != run_method:
+            raise SsrrError(f"{flag} is an option of --method {method}, not of {run_method}")
+    if run_method in chosen:
+        config = replace(config, method_options=chosen[run_method])
+        given["method_options"] = chosen[run_method]
     return prepare(config, set(given), image_size, resume=resume)
+
+
+def _run_method(config: RunConfig, typed: bool, resume: bool) -> str:
+    """The method the run will have: the typed one, else, resuming, the saved run's."""
+    saved = None if typed or not resume else saved_config(config)
+    return config.method if saved is None else saved.method
 
 
 def prepare(config: RunConfig, given: set[str], image_size: ImageSize, *, resume: bool) -> RunConfig:

@@ -27,11 +27,11 @@ def _pretrain_command() -> Any:
     return typer.main.get_command(app).commands["pretrain"]  # type: ignore[attr-defined]
 
 
-def _parse(args: list[str]) -> RunConfig:
+def _parse(args: list[str], resume: bool = False) -> RunConfig:
     """`ssrr pretrain ARGS` parsed by the real command's parser into the config it would run."""
     ctx = _pretrain_command().make_context("pretrain", list(args))
     typed = {name for name in ctx.params if (source := ctx.get_parameter_source(name)) and source.name == "COMMANDLINE"}
-    return config_from_options(ctx.params, typed, lambda config: (32, 32))
+    return config_from_options(ctx.params, typed, lambda config: (32, 32), resume=resume)
 
 
 def test_every_config_field_is_a_pretrain_option_with_its_default_and_help() -> None:
@@ -167,6 +167,15 @@ def test_resume_keeps_the_saved_config_except_what_is_given(tmp_path: Path) -> N
     assert (merged.epochs, merged.batch, merged.method_options) == (9, 16, {"loss": "official"})
     fresh = RunConfig(out=str(tmp_path), name="new")
     assert merge_with_saved(fresh, set()) == fresh  # nothing saved: --resume starts it
+
+
+def test_resuming_with_one_method_option_keeps_the_saved_method_and_its_other_options(tmp_path: Path) -> None:
+    saved = RunConfig(method="infomax", out=str(tmp_path), name="r", method_options={"prior": "official"})
+    saved.save(tmp_path / "r")
+    resumed = _parse(["--out", str(tmp_path), "--name", "r", "--infomax-critic", "dot"], resume=True)
+    assert (resumed.method, resumed.method_options) == ("infomax", {"prior": "official", "critic": "dot"})
+    with pytest.raises(SsrrError, match="--simclr-loss is an option of --method simclr, not of infomax"):
+        _parse(["--out", str(tmp_path), "--name", "r", "--simclr-loss", "official"], resume=True)
 
 
 def test_an_older_run_folder_resumes_through_the_cli(tiny_shards: Path, tmp_path: Path) -> None:
