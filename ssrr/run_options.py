@@ -15,7 +15,8 @@ from typing import Any
 from ssrr.config import RunConfig, merge_with_saved, saved_config
 from ssrr.declare import Declared, declared, field_types, flag_of
 from ssrr.errors import SsrrError
-from ssrr.methods.base import METHODS, method_class, option_fields
+from ssrr.methods import METHODS  # importing the package registers every built-in method
+from ssrr.methods.base import method_class, option_fields
 from ssrr.presets import apply_preset
 
 # Written out by `config_args` even at their default, so a printed command reads on its own.
@@ -66,7 +67,7 @@ def run_options() -> list[RunOption]:
 
 
 def _methods() -> list[str]:
-    method_class("relational")  # registers the built-in methods
+    """The registered methods that declare options."""
     return sorted(name for name in METHODS if option_fields(METHODS[name]))
 
 
