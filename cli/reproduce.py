@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from ssrr.cli.common import AMP_HELP, PRECISION_HELP, console, precision_option
 
-from ssrr.experiments import NAMES, SCALES
+from ssrr.experiments import NAMES, SCALES, Plan, Run
 
 NAME_HELP = f"Which experiments: {', '.join(NAMES)} (paper: every table)."
 SCALE_HELP = "; ".join(f"{name}: {scale.summary}" for name, scale in SCALES.items())
@@ -62,7 +64,7 @@ def reproduce(
 
       ssrr reproduce table2 --scale tiny --backbone conv4=tv:resnet18   # a torchvision model in conv4's place
     """
-    from ssrr.experiments import commands, describe, execute, missing_datasets, plan, shard_hint, status, write_report
+    from ssrr.experiments import commands, plan
     from ssrr.experiments.scales import get_scale, with_backbones
 
     planned = plan(
@@ -79,39 +81,48 @@ def reproduce(
 
         raise SsrrError(f"--only {','.join(only)}: no run of {name} at scale {planned.scale.name} matches")
     if dry_run:
-        missing = missing_datasets(selected, shards_root)
-        words = []
-        for run in selected:
-            state = status(run)
-            words.append(state.word)
-            typer.echo(describe(run, state, missing))
-        counts = ", ".join(f"{words.count(w)} {w}" for w in ("done", "partial", "todo", "conflict") if w in words)
-        evaluations = sum(len(run.evaluations) for run in selected)
-        typer.echo(
-            f"{len(selected)} runs ({counts or 'none'}), {evaluations} evaluations; "
-            f"experiment {name}, scale {planned.scale.name}, runs in {planned.runs_dir}"
-        )
-        if missing:
-            typer.echo(f"missing shards: make them with {shard_hint(missing, shards_root)}")
-        return
-    if print_commands:
+        _list_status(planned, selected, shards_root)
+    elif print_commands:
         for line in commands(planned, selected, launch, device):
             typer.echo(line)
-        return
+    else:
+        _run_and_report(planned, selected, report_only, launch=launch, show=not quiet, device=device, cache=cache)
+
+
+def _list_status(planned: Plan, selected: list[Run], shards_root: str) -> None:
+    """`--dry-run`: one line per run with its status, then the counts and the shards still missing."""
+    from ssrr.experiments import describe, missing_datasets, shard_hint, status
+
+    missing = missing_datasets(selected, shards_root)
+    words = []
+    for run in selected:
+        state = status(run)
+        words.append(state.word)
+        typer.echo(describe(run, state, missing))
+    counts = ", ".join(f"{words.count(w)} {w}" for w in ("done", "partial", "todo", "conflict") if w in words)
+    evaluations = sum(len(run.evaluations) for run in selected)
+    typer.echo(
+        f"{len(selected)} runs ({counts or 'none'}), {evaluations} evaluations; "
+        f"experiment {planned.name}, scale {planned.scale.name}, runs in {planned.runs_dir}"
+    )
+    if missing:
+        typer.echo(f"missing shards: make them with {shard_hint(missing, shards_root)}")
+
+
+def _run_and_report(planned: Plan, selected: list[Run], report_only: bool, **how: Any) -> None:
+    """Pretrain and evaluate what is not complete (unless `report_only`), then write the report."""
+    from ssrr.experiments import execute, write_report
+
     if not report_only:
-        counts = execute(
-            planned,
-            selected,
-            launch=launch,
-            show=not quiet,
-            device=device,
-            cache=cache,
-            log=lambda line: console.print(line, highlight=False, markup=False),
-        )
+        counts = execute(planned, selected, log=_print_line, **how)
         done = f"{counts['pretrained']} pretrained, {counts['evaluated']} evaluated"
         console.print(f"{done}, {counts['skipped']} runs done already", highlight=False)
     folder = write_report(planned)
     console.print(f"report: {folder / 'report.md'}", highlight=False, markup=False)
+
+
+def _print_line(line: str) -> None:
+    console.print(line, highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,116 +1,199 @@
-"""One typed config object per run, saved beside its outputs as `config.json`."""
+"""One typed config object per run, saved beside its outputs as `config.json`.
+
+`RunConfig` is the one source of the run's settings: each field declares its `ssrr pretrain` option once
+(flag, help, help group, limits; `ssrr.declare`), a choice is a `Literal`, and None means "not given" (the
+preset's or the method's default applies, e.g. `batch`: 64 relational, 128 the baselines). The options of one
+method live with the method (`ssrr.methods`) and are saved under the method's name: `"simclr": {"loss": ...}`.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ssrr.declare import check_fields, field_types, fits, option
 from ssrr.errors import SsrrError
-from ssrr.options import backbone_tag, check_name, check_number, check_stem, require_tracker
-from ssrr.precision import check_precision
-from ssrr.presets import check_preset
-from ssrr.schedules import check_schedule
+from ssrr.options import Limit, backbone_tag, check_name, parse_duration, require_tracker
+from ssrr.precision import Precision
 
 CONFIG_FILE = "config.json"
 
 # Settings that define the model: a checkpoint can only be resumed or loaded with the same values.
 MODEL_DEFINING = ("method", "backbone", "stem", "head", "aggregation")
-# Numeric settings, each checked against its limit in `ssrr.options.LIMITS`.
-NUMERIC = (
-    "k", "batch", "epochs", "lr", "weight_decay", "grad_accum", "seed", "keep_checkpoints", "checkpoint_every",
-    "max_steps", "knn_every", "eval_every", "num_threads", "threads", "warmup_epochs", "view_size", "view_size_end",
+# Fields where an older config.json wrote 0 for "not given" (now None).
+ZERO_WAS_UNSET = (
+    "batch", "view_size", "view_size_end", "max_steps", "time_budget_s", "knn_every", "eval_every", "num_threads",
 )  # fmt: skip
+# Method options an older config.json kept flat: key -> (method, option). New method options are never flat.
+FLAT_METHOD_OPTIONS = {
+    "simclr_loss": ("simclr", "loss"),
+    "infomax_prior": ("infomax", "prior"),
+    "infomax_critic": ("infomax", "critic"),
+    "supervised_augment": ("supervised", "augment"),
+    "labels": ("supervised", "labels"),
+}
+Device = Literal["auto", "cpu", "cuda"]
+Head = Literal["relation", "dot", "encoder-dot"]  # ssrr/models/heads.py
+POSITIVE = Limit(1, 2**31 - 1)
+SIDE = Limit(1, 8192)
+MONTH_S = 30 * 86400.0
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
 
 
 @dataclass
 class RunConfig:
     """Everything a pretraining run depends on. Defaults are the paper's (ResNet-32, K=32, M=64, 200 epochs)."""
 
-    method: str = "relational"
-    preset: str = "paper"  # paper | fast: where the defaults below came from (ssrr/presets.py)
-    dataset: str = "cifar100"  # a name under shards/ or a shard folder
-    split: str = "train"  # the split trained on; "unlabeled" for STL-10 (the authors' pretraining set)
-    backbone: str = "resnet32"  # one of the paper's, or tv:NAME / timm:NAME (ssrr/models/external.py)
-    stem: str = "default"  # tv:/timm: ResNet-style backbones: default, or cifar (3x3 stride 1, no max-pool)
-    k: int = 32  # augmentations (views) per image, relational only
-    batch: int = 0  # M images per step per process; 0: the method's (64 relational, 128 the baselines, as the authors)
-    epochs: int = 200
-    lr: float | None = None  # None: the method's own (Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1)
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant (the paper's) | cosine (decay to 0 at the last step): ssrr/schedules.py
-    warmup_epochs: float = 0.0  # linear warm-up of the learning rate over this many epochs
-    crop_min: float = 0.08  # smallest area fraction of the random resized crop (the paper's 0.08)
-    view_size: int = 0  # side of the first epoch's training views in pixels (0: the images' own side)
-    view_size_end: int = 0  # side of the last epoch's views, linear in between (0: view_size throughout)
-    bn_recalibrate: bool = False  # after the last epoch: BatchNorm statistics of the clean training images
-    loss: str = "focal"  # relational: focal (gamma 2, alpha 0.5, as the public code) or bce
-    aggregation: str = "cat"
-    head: str = "relation"  # relation | dot | encoder-dot (the seed's head ablation)
-    labels: str = "fine"  # supervised: fine or coarse labels
-    precision: str = "fp32"  # fp32 | bf16 | fp16 | auto (`--amp`): see ssrr/precision.py
-    channels_last: bool = True
-    compile: bool = False
-    grad_accum: int = 1
-    sync_bn: bool = False  # multi-process: synchronise BatchNorm statistics across ranks
-    seed: int = 1
-    out: str = "runs"
-    name: str = ""  # resolved by `resolved()` when empty
-    shards_root: str = "shards"
-    keep_checkpoints: int = 2
-    checkpoint_every: int = 1  # epochs
-    max_steps: int = 0  # stop after this many optimizer steps in total (0: run all epochs)
-    time_budget_s: float = 0.0  # end pretraining within this many seconds (0: none): ssrr/train/budget.py
-    knn_every: int = 0  # k-NN probe (on --probe-split) every N epochs and after the last (0: never)
-    eval_every: int = 0  # the linear protocol (on --probe-split) every N epochs and after the last (0: never)
-    probe_split: str = ""  # the split those probes score ("": the validation split, else the held-out one)
-    log_with: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb
-    device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 0  # DALI worker threads (0: the run's thread plan, ssrr/threads.py)
-    threads: int = 0  # torch intra-op threads on the CPU (0: the run's thread plan)
-    skip_corrupt: bool = False  # skip (and count) corrupt samples instead of stopping with an error
-    log_samples: bool = False  # write each rank's sample indices per step (samples-rank<R>.jsonl)
-    # The authors' form of what ssrr deliberately does otherwise (docs/fidelity.md), one option away:
-    simclr_loss: str = "nt-xent"  # simclr: nt-xent (mean of -log p) or official (-log of the mean p)
-    infomax_prior: str = "adversarial"  # infomax: adversarial (gradient reversal) or official (one loss for both)
-    infomax_critic: str = "concat"  # infomax: concat (the authors' concatenate-and-convolve) or dot (encode-and-dot)
-    supervised_augment: str = "crop-flip"  # supervised: crop-flip, or affine-erase (the authors' STL-10 transform)
+    # method
+    preset: Literal["paper", "fast"] = option(
+        "paper",
+        "paper: the paper's settings (below). fast: the same method tuned for accuracy per second (docs/fast.md); "
+        "options typed here override it.",
+        "method",
+    )
+    method: str = option(
+        "relational", "relational, or a baseline: simclr, rotation, deepcluster, infomax, supervised.", "method"
+    )
+    k: int = option(32, "Augmentations (views) per image (relational).", "method", flag="--k", limit=Limit(2, 1024))
+    loss: Literal["focal", "bce"] = option("focal", "relational: focal (gamma 2, alpha 0.5) or bce.", "method")
+    # data
+    dataset: str = option("cifar100", "Dataset name under --shards-root, or a shard folder.", "data")
+    split: str = option(
+        "train",
+        "Split to train on; + joins splits: train+unlabeled (STL-10), train+val (all of train after --val).",
+        "data",
+    )
+    shards_root: str = option("shards", "Where dataset names are looked up.", "data")
+    crop_min: float = option(
+        0.08, "Smallest area fraction of the random resized crop (paper: 0.08).", "data", limit=Limit(0, 1, above=True)
+    )
+    view_size: int | None = option(
+        None,
+        "Side of the first epoch's training views in pixels (default: the images' own; evaluation stays there).",
+        "data",
+        limit=SIDE,
+    )
+    view_size_end: int | None = option(
+        None, "Side of the last epoch's views, linear in between (default: --view-size).", "data", limit=SIDE
+    )
+    num_threads: int | None = option(
+        None, "DALI threads (default: the run's thread plan, timed once per machine: ssrr/threads.py).", "data",
+        limit=POSITIVE,
+    )  # fmt: skip
+    threads: int | None = option(
+        None, "torch threads on the CPU (default: the run's thread plan, timed once per machine).", "model",
+        limit=POSITIVE,
+    )  # fmt: skip
+    skip_corrupt: bool = option(False, "Skip (and count) corrupt samples.", "data", negative=False)
+    # model
+    backbone: str = option(
+        "resnet32",
+        "The paper's: conv4, resnet8, resnet32, resnet56, resnet34. Any torchvision classification model as "
+        "tv:NAME (tv:resnet18, tv:resnet50, tv:vit_b_16, ...) or timm model as timm:NAME (pip install "
+        '"ssrr[timm]"), its classifier removed; never downloaded weights.',
+        "model",
+    )
+    stem: Literal["default", "cifar"] = option(
+        "default",
+        "tv:/timm: ResNet-style backbones: default (their own), or cifar (3x3 conv stride 1, no max-pool) for "
+        "32-64 px images.",
+        "model",
+    )
+    head: Head = option("relation", "relation, dot or encoder-dot (the seed's head ablation).", "model")
+    aggregation: Literal["cat", "sum", "mean", "max"] = option("cat", "cat, sum, mean or max.", "model")
+    precision: Precision = option(
+        "fp32", "auto, fp32, bf16 (forced, even where emulated) or fp16 (with loss scaling). Overrides --amp.", "model"
+    )
+    channels_last: bool = option(True, "NHWC memory format.", "model")
+    compile: bool = option(False, "torch.compile the backbone.", "model")
+    # optimisation
+    batch: int | None = option(
+        None,
+        "Images per step per process (M; default: the method's, 64 relational, 128 the baselines, as the authors).",
+        "optimisation",
+        limit=Limit(2, 65_536),
+    )
+    epochs: int = option(200, "Epochs (the paper: 200; 300 for STL-10).", "optimisation", limit=Limit(1, 1_000_000))
+    lr: float | None = option(
+        None,
+        "Learning rate (default: the method's: Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1).",
+        "optimisation",
+    )
+    weight_decay: float = option(0.0, "Weight decay.", "optimisation")
+    lr_schedule: Literal["constant", "cosine"] = option(
+        "constant",
+        "constant (the paper's), or cosine: decay to 0 at the last step (after any warm-up).",
+        "optimisation",
+    )
+    warmup_epochs: float = option(0.0, "Linear learning-rate warm-up over this many epochs.", "optimisation")
+    grad_accum: int = option(1, "Gradient accumulation steps.", "optimisation", limit=Limit(1, 65_536))
+    sync_bn: bool = option(False, "Synchronise BatchNorm across processes.", "optimisation")
+    bn_recalibrate: bool = option(
+        False,
+        "After the last epoch, recompute the backbone's BatchNorm statistics on the clean training images.",
+        "optimisation",
+    )
+    max_steps: int | None = option(
+        None, "Stop after N optimizer steps in total (default: all epochs).", "optimisation", limit=POSITIVE
+    )
+    time_budget_s: float | None = option(
+        None,
+        "End pretraining within this time (900s, 15m, 0.25h): the run measures its pace over its first steps "
+        "and plans its steps and schedule to fit; --epochs then only caps it. --preset fast: 15m unless --epochs "
+        "is typed.",
+        "optimisation",
+        flag="--time-budget",
+        limit=Limit(0, MONTH_S, above=True),
+        parse=parse_duration,
+        show=_seconds,
+    )
+    # run
+    seed: int = option(1, "Seed for weights, data order and augmentations.", "run")
+    out: str = option("runs", "Folder of runs.", "run")
+    name: str = option("", "Run name (default: METHOD-BACKBONE-DATASET-sSEED).", "run")
+    device: Device = option("auto", "auto, cpu or cuda.", "run")
+    keep_checkpoints: int = option(2, "Checkpoints kept (the newest N).", "run", limit=POSITIVE)
+    checkpoint_every: int = option(1, "Checkpoint every N epochs.", "run", limit=POSITIVE)
+    knn_every: int | None = option(
+        None, "k-NN probe on --probe-split every N epochs and after the last (default: never).", "run",
+        limit=POSITIVE,
+    )  # fmt: skip
+    eval_every: int | None = option(
+        None,
+        "Linear protocol on --probe-split every N epochs and after the last, with the time (default: never).",
+        "run",
+        limit=POSITIVE,
+    )
+    probe_split: str = option(
+        "",
+        "Split the --knn-every/--eval-every probes score (default: the validation split of `ssrr shard --val` "
+        "when the run does not train on it, else the held-out test split).",
+        "run",
+    )
+    log_with: list[str] = option([], "accelerate tracker: tensorboard or wandb (repeatable).", "run")
+    log_samples: bool = option(False, "Record each rank's sample indices per step.", "run", negative=False)
+    # The options of the run's method (ssrr/methods: each method's `Options`), saved under the method's name.
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> RunConfig:
-        if self.method == "relational" and self.k < 2:
-            raise SsrrError(f"--k must be at least 2 (pairs of views), got {self.k}")
-        if self.batch != 0 and self.batch < 2:
-            raise SsrrError(f"--batch must be at least 2 (no collision-free shuffle of one image), got {self.batch}")
-        for name in ("epochs", "grad_accum", "keep_checkpoints", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise SsrrError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in NUMERIC:
-            check_number(name, getattr(self, name))  # finite and in range: `--lr nan` never reaches torch
+        """Every declared field against its type, choices and limit (one line naming the flag)."""
+        check_fields(self)
         if self.name:
             check_name(self.name)
         require_tracker(self.log_with)
-        if self.simclr_loss not in ("nt-xent", "official"):
-            raise SsrrError(f"--simclr-loss must be nt-xent or official, got {self.simclr_loss!r}")
-        if self.infomax_prior not in ("adversarial", "official"):
-            raise SsrrError(f"--infomax-prior must be adversarial or official, got {self.infomax_prior!r}")
-        if self.infomax_critic not in ("concat", "dot"):
-            raise SsrrError(f"--infomax-critic must be concat or dot, got {self.infomax_critic!r}")
-        if self.supervised_augment not in ("crop-flip", "affine-erase"):
-            raise SsrrError(f"--supervised-augment must be crop-flip or affine-erase, got {self.supervised_augment!r}")
-        if self.labels not in ("fine", "coarse"):
-            raise SsrrError(f"--labels must be fine or coarse, got {self.labels!r}")
-        check_schedule(self.lr_schedule)
-        if not 0.0 <= self.time_budget_s <= 30 * 86400:
-            raise SsrrError(f"--time-budget must be positive and at most 30 days, got {self.time_budget_s} s")
-        if not 0.0 < self.crop_min <= 1.0:
-            raise SsrrError(f"--crop-min must be in (0, 1], got {self.crop_min}")
-        check_preset(self.preset)
-        check_stem(self.stem)
-        check_precision(self.precision)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise SsrrError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         return self
+
+    @property
+    def batch_size(self) -> int:
+        """M, images per step per process, once the method's default is filled in (`with_method_defaults`)."""
+        if self.batch is None:
+            raise SsrrError("the run's batch is not filled in: its method's default comes first")
+        return self.batch
 
     def view_sides(self, image_side: int) -> tuple[int, int]:
         """(first, last) side of the training views for images of side `image_side` (evaluation stays there)."""
@@ -119,20 +202,27 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """A copy with a run name filled in."""
-        data = asdict(self)
-        if not data["name"]:
-            dataset = Path(self.dataset).name
-            data["name"] = f"{self.method}-{backbone_tag(self.backbone)}-{dataset}-s{self.seed}"
-        return RunConfig(**data)
+        if self.name:
+            return replace(self)
+        dataset = Path(self.dataset).name
+        return replace(self, name=f"{self.method}-{backbone_tag(self.backbone)}-{dataset}-s{self.seed}")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out) / self.name
 
+    def to_json(self) -> dict[str, Any]:
+        """The config as config.json holds it: flat fields, the method's options under the method's name."""
+        data = asdict(self)
+        options = data.pop("method_options")
+        if options:
+            data[self.method] = options
+        return data
+
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = run_dir / f".{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
         tmp.replace(run_dir / CONFIG_FILE)
 
     @classmethod
@@ -146,14 +236,36 @@ class RunConfig:
             raise SsrrError(f"{path}: malformed config ({exc})") from exc
         if not isinstance(data, dict):
             raise SsrrError(f"{path}: malformed config (not a JSON object)")
+        try:
+            return cls.from_json(data)
+        except SsrrError as exc:
+            raise SsrrError(f"{path}: malformed config ({exc})") from None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        """A config from config.json's object, also one written by an older version (0 for "not given", flat
+        method options, `amp`)."""
+        data = dict(data)
         if "precision" not in data and isinstance(data.get("amp"), bool):  # run folders from before --precision
             data["precision"] = "auto" if data["amp"] else "fp32"
-        defaults = cls()
-        values = {}
-        for key in {f.name for f in fields(cls)} & set(data):
-            if not _same_type(data[key], getattr(defaults, key), key):
-                raise SsrrError(f"{path}: malformed config ({key} = {data[key]!r})")
-            values[key] = data[key]
+        for key in ZERO_WAS_UNSET:
+            if data.get(key) == 0 and not isinstance(data.get(key), bool):
+                data[key] = None
+        method = data.get("method", cls.method)
+        options = data.get(method) if isinstance(method, str) else None
+        if options is None:
+            options = {
+                name: data[key] for key, (owner, name) in FLAT_METHOD_OPTIONS.items() if owner == method and key in data
+            }
+        hints = field_types(cls)
+        values: dict[str, Any] = {"method_options": options}
+        for item in fields(cls):
+            if item.name in data and item.name != "method_options":
+                if not fits(data[item.name], hints[item.name]):
+                    raise SsrrError(f"{item.name} = {data[item.name]!r}")
+                values[item.name] = data[item.name]
+        if not fits(options, hints["method_options"]):
+            raise SsrrError(f"{method} = {options!r}")
         return cls(**values)
 
     def model_mismatch(self, other: RunConfig) -> list[str]:
@@ -165,14 +277,26 @@ class RunConfig:
         ]
 
 
-def _same_type(value: Any, default: Any, key: str) -> bool:
-    """Whether a value read from config.json has the type of the field's default (ints pass as floats)."""
-    if key == "lr":
-        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, list):
-        return isinstance(value, list) and all(isinstance(item, str) for item in value)
-    return isinstance(value, type(default)) and not isinstance(value, bool)
+def saved_config(config: RunConfig) -> RunConfig | None:
+    """The config saved in the run folder that `config` names, or None when there is none (yet)."""
+    try:
+        return RunConfig.load(config.resolved().run_dir)
+    except SsrrError:
+        return None
+
+
+def merge_with_saved(config: RunConfig, given: set[str]) -> RunConfig:
+    """The config a resumed run continues with: the saved one, except the fields in `given` (typed on the
+    command line, or set by `ssrr reproduce`), which this `config` sets. `method_options` counts as given when
+    any of them is; they add to the saved ones of the same method. Without a saved run (nothing to resume)
+    the config itself."""
+    resolved = config.resolved()
+    saved = saved_config(resolved)
+    if saved is None:  # no saved run yet: --resume starts it
+        return config
+    explicit = {item.name: getattr(config, item.name) for item in fields(RunConfig) if item.name in given}
+    method = config.method if "method" in given else saved.method
+    if "method_options" in explicit and saved.method == method:
+        explicit["method_options"] = {**saved.method_options, **config.method_options}
+    # The folder the config came from, never its own record of it.
+    return replace(saved, **{**explicit, "out": config.out, "name": resolved.name})

@@ -61,7 +61,7 @@ LIMITS: dict[str, Limit] = {
     "target_top1": Limit(0, 100, above=True),  # a top-1 accuracy in %
     "seed": Limit(0, 2**32 - 1),  # numpy's seeds are 32-bit
     "k": Limit(1, 1024),  # views per image (pretrain: >= 2, see RunConfig.validate) or k-NN neighbours
-    "batch": Limit(0, 65_536),  # pretrain: 0 is the method's own (64 relational, 128 the baselines); eval checks >= 1
+    "batch": Limit(0, 65_536),  # pretrain: >= 2 (RunConfig's own limit; not given: the method's); eval checks >= 1
     "epochs": Limit(1, 1_000_000),
     "linear_epochs": Limit(1, 1_000_000),
     "grad_accum": Limit(1, 65_536),
@@ -75,8 +75,8 @@ LIMITS: dict[str, Limit] = {
     "num_threads": Limit(0, 1024),
     "shard_size": Limit(1, 100_000_000),
     "size": Limit(1, 8192),
-    "view_size": Limit(0, 8192),  # pretrain: 0 is the images' own side
-    "view_size_end": Limit(0, 8192),  # pretrain: 0 is view_size's
+    "view_size": Limit(1, 8192),  # pretrain: not given is the images' own side
+    "view_size_end": Limit(1, 8192),  # pretrain: not given is view_size's
     "train_per_class": Limit(1, 100_000),
     "test_per_class": Limit(1, 100_000),
     "repeats": Limit(1, 10_000),

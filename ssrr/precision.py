@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ from torch import nn
 from ssrr.errors import SsrrError
 from ssrr.hardware import native_bf16
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # what a run may ask for (RunConfig.precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 ENV_OVERRIDE = "SSRR_PRECISION"
 _AUTOCAST_DTYPE = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +42,7 @@ class Execution:
     """Where and how modules run: one device, one resolved precision, one memory format."""
 
     device: torch.device
-    precision: str = "fp32"  # resolved: fp32 | bf16 | fp16
+    precision: Precision = "fp32"  # resolved: fp32 | bf16 | fp16
     channels_last: bool = False
     requested: str = "fp32"  # what was asked for (auto | fp32 | bf16 | fp16), for the record
     native: bool = True  # whether the precision runs natively on the device (bf16 on an AVX2 CPU: False)
@@ -86,7 +87,7 @@ class Execution:
 
     def describe(self) -> str:
         """One line for summaries: what runs, and why when it differs from what was asked."""
-        text = self.precision
+        text: str = self.precision
         if self.requested == "auto":
             text += " (auto" + ("" if self.precision != "fp32" else ": no native bf16 on this device") + ")"
         elif not self.native:
@@ -121,10 +122,11 @@ def as_execution(where: Execution | torch.device | str) -> Execution:
     return where if isinstance(where, Execution) else Execution(torch.device(where))
 
 
-def check_precision(name: str) -> str:
-    if name not in PRECISIONS:
-        raise SsrrError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    return name
+def check_precision(name: str) -> Precision:
+    for known in PRECISIONS:
+        if name == known:
+            return known
+    raise SsrrError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
 
 
 def resolve(requested: str, device: torch.device | str, *, channels_last: bool = False) -> Execution:
@@ -133,15 +135,16 @@ def resolve(requested: str, device: torch.device | str, *, channels_last: bool =
     override = os.environ.get(ENV_OVERRIDE, "").strip()
     if override:
         requested, source = override, "environment"
-    check_precision(requested)
+    asked = check_precision(requested)
     dev = torch.device(device)
-    if requested == "auto":
+    precision: Precision
+    if asked == "auto":
         if dev.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             precision = "bf16" if native_bf16(dev) else "fp32"
     else:
-        precision = requested
+        precision = asked
     if precision == "fp16" and not fp16_supported(dev):
         raise SsrrError(f"--precision fp16: torch cannot run fp16 autocast with loss scaling on {dev.type}")
     native = precision != "bf16" or native_bf16(dev)

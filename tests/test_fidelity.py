@@ -71,10 +71,10 @@ def test_supervised_rotation_and_deepcluster_pad_an_eighth_of_the_side(
 
 def test_simclr_loss_option_picks_the_authors_form() -> None:
     for option, loss in (("nt-xent", nt_xent), ("official", nt_xent_official)):
-        config = RunConfig(method="simclr", backbone="conv4", simclr_loss=option)
+        config = RunConfig(method="simclr", backbone="conv4", method_options={"loss": option})
         assert method_class("simclr")(config, build_backbone("conv4"), 10).loss_fn is loss
-    with pytest.raises(SsrrError, match="--simclr-loss must be nt-xent or official"):
-        RunConfig(simclr_loss="mean").validate()
+    with pytest.raises(SsrrError, match="--simclr-loss must be one of nt-xent, official, got 'mean'"):
+        method_class("simclr").read_options(RunConfig(method="simclr", method_options={"loss": "mean"}))
 
 
 def test_finetune_trains_on_normalised_images_unless_asked_to_augment(
@@ -141,7 +141,7 @@ def test_deepcluster_clusters_crop_flip_images_weighs_one_minus_frequency_and_re
 
 
 def _infomax(critic: str = "concat", prior: str = "adversarial"):  # type: ignore[no-untyped-def]
-    config = RunConfig(method="infomax", backbone="conv4", infomax_critic=critic, infomax_prior=prior)
+    config = RunConfig(method="infomax", backbone="conv4", method_options={"critic": critic, "prior": prior})
     return method_class("infomax")(config, build_backbone("conv4"), 10)
 
 
@@ -184,8 +184,8 @@ def test_infomax_prior_network_sees_the_raw_representation_and_the_option_flips_
     z = z0.clone().requires_grad_(True)
     (PRIOR_WEIGHT * torch.nn.functional.softplus(discriminator(z)).mean()).backward()
     torch.testing.assert_close((grads["official"] - grads["adversarial"]) / 2, z.grad)  # type: ignore[operator]
-    with pytest.raises(SsrrError, match="--infomax-critic must be concat or dot"):
-        RunConfig(infomax_critic="bilinear").validate()
+    with pytest.raises(SsrrError, match="--infomax-critic must be one of concat, dot"):
+        _infomax(critic="bilinear")
 
 
 def test_the_affine_of_normalised_views_is_the_normalised_affine_with_black_fill() -> None:
@@ -223,7 +223,7 @@ def test_supervised_affine_erase_is_the_authors_stl10_transform(monkeypatch: pyt
     import ssrr.methods.supervised as supervised_module
     from ssrr.experiments import plan, pretrain_args
 
-    config = RunConfig(method="supervised", backbone="conv4", supervised_augment="affine-erase")
+    config = RunConfig(method="supervised", backbone="conv4", method_options={"augment": "affine-erase"})
     assert method_class("supervised").recipe(config, (96, 96)) == recipes.flip()
     method = method_class("supervised")(config, build_backbone("conv4"), 10)
     batch = SimpleNamespace(views=torch.randn(4, 3, 32, 32), fine=torch.arange(4), coarse=torch.arange(4))
@@ -237,16 +237,18 @@ def test_supervised_affine_erase_is_the_authors_stl10_transform(monkeypatch: pyt
     assert seen == [((0.5,) * 3, (0.25,) * 3)]
     runs = {run.name: run for run in plan("table1", "full").runs if run.config is not None}
     stl = runs["supervised-resnet34-stl10-s1"].config
-    assert stl is not None and stl.supervised_augment == "affine-erase"
+    assert stl is not None and stl.method_options == {"augment": "affine-erase"}
     assert pretrain_args(stl)[pretrain_args(stl).index("--supervised-augment") + 1] == "affine-erase"
-    assert runs["supervised-resnet32-cifar10-s1"].config.supervised_augment == "crop-flip"  # type: ignore[union-attr]
+    assert runs["supervised-resnet32-cifar10-s1"].config.method_options == {"augment": "crop-flip"}  # type: ignore[union-attr]
 
 
 def test_supervised_affine_erase_trains_through_the_real_pipeline(synthetic_shards: Path) -> None:
     from ssrr.data.formats import load_manifest
 
     torch.manual_seed(0)
-    config = RunConfig(method="supervised", backbone="conv4", batch=32, lr=0.05, supervised_augment="affine-erase")
+    config = RunConfig(
+        method="supervised", backbone="conv4", batch=32, lr=0.05, method_options={"augment": "affine-erase"}
+    )
     cls = method_class("supervised")
     manifest = load_manifest(synthetic_shards)
     loader = ViewLoader(synthetic_shards, cls.recipe(config, manifest.image_size), batch_size=32, num_threads=1)

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 # Bottom to top. A unit is a top-level module or subpackage of ssrr (`ssrr/<unit>`), or `pipelines`, or `cli`.
 LAYERS: list[set[str]] = [
     {"errors"},  # SsrrError: the one-line user error
-    {"files", "options", "hardware", "devices", "schedules", "presets", "launch", "ranks"},  # ... launchers, ranks
-    {"threads"},  # thread plans: the grid, the choice, the per-machine cache
+    {"files", "options", "hardware", "devices", "schedules", "launch", "ranks"},  # ... launchers, ranks
+    {"declare", "threads"},  # options declared on dataclass fields; thread plans (grid, choice, cache)
     {"data"},  # sources, shard writer, manifests, remote shards
     {"pipelines"},  # DALI pipelines (never the trainer or the models)
     {"precision"},  # how a module runs on a batch: device, autocast, memory format
@@ -25,8 +25,9 @@ LAYERS: list[set[str]] = [
         "augment",
         "environment",
     },  # backbones, heads, pure losses, k-means, config, torch augmentations
-    {"relational"},  # the pair stage of relational reasoning, on the heads
-    {"methods"},  # the registry of pretraining methods
+    {"relational", "presets"},  # the pair stage of relational reasoning; presets, replacing config fields
+    {"methods"},  # the registry of pretraining methods, each with its own options
+    {"run_options"},  # the run's options from their declarations: config <-> command line, preset, resume
     {"train"},  # the loop, checkpoints, the live display
     {"eval"},  # protocols on trained backbones; the probes handed to the loop
     {"official", "bench", "demo", "experiments", "export"},  # whole jobs built from the layers below

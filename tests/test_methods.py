@@ -95,7 +95,7 @@ def test_infomax_dot_critic_scores_every_global_against_every_local_feature() ->
     """The folded computation (last local layer moved to the global side) gives the scores of the plain one:
     global_encoder(z)[m] . local_encoder(local_maps)[n, :, y, x] for every m, n, y, x."""
     torch.manual_seed(0)
-    config = RunConfig(method="infomax", backbone="conv4", infomax_critic="dot")
+    config = RunConfig(method="infomax", backbone="conv4", method_options={"critic": "dot"})
     method = method_class("infomax")(config, build_backbone("conv4"), 10)
     method = method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     views = torch.randn(6, 3, 32, 32).contiguous(memory_format=torch.channels_last)

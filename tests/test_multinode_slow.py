@@ -112,9 +112,10 @@ def test_two_process_run_stopped_killed_and_resumed_is_bit_identical(
     assert (checkpoints / "step-00000006").is_dir()
     state = json.loads((checkpoints / "step-00000006" / "state.json").read_text())["state"]
     assert {"rng", "rng-rank0", "rng-rank1"} <= state.keys() and state["batch_in_epoch"] == 2
-    resumed = ssrr_processes(*work, "--resume", "--max-steps", "0", port=free_port())
+    lifted = ("--max-steps", "1000000")  # the cap lifted: past the run's 12 steps (a typed 0 is refused)
+    resumed = ssrr_processes(*work, "--resume", *lifted, port=free_port())
     killed = _kill_group_when(resumed, checkpoints / "step-00000008")  # kill -9 at the start of epoch 3
-    finish(*work, "--resume", "--max-steps", "0")
+    finish(*work, "--resume", *lifted)
     straight, work_run = tmp_path / "straight" / "run", tmp_path / "work" / "run"
     assert (work_run / "backbone.safetensors").read_bytes() == (straight / "backbone.safetensors").read_bytes()
     last = "step-00000012/model.safetensors"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,10 +96,10 @@ def test_config_refuses_bad_schedule_and_crop(field: str, value: object) -> None
 
 def test_paper_preset_is_the_papers_defaults() -> None:
     assert preset_values("paper") == {}
-    values = apply_preset({"k": 32, "epochs": 200}, "paper", set(), lambda: pytest.fail("data not needed"))
-    assert values == {"k": 32, "epochs": 200, "preset": "paper"}
+    config = RunConfig(k=32, epochs=200)
+    assert apply_preset(config, set(), lambda: pytest.fail("data not needed")) == config
     defaults = RunConfig()
-    assert (defaults.k, defaults.batch, defaults.epochs, defaults.lr_schedule) == (32, 0, 200, "constant")
+    assert (defaults.k, defaults.batch, defaults.epochs, defaults.lr_schedule) == (32, None, 200, "constant")
 
 
 def test_fast_view_side_is_three_quarters_of_the_image() -> None:
@@ -106,19 +107,19 @@ def test_fast_view_side_is_three_quarters_of_the_image() -> None:
 
 
 def test_typed_options_override_the_fast_preset() -> None:
-    base = {"k": 32, "batch": 0, "lr": None, "epochs": 200, "precision": "fp32", "time_budget_s": 0.0}
-    values = apply_preset(base, "fast", set(), lambda: (32, 32))
-    assert {key: values[key] for key in FAST} == FAST
-    assert (values["time_budget_s"], values["view_size"], values["preset"]) == (FAST_TIME_BUDGET_S, 24, "fast")
-    assert values["epochs"] == 200  # only a cap: the budget plans the steps
-    typed = apply_preset({**base, "k": 8}, "fast", {"k", "precision"}, lambda: (32, 32))
-    assert (typed["k"], typed["precision"], typed["time_budget_s"]) == (8, "fp32", FAST_TIME_BUDGET_S)
-    epochs = apply_preset({**base, "epochs": 3}, "fast", {"epochs"}, lambda: (32, 32))
-    assert (epochs["epochs"], epochs["time_budget_s"]) == (3, 0.0)  # typed epochs: no budget
-    budget = apply_preset({**base, "time_budget_s": 60.0}, "fast", {"time_budget_s"}, lambda: (32, 32))
-    assert budget["time_budget_s"] == 60.0
-    fixed = apply_preset({**base, "view_size": 0}, "fast", {"epochs", "view_size"}, lambda: pytest.fail("typed"))
-    assert fixed["view_size"] == 0
+    base = RunConfig(preset="fast")
+    values = apply_preset(base, set(), lambda: (32, 32))
+    assert {key: getattr(values, key) for key in FAST} == FAST
+    assert (values.time_budget_s, values.view_size, values.preset) == (FAST_TIME_BUDGET_S, 24, "fast")
+    assert values.epochs == 200  # only a cap: the budget plans the steps
+    typed = apply_preset(replace(base, k=8), {"k", "precision"}, lambda: (32, 32))
+    assert (typed.k, typed.precision, typed.time_budget_s) == (8, "fp32", FAST_TIME_BUDGET_S)
+    epochs = apply_preset(replace(base, epochs=3), {"epochs"}, lambda: (32, 32))
+    assert (epochs.epochs, epochs.time_budget_s) == (3, None)  # typed epochs: no budget
+    budget = apply_preset(replace(base, time_budget_s=60.0), {"time_budget_s"}, lambda: (32, 32))
+    assert budget.time_budget_s == 60.0
+    fixed = apply_preset(replace(base, view_size=40), {"epochs", "view_size"}, lambda: pytest.fail("typed"))
+    assert fixed.view_size == 40
 
 
 def test_cli_fast_preset_writes_its_values(tiny_shards: Path, tmp_path: Path) -> None:

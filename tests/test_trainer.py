@@ -59,7 +59,7 @@ def test_stop_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_sha
 def test_resume_from_the_middle_of_an_epoch_is_exact(tiny_shards: Path, tmp_path: Path) -> None:
     straight = pretrain(config(tiny_shards, tmp_path / "a", epochs=1), show=False)
     pretrain(config(tiny_shards, tmp_path / "b", epochs=1, max_steps=3), show=False)
-    resumed = pretrain(config(tiny_shards, tmp_path / "b", epochs=1, max_steps=0), resume=True, show=False)
+    resumed = pretrain(config(tiny_shards, tmp_path / "b", epochs=1, max_steps=None), resume=True, show=False)
     a, b = weights(straight.run_dir), weights(resumed.run_dir)
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -80,8 +80,8 @@ def test_resuming_with_another_model_is_refused(tiny_shards: Path, tmp_path: Pat
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"k": 1}, "--k must be at least 2"),
-        ({"batch": 1}, "--batch must be at least 2"),
+        ({"k": 1}, "--k must be >= 2"),
+        ({"batch": 1}, "--batch must be >= 2"),
         ({"backbone": "vgg"}, "unknown backbone"),
         ({"aggregation": "median"}, "aggregation"),
         ({"dataset": "no-such-dataset"}, "ssrr shard no-such-dataset"),

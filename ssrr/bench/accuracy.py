@@ -39,7 +39,7 @@ PROBES_PER_EPOCH = 4  # with a target: probes an epoch, ours and the baseline's 
 def _ours(shard_dir: Path, config: RunConfig, probe: LinearProbe, execution: Execution) -> tuple[float, Curve]:
     with tempfile.TemporaryDirectory(prefix="ssrr-bench-accuracy-") as runs:
         run = pretrain(
-            replace(config, out=runs, name="ours", device=execution.device.type),
+            replace(config, out=runs, name="ours", device="cuda" if execution.device.type == "cuda" else "cpu"),
             show=False,
             probes=[probe],
         )

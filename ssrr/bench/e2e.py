@@ -75,7 +75,7 @@ def _our_loader(
     shard_dir: Path | str, config: RunConfig, execution: Execution, plan: ThreadPlan, cpus: set[int] | None
 ) -> ViewLoader:
     return ViewLoader(
-        shard_dir, recipes.relational(config.k), batch_size=config.batch, device=execution.device,
+        shard_dir, recipes.relational(config.k), batch_size=config.batch_size, device=execution.device,
         dtype=execution.view_dtype, num_threads=plan.dali_threads, pipeline_cpus=cpus,
     )  # fmt: skip
 

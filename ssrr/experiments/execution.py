@@ -14,37 +14,15 @@ from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
 from ssrr.experiments.planning import EvalJob, Plan, Run, missing_datasets, shard_hint, status
 from ssrr.experiments.tables import Log
-from ssrr.methods.base import with_method_defaults
+from ssrr.run_options import config_args, dataset_image_size, given_fields, prepare
 
 # ------------------------------------------------------------------------------------------- 3. execute
 
 
 def pretrain_args(config: RunConfig, *, resume: bool = True) -> list[str]:
-    """The `ssrr pretrain` options that make exactly this config."""
-    args = ["--method", config.method, "--dataset", config.dataset, "--backbone", config.backbone]
-    if config.method == "relational":
-        args += ["--k", str(config.k), "--head", config.head]
-    args += [
-        "--batch",
-        str(with_method_defaults(config).batch),
-        "--epochs",
-        str(config.epochs),
-        "--seed",
-        str(config.seed),
-    ]
-    if config.split != "train":
-        args += ["--split", config.split]
-    if config.supervised_augment != "crop-flip":
-        args += ["--supervised-augment", config.supervised_augment]
-    if config.max_steps:
-        args += ["--max-steps", str(config.max_steps)]
-    if config.time_budget_s:
-        args += ["--time-budget", f"{config.time_budget_s:g}s"]
-    if config.precision != "fp32":
-        args += ["--precision", config.precision]
-    if config.device != "auto":
-        args += ["--device", config.device]
-    args += ["--out", config.out, "--name", config.name, "--shards-root", config.shards_root]
+    """The `ssrr pretrain` options that make exactly this config, generated from the options' declarations
+    (`ssrr.run_options.config_args`); a planned config sets its batch (the method's, as the authors)."""
+    args = config_args(config)
     return [*args, "--resume"] if resume else args
 
 
@@ -165,6 +143,8 @@ def _pretrain(run: Run, plan: Plan, launch: str | None, show: bool, cache: str |
     from ssrr.eval.probes import probes_for
     from ssrr.train.loop import pretrain
 
+    # The same config a launched `ssrr pretrain <pretrain_args> --resume` would take: what it gives wins.
+    config = prepare(config, given_fields(config), dataset_image_size, resume=True)
     pretrain(config, resume=True, show=show, probes=probes_for(config))
 
 

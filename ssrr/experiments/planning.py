@@ -7,9 +7,9 @@ import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from ssrr.config import CONFIG_FILE, RunConfig
+from ssrr.config import CONFIG_FILE, Device, RunConfig
 from ssrr.data import formats
 from ssrr.data.remote import is_url
 from ssrr.errors import SsrrError
@@ -23,10 +23,12 @@ from ssrr.experiments.tables import (
     THROUGHPUT_FILE,
     Evaluation,
     Experiment,
+    Pretraining,
     TableSpec,
 )
 from ssrr.methods.base import method_class, with_method_defaults
 from ssrr.options import backbone_tag
+from ssrr.precision import Precision
 
 # ------------------------------------------------------------------------------------------- 2. plan
 
@@ -204,16 +206,23 @@ def _run_for(
         epochs=scale.pretrain_epochs or pre.epochs,
         head=pre.head,
         split=pre.split if scale.dataset is None else "train",  # a stand-in dataset has a train split only
-        supervised_augment=pre.supervised_augment if scale.dataset is None else "crop-flip",  # one stand-in run
-        precision=precision,
+        method_options=_method_options(pre, scale),
+        precision=cast(Precision, precision),  # checked with the whole config (RunConfig.validate)
         seed=seed,
         out=str(runs_dir),
         name=name,
         shards_root=shards_root,
-        max_steps=scale.max_steps,
-        device=device,
+        max_steps=scale.max_steps or None,
+        device=cast(Device, device),
     )
     return Run(name, pre.method, backbone, seed, config, runs_dir / name)
+
+
+def _method_options(pre: Pretraining, scale: Scale) -> dict[str, Any]:
+    """The run's method options: supervised on STL-10 augments as the authors' code (one stand-in run: not)."""
+    if pre.method != "supervised":
+        return {}
+    return {"augment": pre.supervised_augment if scale.dataset is None else "crop-flip"}
 
 
 def _job_for(evaluation: Evaluation, run: Run, scale: Scale, stem_name: Callable[[str], str]) -> EvalJob:

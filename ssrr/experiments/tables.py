@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ssrr.config import Head
 from ssrr.eval.report import STANDARD_COLUMNS, method_label
 
 # ------------------------------------------------------------------------------------------ constants
@@ -38,8 +39,7 @@ FIGURE_SIZE_IN = {"k": (8.0, 5.0), "labels": (8.0, 5.0), "backbones": (10.0, 5.0
 FIGURE_DPI = 100  # as ssrr.eval.common: 800 x 500 and 1000 x 500 pixels
 # Settings of a saved run that must equal the plan's (a different value is a conflict, never overwritten).
 COMPARED_SETTINGS: tuple[str, ...] = ("method", "backbone", "k", "batch", "epochs", "lr", "loss", "aggregation")
-COMPARED_SETTINGS += ("head", "labels", "seed", "max_steps", "split", "simclr_loss", "infomax_prior", "infomax_critic")
-COMPARED_SETTINGS += ("supervised_augment",)
+COMPARED_SETTINGS += ("head", "seed", "max_steps", "split", "method_options")
 
 Log = Callable[[str], None]
 
@@ -73,7 +73,7 @@ class Pretraining:
     dataset: str
     backbone: str = "resnet32"
     k: int = K_DEFAULT
-    head: str = "relation"
+    head: Head = "relation"
     epochs: int = EPOCHS
     split: str = "train"  # STL-10's self-supervised runs: unlabeled, as the authors' code
     supervised_augment: str = "crop-flip"  # supervised on STL-10: affine-erase, as the authors' code

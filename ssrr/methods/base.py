@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from ssrr.config import RunConfig
+from ssrr.declare import check_fields, declared
 from ssrr.errors import SsrrError
 from ssrr.models.backbones import Backbone
 from ssrr.precision import Execution
@@ -56,12 +57,31 @@ class Method(nn.Module):
     uses_labels: ClassVar[bool] = False
     default_lr: ClassVar[float] = 1e-3  # the learning rate when the run does not set one
     default_batch: ClassVar[int] = 128  # images per step when the run does not set one (the authors' baselines)
+    # The method's own options: a dataclass of `ssrr.declare.option` fields, each with its flag (`--simclr-loss`);
+    # a run saves them under the method's name in config.json, `ssrr pretrain` offers them as options.
+    options_type: ClassVar[type | None] = None
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
         self.num_classes = num_classes
+        self.options: Any = self.read_options(config)
+
+    @classmethod
+    def read_options(cls, config: RunConfig) -> Any:
+        """The run's options of this method (its `options_type`, defaults filled in), checked; None without."""
+        if cls.options_type is None:
+            if config.method_options:
+                raise SsrrError(f"--method {cls.name} has no options, got {', '.join(config.method_options)}")
+            return None
+        known = {item.name for item in fields(cls.options_type)}
+        unknown = sorted(set(config.method_options) - known)
+        if unknown:
+            raise SsrrError(f"--method {cls.name} has no option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        options = cls.options_type(**config.method_options)
+        check_fields(options)
+        return options
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> Recipe:
@@ -122,13 +142,28 @@ def register(cls: MethodType) -> MethodType:
 
 
 def with_method_defaults(config: RunConfig) -> RunConfig:
-    """The config with what it leaves to the method filled in (learning rate, batch), as a run saves it."""
-    if config.lr is not None and config.batch:
-        return config
+    """The config with what it leaves to the method filled in (learning rate, batch, the method's options, checked),
+    as a run saves it."""
     cls = method_class(config.method)
+    options = cls.read_options(config)
     return replace(
-        config, lr=cls.default_lr if config.lr is None else config.lr, batch=config.batch or cls.default_batch
+        config,
+        lr=cls.default_lr if config.lr is None else config.lr,
+        batch=cls.default_batch if config.batch is None else config.batch,
+        method_options={} if options is None else asdict(options),
     )
+
+
+def option_fields(cls: type[Method]) -> list[Field[Any]]:
+    """The declared options of a method (empty without)."""
+    if cls.options_type is None:
+        return []
+    found = [item for item in fields(cls.options_type) if declared(item) is not None]
+    for item in found:
+        how = declared(item)
+        if how is None or not how.flag:  # one method's `loss` must never be another's `--loss`
+            raise SsrrError(f"{cls.name}: option {item.name} declares no flag (e.g. --{cls.name}-{item.name})")
+    return found
 
 
 def method_class(name: str) -> type[Method]:

@@ -19,12 +19,14 @@ the representations away from the prior (docs/fidelity.md).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ssrr.config import RunConfig
+from ssrr.declare import option
 from ssrr.losses import infomax_jsd_all_pairs, infomax_jsd_local, infomax_prior
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.models.backbones import Backbone
@@ -103,15 +105,35 @@ class DotCritic(nn.Module):
         return infomax_jsd_all_pairs(self.scores(local_maps, z))
 
 
+@dataclass
+class InfomaxOptions:
+    """`--infomax-prior` and `--infomax-critic`: the authors' forms one option away (docs/fidelity.md)."""
+
+    prior: Literal["adversarial", "official"] = option(
+        "adversarial",
+        "infomax: adversarial (the encoder fools the prior critic), or official (the authors' code: both "
+        "minimise the critic's loss).",
+        "method",
+        flag="--infomax-prior",
+    )
+    critic: Literal["concat", "dot"] = option(
+        "concat",
+        "infomax: concat (the authors' concatenate-and-convolve critic) or dot (encode-and-dot).",
+        "method",
+        flag="--infomax-critic",
+    )
+
+
 @register
 class DeepInfoMax(Method):
     name = "infomax"
     default_lr = 1e-4  # Adam, the paper's setting
+    options_type = InfomaxOptions
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         channels, dim = backbone.local_channels, backbone.feature_dim
-        critic = ConcatCritic if config.infomax_critic == "concat" else DotCritic
+        critic = ConcatCritic if self.options.critic == "concat" else DotCritic
         self.critic = critic(channels, dim)
         self.prior_discriminator = nn.Sequential(
             nn.Linear(dim, 512), nn.ReLU(), nn.Linear(512, 128), nn.ReLU(), nn.Linear(128, 1)
@@ -125,6 +147,6 @@ class DeepInfoMax(Method):
         local_maps, z = self.backbone.forward_with_local(batch.views)
         mi_loss = self.critic.loss(local_maps, z)
         prior = torch.rand_like(z, dtype=torch.float32)
-        fake = z.float() if self.config.infomax_prior == "official" else _ReverseGradient.apply(z.float())
+        fake = z.float() if self.options.prior == "official" else _ReverseGradient.apply(z.float())
         prior_loss = infomax_prior(self.prior_discriminator(prior), self.prior_discriminator(fake))
         return StepOutput(mi_loss + PRIOR_WEIGHT * prior_loss, {"mi_loss": mi_loss.detach()})

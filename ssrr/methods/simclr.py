@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from ssrr.config import RunConfig
+from ssrr.declare import option
 from ssrr.losses import SIMCLR_LOSSES
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.methods.heads import mlp_head
@@ -18,14 +20,27 @@ if TYPE_CHECKING:
 TEMPERATURE = 0.5
 
 
+@dataclass
+class SimclrOptions:
+    """`--simclr-loss`: the standard NT-Xent, or the authors' code's form (docs/fidelity.md)."""
+
+    loss: Literal["nt-xent", "official"] = option(
+        "nt-xent",
+        "simclr: nt-xent (mean of -log p), or official (the authors' code: -log of the mean p).",
+        "method",
+        flag="--simclr-loss",
+    )
+
+
 @register
 class SimCLR(Method):
     name = "simclr"
+    options_type = SimclrOptions
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
         self.projector = mlp_head(backbone.feature_dim, 64)
-        self.loss_fn = SIMCLR_LOSSES[config.simclr_loss]
+        self.loss_fn = SIMCLR_LOSSES[self.options.loss]
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:

@@ -6,7 +6,8 @@ STL-10 transform: the DALI flip recipe, then a random affine and random erasing 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import nn
 
 from ssrr.augment import AffineErase, affine_erase
 from ssrr.config import RunConfig
+from ssrr.declare import option
 from ssrr.errors import SsrrError
 from ssrr.methods.base import EpochContext, Method, StepOutput, register
 from ssrr.models.backbones import Backbone
@@ -25,11 +27,28 @@ if TYPE_CHECKING:
 SGD_LR = 0.1
 
 
+@dataclass
+class SupervisedOptions:
+    """What the supervised upper bound trains on, and how its images are augmented."""
+
+    labels: Literal["fine", "coarse"] = option(
+        "fine", "supervised only: fine or coarse labels.", "method", flag="--labels"
+    )
+    augment: Literal["crop-flip", "affine-erase"] = option(
+        "crop-flip",
+        "supervised: crop-flip (pad side/8), or affine-erase (flip, random affine, random erasing: the authors' "
+        "STL-10 transform).",
+        "method",
+        flag="--supervised-augment",
+    )
+
+
 @register
 class Supervised(Method):
     name = "supervised"
     uses_labels = True
     default_lr = SGD_LR
+    options_type = SupervisedOptions
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -40,7 +59,7 @@ class Supervised(Method):
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
-        if config.supervised_augment == "affine-erase":
+        if cls.read_options(config).augment == "affine-erase":
             return recipes.flip()  # then the affine and the erasing in `forward`
         return recipes.crop_flip(recipes.pad_for(image_size))  # pad side/8, the authors'
 
@@ -68,9 +87,9 @@ class Supervised(Method):
             self.normalisation = (context.mean, context.std)
 
     def forward(self, batch: Batch) -> StepOutput:  # type: ignore[override]
-        labels = batch.coarse if self.config.labels == "coarse" else batch.fine
+        labels = batch.coarse if self.options.labels == "coarse" else batch.fine
         views = batch.views
-        if self.config.supervised_augment == "affine-erase" and self.training:
+        if self.options.augment == "affine-erase" and self.training:
             if self.normalisation is None:
                 raise SsrrError("supervised affine-erase: the views' normalisation is unknown (no epoch started)")
             views = affine_erase(views, *self.normalisation, self.augment_generator, AffineErase())

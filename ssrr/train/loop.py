@@ -313,7 +313,7 @@ def _rates(
         tally.counted,
         elapsed,
         tally.wait,
-        t.config.batch,
+        t.config.batch_size,
         t.views_per_image,
         t.pairs_per_step,
         t.accelerator.num_processes,
@@ -373,7 +373,7 @@ def _report(t: Training, progress: Progress, show: bool) -> None:
             "run": str(config.run_dir),
             "method / backbone": f"{config.method} / {config.backbone}",
             "K x M": f"{t.views_per_image} x {config.batch}"
-            + _global_batch(config.batch, processes, config.grad_accum),
+            + _global_batch(config.batch_size, processes, config.grad_accum),
             "device": f"{t.device} x{processes}" + (f" on {t.num_machines} machines" if t.num_machines > 1 else ""),
             "precision": t.execution.describe(),
             "threads": t.threads.describe() if t.device.type == "cpu" else "-",

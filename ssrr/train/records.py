@@ -59,7 +59,7 @@ def environment(
         "num_processes": accelerator.num_processes,
         "num_machines": machines,
         "batch_per_process": config.batch,  # M: images per step on each process
-        "global_batch": config.batch * accelerator.num_processes * config.grad_accum,  # images per optimizer step
+        "global_batch": config.batch_size * accelerator.num_processes * config.grad_accum,  # images per optimizer step
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": {"fp32": "no"}.get(execution.precision, execution.precision),
         **execution.record(),

@@ -171,7 +171,7 @@ def set_up(config: RunConfig, resume: bool, show: bool, closing: ExitStack) -> T
     return Training(
         config, shard_dir, manifest, num_classes, accelerator, execution, model, unwrapped, optimizer, scheduler,
         scaler, loader, make_loader, state, budget, threads, resume_from is not None, cls.views_per_image(config),
-        unwrapped.pairs_per_step(config.batch), machines,
+        unwrapped.pairs_per_step(config.batch_size), machines,
     )  # fmt: skip
 
 
@@ -202,14 +202,14 @@ def _thread_plan(
 ) -> PlanChoice:
     """The run's thread plan (ssrr/train/threads.py): resumed, typed, cached, timed here, or the default."""
     first_side, _ = config.view_sides(min(manifest.image_size))
-    per_epoch = manifest.samples_in(config.split) // max(1, config.batch * accelerator.num_processes)
+    per_epoch = manifest.samples_in(config.split) // max(1, config.batch_size * accelerator.num_processes)
     planned = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
     timing = worth_timing(config, method, accelerator.device, accelerator.num_processes, planned)
 
     def loader_for(plan: ThreadPlan) -> ViewLoader:
         loader = loaders.add(
             ViewLoader(
-                shard_dir, recipe, split=config.split, batch_size=config.batch, device=accelerator.device,
+                shard_dir, recipe, split=config.split, batch_size=config.batch_size, device=accelerator.device,
                 seed=config.seed, dtype=execution.view_dtype, num_threads=plan.dali_threads,
                 pipeline_cpus=plan.pipeline_cpus(os.sched_getaffinity(0)), skip_corrupt=config.skip_corrupt,
             )
@@ -306,7 +306,7 @@ def _num_classes(config: RunConfig, manifest: Manifest, uses_labels: bool, shard
     splits = [manifest.splits[name] for name in config.split.split("+") if name in manifest.splits]
     if uses_labels and not all(split.labeled for split in splits):  # an unknown split: the loader's error
         raise SsrrError(f"{shard_dir}: split {config.split} is not all labelled; --method {config.method} needs labels")
-    if config.labels == "coarse":
+    if config.method_options.get("labels") == "coarse":  # supervised's option (ssrr/methods/supervised.py)
         if not manifest.coarse_classes:
             raise SsrrError(f"{shard_dir}: no coarse labels (only CIFAR-100 has them); drop --labels coarse")
         return len(manifest.coarse_classes)
