@@ -41,7 +41,9 @@ def test_dry_run_lists_every_run_of_the_seed_tables(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     lines = run_lines(result.output)
     names = [m.group(7) for m in lines]
-    assert len(lines) == len(set(names)) == 129  # one line per run, each run once
+    # one line per run, each run once: 129 runs of the paper's rows, plus the standard forms of SimCLR and Deep
+    # InfoMax (4 pretraining datasets x 3 seeds each) beside the authors' forms
+    assert len(lines) == len(set(names)) == 129 + 2 * 4 * 3
     assert {m.group(1) for m in lines} == {*ex.METHODS, "random"}  # every method of table 1 (+ random weights)
     assert {m.group(4) for m in lines} == {"1", "2", "3"}
     assert {m.group(2) for m in lines} >= {"conv4", "resnet32", "resnet34"}
@@ -59,7 +61,8 @@ def test_dry_run_lists_every_run_of_the_seed_tables(tmp_path: Path) -> None:
     for method in ex.SELF_SUPERVISED:
         assert f"{method}-conv4-cifar10" in text and f"{method}-conv4-cifar100" in text
     assert all(m.group(6).startswith("todo; missing shards") for m in lines)
-    assert "129 runs (129 todo)" in result.output
+    assert "153 runs (153 todo)" in result.output
+    assert "loss=official" in text and "loss=nt-xent" in text and "prior=official" in text
     assert "`ssrr shard cifar10 --out" in result.output
 
 
@@ -242,3 +245,20 @@ def test_stl10_self_supervised_runs_pretrain_on_unlabeled_only() -> None:
         assert ("--split" in args) == (expected != "train")
     tiny = [run.config for run in ex.plan("table1", "tiny", runs_dir="somewhere").runs if run.config]
     assert {config.split for config in tiny} == {"train"}  # the stand-in synthetic data has no unlabeled split
+
+
+def test_the_tables_run_the_authors_forms_and_add_the_standard_forms_as_rows(tmp_path: Path) -> None:
+    from ssrr.experiments.planning import plan
+
+    runs = {run.name: run for run in plan("table1", "small", runs_dir=tmp_path, shards_root=str(tmp_path)).runs}
+    simclr = [run for run in runs.values() if run.method == "simclr" and run.seed == 1]
+    infomax = [run for run in runs.values() if run.method == "infomax" and run.seed == 1]
+    assert {str(run.config.method_options) for run in simclr if run.config} == {
+        "{'loss': 'official'}",  # the authors' -log of the mean p: the default row
+        "{'loss': 'nt-xent'}",  # the standard NT-Xent: its own row and run name
+    }
+    assert {run.config.method_options["prior"] for run in infomax if run.config} == {"official", "adversarial"}
+    standard = [name for name, run in runs.items() if run.config and run.config.method_options.get("loss") == "nt-xent"]
+    assert standard and all("-standard-" in name for name in standard)
+    rotation = [run for run in runs.values() if run.method == "rotation" and run.config]
+    assert rotation and all(run.config.method_options == {} for run in rotation)  # no other form: one row

@@ -120,13 +120,16 @@ class Plan:
         return [run for run in self.runs if any(p.strip() in run.name for p in patterns)]
 
 
-def run_name(method: str, backbone: str, dataset: str, k: int, head: str, seed: int) -> str:
-    """`relational-resnet32-cifar100-k32-s1`, `relational-resnet32-cifar10-k32-dot-s2`, `simclr-conv4-cifar10-s3`."""
+def run_name(method: str, backbone: str, dataset: str, k: int, head: str, seed: int, form: str = "authors") -> str:
+    """`relational-resnet32-cifar100-k32-s1`, `relational-resnet32-cifar10-k32-dot-s2`, `simclr-conv4-cifar10-s3`
+    (the authors' form), `simclr-conv4-cifar10-standard-s3` (the standard form, where it differs)."""
     parts = [method, backbone_tag(backbone), Path(dataset).name]
     if method == "relational":
         parts.append(f"k{k}")
         if head != "relation":
             parts.append(head)
+    if form != "authors":
+        parts.append(form)
     return "-".join([*parts, f"s{seed}"])
 
 
@@ -196,7 +199,7 @@ def _run_for(
         tag = backbone_tag(backbone)
         return Run(f"{RANDOM}-{tag}-s{seed}", RANDOM, backbone, seed, None, runs_dir / f"{RANDOM}-{tag}")
     dataset = scale.data(pre.dataset)
-    name = run_name(pre.method, backbone, dataset, pre.k, pre.head, seed)
+    name = run_name(pre.method, backbone, dataset, pre.k, pre.head, seed, pre.form)
     config = RunConfig(
         method=pre.method,
         dataset=dataset,
@@ -219,10 +222,12 @@ def _run_for(
 
 
 def _method_options(pre: Pretraining, scale: Scale) -> dict[str, Any]:
-    """The run's method options: supervised on STL-10 augments as the authors' code (one stand-in run: not)."""
-    if pre.method != "supervised":
-        return {}
-    return {"augment": pre.supervised_augment if scale.dataset is None else "crop-flip"}
+    """The run's method options: its form's (the authors' by default, tables.AUTHORS_FORMS); supervised on STL-10
+    augments as the authors' code (one stand-in run: not)."""
+    options: dict[str, Any] = pre.method_options()
+    if pre.method == "supervised":
+        options["augment"] = pre.supervised_augment if scale.dataset is None else "crop-flip"
+    return options
 
 
 def _job_for(evaluation: Evaluation, run: Run, scale: Scale, stem_name: Callable[[str], str]) -> EvalJob:
@@ -367,6 +372,8 @@ def describe(run: Run, state: Status, missing: Sequence[str] = ()) -> str:
     config = run.config
     dataset = Path(config.dataset).name if config else "-"
     extra = f"k={config.k} head={config.head}" if config and config.method == "relational" else ""
+    if config and config.method_options:  # the form of a baseline (the authors', or the standard)
+        extra = " ".join(f"{key}={value}" for key, value in sorted(config.method_options.items()))
     evals = ", ".join(job.tag for job in run.evaluations)
     word = state.word
     lacking = [d for d in run.datasets() if d in missing]
