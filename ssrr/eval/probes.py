@@ -17,10 +17,8 @@ from pathlib import Path
 from torch import nn
 
 from ssrr.config import RunConfig
-from ssrr.data.formats import load_manifest
-from ssrr.eval.features import class_names, extract_features
-from ssrr.eval.knn import knn_probe
-from ssrr.eval.linear import EPOCHS, fit_and_score
+from ssrr.eval.linear import EPOCHS
+from ssrr.eval.protocols import protocol
 from ssrr.precision import Execution
 
 
@@ -33,7 +31,9 @@ class KnnProbe:
     name: str = "knn_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
-        return knn_probe(backbone, shard_dir, execution=execution, test_split=self.split)
+        probe = protocol("knn").probe
+        assert probe is not None
+        return probe(backbone, shard_dir, execution, self.split)
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,9 @@ class LinearProbe:
     name: str = "linear_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
-        manifest = load_manifest(shard_dir)
-        names = class_names(manifest, "fine")
-        split = self.split or manifest.held_out_split or "test"
-        train = extract_features(backbone, shard_dir, "train", device=execution)
-        held_out = extract_features(backbone, shard_dir, split, device=execution)
-        metrics, _ = fit_and_score(
-            train, held_out, "fine", names, epochs=self.epochs, seed=self.seed, device=execution.device
-        )
-        return float(metrics["top1"])
+        probe = protocol("linear").probe
+        assert probe is not None
+        return probe(backbone, shard_dir, execution, self.split, epochs=self.epochs, seed=self.seed)
 
 
 def probes_for(config: RunConfig) -> list[KnnProbe | LinearProbe]:
