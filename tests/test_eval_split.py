@@ -114,7 +114,8 @@ def test_scoring_another_split_than_the_default_writes_its_own_result(train_val_
     loaded = load_backbone("random:conv4")
     result = linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, split="train")
     assert result["split"] == "train" and result["test_samples"] == 12
-    assert (tmp_path / "linear-tv-train-random-conv4-s1.json").is_file() and not (tmp_path / "linear-tv-random-conv4-s1.json").exists()
+    assert (tmp_path / "linear-tv-train-random-conv4-s1.json").is_file()
+    assert not (tmp_path / "linear-tv-random-conv4-s1.json").exists()
     assert result["default_split"] is False
     from ssrr.eval.report import columns_of
 
@@ -150,7 +151,8 @@ def test_reproduce_evaluates_tiny_imagenet_on_val(tiny_imagenet: Path, tmp_path:
     from ssrr.experiments.execution import _evaluate
 
     run = Run("random-conv4-s1", "random", "conv4", 1, None, tmp_path / "random-conv4")
-    job = EvalJob("linear", str(tiny_imagenet), "fine", 1, 1, (), tmp_path / "eval", "linear-tiny-imagenet-random-conv4-s1")
+    stem = "linear-tiny-imagenet-random-conv4-s1"
+    job = EvalJob("linear", str(tiny_imagenet), "fine", 1, 1, (), tmp_path / "eval", stem)
     _evaluate(run, job, str(tiny_imagenet.parent), "cpu", None, show=False)
     result = json.loads(job.result.read_text())
     assert result["split"] == "val" and result["test_samples"] == VAL_IMAGES
