@@ -183,9 +183,21 @@ def _command(protocol: Protocol) -> Callable[..., None]:
     return command
 
 
-def register(app: typer.Typer) -> None:
+_COMMANDS: set[str] = set()  # the protocols that have their command on `eval_app`
+
+
+def sync_protocols() -> list[str]:
+    """Give every registered protocol that has none its `ssrr eval` command; the names added. Mounting calls it;
+    a protocol registered outside `ssrr/eval/` (a plugin, a test) calls it after `register`."""
     from ssrr.eval.protocols import protocols
 
-    for protocol in protocols():
+    added = [p for p in protocols() if p.name not in _COMMANDS]
+    for protocol in added:
         eval_app.command(protocol.name, help=protocol.help)(_command(protocol))
+        _COMMANDS.add(protocol.name)
+    return [p.name for p in added]
+
+
+def register(app: typer.Typer) -> None:
+    sync_protocols()
     app.add_typer(eval_app, name="eval")
