@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_shards
+from fixtures_eval import features_from_tensors
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from ssrr.data.formats import load_manifest
 from ssrr.data.writer import DatasetArrays, SplitArrays, iter_samples, write_dataset
 from ssrr.errors import SsrrError
-from ssrr.eval.features import eval_image_size, extract_features, features_from_tensors
+from ssrr.eval.features import eval_image_size, extract_features
 from ssrr.eval.finetune import finetune
 from ssrr.eval.knn import knn_probe
 from ssrr.eval.linear import linear_eval

@@ -130,24 +130,6 @@ def _kl(p: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.where(p > 0, p * (p / q).log(), torch.zeros_like(p)).sum())
 
 
-def tsne(
-    x: torch.Tensor,
-    *,
-    perplexity: float = PERPLEXITY,
-    iterations: int = ITERATIONS,
-    seed: int = 1,
-    learning_rate: float | None = None,
-) -> torch.Tensor:
-    """t-SNE of x (N, D) to (N, 2), float32, seeded (see `run_tsne`)."""
-    return run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed, learning_rate=learning_rate)[0]
-
-
-def kl_divergence(x: torch.Tensor, y: torch.Tensor, perplexity: float = PERPLEXITY) -> float:
-    """KL(P || Q) of an embedding y of x: the quantity t-SNE minimises (lower is better)."""
-    n = len(x)
-    return _kl(affinities(pca(x.double(), PCA_DIMS), min(perplexity, (n - 1) / 3)), y)
-
-
 def subsample(n: int, points: int, seed: int) -> torch.Tensor:
     """Sorted seeded subset of `points` rows out of n (all when points <= 0 or >= n)."""
     if points <= 0 or points >= n:
