@@ -114,7 +114,7 @@ def knn_eval(
         image_size=image_size, out=out,
     )  # fmt: skip
     train, test, size, extract_s = extract_pair(
-        loaded, shard_dir, device=ctx.execution, image_size=ctx.image_size, test_split=ctx.split,
+        loaded, shard_dir, device=ctx.execution, image_size=ctx.image_size, split=ctx.split,
         feature_batch=feature_batch,
     )  # fmt: skip
     classes = num_classes(ctx.manifest, labels)

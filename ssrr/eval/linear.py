@@ -299,26 +299,26 @@ def extract_pair(
     device: Execution | torch.device,
     image_size: str | tuple[int, int] = "auto",
     train_split: str = "train",
-    test_split: str | None = None,
+    split: str | None = None,
     feature_batch: int = 256,
     num_threads: int | None = None,
 ) -> tuple[Features, Features, tuple[int, int] | None, float]:
     """Train and held-out representations of a dataset (once), the resize applied, and the seconds it took.
 
-    `device` may be an `Execution` (device and precision of the forward passes). `test_split` None is the
+    `device` may be an `Execution` (device and precision of the forward passes). `split` (held out) None is the
     dataset's labelled held-out split (the manifest's `eval_split`); callers check the splits first with
     `held_out_split`."""
     manifest = load_manifest(shard_dir)
-    test_split = test_split or manifest.held_out_split or "test"
+    held_out = split or manifest.held_out_split or "test"
     policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
     size = eval_image_size(loaded, manifest, policy)
     backbone = loaded.module.to(as_execution(device).device)
     started = time.perf_counter()
     train, test = (
         extract_features(
-            backbone, shard_dir, split, device=device, batch=feature_batch, image_size=size, num_threads=num_threads
+            backbone, shard_dir, name, device=device, batch=feature_batch, image_size=size, num_threads=num_threads
         )
-        for split in (train_split, test_split)
+        for name in (train_split, held_out)
     )
     return train, test, size, time.perf_counter() - started
 
@@ -359,7 +359,7 @@ def linear_eval(
         device=ctx.execution,
         image_size=ctx.image_size,
         train_split=train_split,
-        test_split=ctx.split,
+        split=ctx.split,
         feature_batch=feature_batch,
         num_threads=num_threads,
     )

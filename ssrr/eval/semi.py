@@ -157,7 +157,7 @@ def _linear_fractions(
 ) -> Scores:
     """The linear protocol on the cached features of each nested subset of the train split."""
     train, test, _, _ = extract_pair(
-        ctx.loaded, ctx.shard_dir, device=ctx.execution, image_size=ctx.image_size, test_split=ctx.split,
+        ctx.loaded, ctx.shard_dir, device=ctx.execution, image_size=ctx.image_size, split=ctx.split,
         feature_batch=feature_batch,
     )  # fmt: skip
     subsets = nested_subsets(train.labels(ctx.labels), fractions, ctx.seed)

@@ -53,7 +53,7 @@ def eval_args(run: Run, job: EvalJob, shards_root: str, device: str = "auto") ->
     args = [job.protocol, run.source, "--dataset", job.dataset]
     if job.labels != "fine":
         args += ["--labels", job.labels]
-    if job.protocol == "semi":
+    if job.fractions:  # semi: linear at these labelled fractions
         args += ["--fractions", ",".join(f"{f:g}" for f in job.fractions), "--mode", "linear"]
     args += ["--epochs", str(job.epochs), "--seed", str(job.seed), "--shards-root", shards_root]
     if device != "auto":
