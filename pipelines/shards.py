@@ -14,8 +14,9 @@ and vectorised (a memory map of each tar, one pass over its index):
   (Pillow, in threads), so an undecodable one is dropped and counted before DALI meets it; without it, an image
   that passes these checks but that DALI's decoder rejects stops the run with a one-line error naming the
   shard and the sample (`find_undecodable`);
-- the labels are sane: the sample index stored in ``.lbl`` is the one in the member's name, labels lie in
-  range.
+- the labels keep the data layer's rules (`ssrr.data.rules`, the ones `ssrr shard verify` applies): the sample
+  index stored in ``.lbl`` is the one in the member's name, labels lie in range, a coarse label only where the
+  dataset has superclasses.
 
 A problem is one clear line naming the shard and the sample (:class:`ssrr.errors.SsrrError`); with
 ``skip_corrupt`` the bad samples are dropped instead (a filtered index is written to a temporary folder and
