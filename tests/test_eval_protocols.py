@@ -92,3 +92,18 @@ def test_the_file_stem_names_the_run_the_checkpoint_or_the_random_backbone(tmp_p
     assert source_tag(load_backbone(run)) == "my_run"
     assert source_tag(load_backbone(run / "backbone.safetensors")) == "my_run"
     assert source_tag(load_backbone("random:conv4")) == "random-conv4"
+
+
+def test_older_option_names_stay_accepted(tiny_shards: Path, tmp_path: Path) -> None:
+    common = ("random:conv4", "--dataset", tiny_shards, "--device", "cpu", "--out", tmp_path, "--json")
+    for flag in ("--neighbours", "--k"):  # --k: the name earlier issues gave k-NN's neighbours
+        result = run_ssrr("eval", "knn", *common, flag, "5")
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout.strip().splitlines()[-1])
+        assert printed["neighbours"] == printed["k"] == 5
+    assert "--k " not in run_ssrr("eval", "knn", "--help").output  # hidden
+    for flag in ("--split", "--queries"):
+        result = run_ssrr("eval", "retrieval", *common, flag, "train", "--gallery", "train", "--show", "0")
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout.strip().splitlines()[-1])
+        assert printed["query_split"] == printed["split"] == "train" and printed["gallery_split"] == "train"
