@@ -128,7 +128,6 @@ _SHARED: tuple[tuple[str, Any, Any, tuple[str, ...], str], ...] = (
     ("shards_root", str, "shards", ("--shards-root",), "Where dataset names are looked up."),
     ("as_json", bool, False, ("--json",), "Print one JSON object (the result) on stdout."),
 )
-_HIDDEN = "hidden_"  # keyword prefix of an older flag's parameter: its value replaces the option's when given
 
 
 def _parameters(protocol: Protocol) -> list[inspect.Parameter]:
@@ -144,20 +143,29 @@ def _parameters(protocol: Protocol) -> list[inspect.Parameter]:
     for opt in protocol.options:
         option = typer.Option(opt.default, *opt.cli_flags, help=opt.help)
         params.append(inspect.Parameter(opt.name, keyword, default=option, annotation=opt.type))
-        for flag in opt.hidden:
+        for flag in opt.hidden:  # named after its flag, so a bad value's error names the flag typed
             alias = typer.Option(None, flag, hidden=True)
-            params.append(inspect.Parameter(_HIDDEN + opt.name, keyword, default=alias, annotation=opt.type | None))
+            params.append(inspect.Parameter(_alias_key(flag), keyword, default=alias, annotation=opt.type | None))
     return params
+
+
+def _alias_key(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _aliases(protocol: Protocol) -> dict[str, str]:
+    """Keyword of each older flag's parameter -> the option it stands for (its value wins when given)."""
+    return {_alias_key(flag): opt.name for opt in protocol.options for flag in opt.hidden}
 
 
 def _command(protocol: Protocol) -> Callable[..., None]:
     """`ssrr eval <protocol>`: load the backbone, run the protocol (with its progress display), print the result."""
 
     def command(**given: Any) -> None:
-        for key in [k for k in given if k.startswith(_HIDDEN)]:
+        for key, target in aliases.items():
             value = given.pop(key)
             if value is not None:
-                given[key.removeprefix(_HIDDEN)] = value
+                given[target] = value
         spec, dataset, backbone, shards_root = (given.pop(k) for k in ("spec", "dataset", "backbone", "shards_root"))
         as_json = given.pop("as_json")
         loaded, shard_dir = _load(spec, dataset, shards_root, backbone, given["seed"])
@@ -175,7 +183,10 @@ def _command(protocol: Protocol) -> Callable[..., None]:
         result.setdefault("wall_s", round(time.perf_counter() - started, 3))
         _emit(result, as_json, list(protocol.headline))
 
+    aliases = _aliases(protocol)
     params = _parameters(protocol)
+    if len({p.name for p in params}) != len(params):
+        raise ValueError(f"eval {protocol.name}: two options with one keyword ({[p.name for p in params]})")
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = protocol.name
