@@ -1,21 +1,25 @@
 """`ssrr eval ...`: the paper's evaluation protocols on a pretrained (or random) backbone.
 
-Every command takes a run folder, a checkpoint folder, a backbone `.safetensors` file, or `random:<backbone>`
-(the lower bound), and a dataset (a name under --shards-root or a shard folder; by default the one the run was
-pretrained on). Results go to `<run>/eval/` (for random backbones `runs/random-<backbone>/eval/`), or `--out`.
-With `--json` one JSON object is printed on stdout; progress and tables go to stderr.
-
-Length: over 400 lines because it holds the six protocol commands, each a thin call with its own help and
-examples; the options they share are declared once at the top.
+One command per protocol of the registry (`ssrr.eval.protocols`), built here from the options every protocol shares
+(`_SHARED`, declared once) and the protocol's own (`Protocol.options`): a new protocol file gets its command without
+an edit here. Every command takes a run folder, a checkpoint folder, a backbone `.safetensors` file, or
+`random:<backbone>` (the lower bound), and a dataset (a name under --shards-root or a shard folder; by default the
+one the run was pretrained on). Results go to `<run>/eval/` (for random backbones `runs/random-<backbone>/eval/`),
+or `--out`. With `--json` one JSON object is printed on stdout; progress and tables go to stderr.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
 from ssrr.cli.common import console, new_app
+
+if TYPE_CHECKING:
+    from ssrr.eval.protocols import Protocol
 
 eval_app = new_app(
     "Evaluate a backbone: linear, finetune, semi, retrieval, tsne, knn. Results go to RUN/eval/.\n\n"
@@ -37,17 +41,6 @@ SPLIT_HELP = (
 SEED_HELP = "Seed: head initialisation, shuffles, subsets (and the weights of random:<backbone>)."
 
 Spec = typer.Argument(..., metavar="RUN_DIR_OR_CHECKPOINT", help=SPEC_HELP)
-Dataset = typer.Option(None, "--dataset", "-d", help=DATASET_HELP)
-Labels = typer.Option("fine", help=LABELS_HELP)
-Seed = typer.Option(1, help=SEED_HELP)
-Device = typer.Option("auto", help=DEVICE_HELP)
-Out = typer.Option(None, help=OUT_HELP)
-AsJson = typer.Option(False, "--json", help="Print one JSON object (the result) on stdout.")
-ShardsRoot = typer.Option("shards", help="Where dataset names are looked up.")
-ImageSize = typer.Option("auto", help=IMAGE_SIZE_HELP)
-BackboneOpt = typer.Option(None, "--backbone", help=BACKBONE_HELP)
-PrecisionOpt = typer.Option("fp32", help=PRECISION_HELP)
-Split = typer.Option(None, "--split", help=SPLIT_HELP)
 
 
 def _load(spec: str, dataset: str | None, shards_root: str, backbone: str | None, seed: int):  # type: ignore[no-untyped-def]
@@ -121,292 +114,101 @@ class _EpochProgress:
         self.progress.update(self.task, completed=epoch, loss=f"{loss:.4f}")
 
 
-@eval_app.command("linear")
-def linear(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    split: str | None = Split,
-    labels: str = Labels,
-    epochs: int = typer.Option(100, help="Epochs of the linear head (the protocol: 100)."),
-    batch: int = typer.Option(128, help="Batch size of the linear head (the protocol: 128)."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate (the protocol: 1e-3)."),
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """Linear evaluation: frozen backbone, Linear(D, classes), Adam 1e-3, batch 128, 100 epochs.
-
-    Features are extracted once and the head trained on them (same result as recomputing them every
-    epoch, far faster). Writes linear-DATASET[-coarse]-sSEED.json/.md and a confusion-matrix PNG.
-
-    Examples:
-
-      ssrr eval linear runs/relational-resnet32-cifar100-s1 --dataset cifar100 --seed 1
-
-      ssrr eval linear runs/relational-resnet32-cifar10-s1 --dataset cifar100     # domain transfer 10->100
-
-      ssrr eval linear runs/relational-resnet32-cifar100-s1 --labels coarse       # grain: CIFAR-100-20
-
-      ssrr eval linear random:resnet32 --dataset cifar100 --seed 2 --json        # the lower bound
-    """
-    from ssrr.eval.linear import linear_eval
-
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    with _EpochProgress("linear head") as progress:
-        result = linear_eval(
-            loaded,
-            shard_dir,
-            labels=labels,
-            epochs=epochs,
-            batch=batch,
-            lr=lr,
-            seed=seed,
-            device=device,
-            precision=precision,
-            out=out,
-            image_size=image_size,
-            test_split=split,
-            progress=progress,
-        )
-    _emit(result, as_json, ["top1", "top5", "extract_s", "train_s"])
+# The options every protocol shares, declared once: (keyword, type, default, flags, help).
+_SHARED: tuple[tuple[str, Any, Any, tuple[str, ...], str], ...] = (
+    ("dataset", str | None, None, ("--dataset", "-d"), DATASET_HELP),
+    ("split", str | None, None, ("--split",), SPLIT_HELP),
+    ("labels", str, "fine", ("--labels",), LABELS_HELP),
+    ("seed", int, 1, ("--seed",), SEED_HELP),
+    ("device", str, "auto", ("--device",), DEVICE_HELP),
+    ("precision", str, "fp32", ("--precision",), PRECISION_HELP),
+    ("out", str | None, None, ("--out",), OUT_HELP),
+    ("image_size", str, "auto", ("--image-size",), IMAGE_SIZE_HELP),
+    ("backbone", str | None, None, ("--backbone",), BACKBONE_HELP),
+    ("shards_root", str, "shards", ("--shards-root",), "Where dataset names are looked up."),
+    ("as_json", bool, False, ("--json",), "Print one JSON object (the result) on stdout."),
+)
 
 
-@eval_app.command("finetune")
-def finetune(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    split: str | None = Split,
-    labels: str = Labels,
-    epochs: int = typer.Option(100, help="Fine-tuning epochs."),
-    batch: int = typer.Option(128, help="Batch size."),
-    backbone_lr: float = typer.Option(1e-3, help="Adam learning rate of the backbone."),
-    head_lr: float = typer.Option(1e-4, help="Adam learning rate of the head."),
-    weight_decay: float = typer.Option(1e-5, help="Weight decay (both groups)."),
-    eval_every: int = typer.Option(0, help="Also score the held-out split every N epochs (0: at the end only)."),
-    augment: str = typer.Option(
-        "none", help="Training images: none (normalise only, the authors') or crop-flip (random crop + flip)."
-    ),
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """Fine-tune backbone and a new head together (normalise only; --augment crop-flip), score the held-out split.
-
-    Writes finetune-DATASET-sSEED.json/.md, a confusion-matrix PNG and the weights (backbone.safetensors,
-    head.safetensors) in finetune-DATASET-sSEED/, updated every epoch.
-
-    Example: ssrr eval finetune runs/relational-resnet34-stl10-s1 --dataset stl10 --epochs 100 --eval-every 10
-    """
-    from ssrr.eval.finetune import finetune as run
-
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    with _EpochProgress("fine-tune") as progress:
-        result = run(
-            loaded,
-            shard_dir,
-            labels=labels,
-            epochs=epochs,
-            batch=batch,
-            backbone_lr=backbone_lr,
-            head_lr=head_lr,
-            weight_decay=weight_decay,
-            eval_every=eval_every,
-            augmentation=augment,
-            seed=seed,
-            device=device,
-            precision=precision,
-            out=out,
-            image_size=image_size,
-            test_split=split,
-            progress=progress,
-        )
-    _emit(result, as_json, ["top1", "top5"])
+def _parameters(protocol: Protocol) -> list[inspect.Parameter]:
+    """The command's parameters: the backbone spec, the shared options, then the protocol's own options (each
+    older name a hidden parameter of its own)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("spec", keyword, default=Spec, annotation=str)]
+    for name, kind, default, flags, text in _SHARED:
+        if name == "split":
+            flags, text = (*flags, *protocol.split_flags), f"{protocol.split_help} {text}".strip()
+        option = typer.Option(default, *flags, help=text)
+        params.append(inspect.Parameter(name, keyword, default=option, annotation=kind))
+    for opt in protocol.options:
+        option = typer.Option(opt.default, *opt.cli_flags, help=opt.help)
+        params.append(inspect.Parameter(opt.name, keyword, default=option, annotation=opt.type))
+        for flag in opt.hidden:  # named after its flag, so a bad value's error names the flag typed
+            alias = typer.Option(None, flag, hidden=True)
+            params.append(inspect.Parameter(_alias_key(flag), keyword, default=alias, annotation=opt.type | None))
+    return params
 
 
-@eval_app.command("semi")
-def semi(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    split: str | None = Split,
-    fractions: str = typer.Option("0.01,0.1,0.25,0.5,1.0", help="Labelled fractions of the train split."),
-    mode: str = typer.Option("linear", help="linear (on cached features) or finetune."),
-    labels: str = Labels,
-    epochs: int = typer.Option(100, help="Epochs per fraction."),
-    batch: int = typer.Option(128, help="Batch size."),
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """Accuracy versus labels: class-balanced, seeded, nested label subsets (1% inside 10% inside ...).
-
-    Writes semi-DATASET-sSEED.json/.md and an accuracy-versus-labels PNG.
-
-    Example: ssrr eval semi runs/relational-resnet32-cifar10-s1 --fractions 0.01,0.1,0.25,0.5,1.0
-    """
-    from ssrr.eval.semi import parse_fractions, semi_eval
-
-    parsed = parse_fractions(fractions)
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    result = semi_eval(
-        loaded,
-        shard_dir,
-        fractions=parsed,
-        mode=mode,
-        labels=labels,
-        epochs=epochs,
-        batch=batch,
-        seed=seed,
-        device=device,
-        precision=precision,
-        out=out,
-        image_size=image_size,
-        progress=lambda line: console.print(f"  {line}"),
-        split=split,
-    )
-    _emit(result, as_json, ["fractions"])
+def _alias_key(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
-@eval_app.command("retrieval")
-def retrieval(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    gallery: str = typer.Option("train", help="Split searched (the query split itself: each query left out)."),
-    queries: str | None = typer.Option(None, "--split", "--queries", help="Split of the queries. " + SPLIT_HELP),
-    show: int = typer.Option(8, help="Queries drawn in the PNG grid (with their top 10)."),
-    max_queries: int = typer.Option(0, help="Score a seeded subset of this many queries (0: all)."),
-    labels: str = Labels,
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """Image retrieval by cosine similarity: precision@1/5/10, mAP (by class), a top-10 grid PNG.
-
-    Example: ssrr eval retrieval runs/relational-resnet32-cifar10-s1 --dataset cifar10 --show 8
-    """
-    from ssrr.eval.retrieval import retrieval_eval
-
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    result = retrieval_eval(
-        loaded,
-        shard_dir,
-        labels=labels,
-        query_split=queries,
-        gallery_split=gallery,
-        show=show,
-        max_queries=max_queries,
-        seed=seed,
-        device=device,
-        precision=precision,
-        out=out,
-        image_size=image_size,
-    )
-    _emit(result, as_json, ["map", "precision_at"])
+def _aliases(protocol: Protocol) -> dict[str, str]:
+    """Keyword of each older flag's parameter -> the option it stands for (its value wins when given)."""
+    return {_alias_key(flag): opt.name for opt in protocol.options for flag in opt.hidden}
 
 
-@eval_app.command("tsne")
-def tsne(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    split: str | None = typer.Option(None, "--split", help="Split embedded. " + SPLIT_HELP),
-    points: int = typer.Option(2000, help="Seeded subsample of the split (0: all; exact t-SNE is O(N^2))."),
-    perplexity: float = typer.Option(30.0, help="t-SNE perplexity."),
-    iterations: int = typer.Option(1000, help="Gradient-descent iterations."),
-    labels: str = Labels,
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """A t-SNE map of test representations coloured by class (PNG).
+def _command(protocol: Protocol) -> Callable[..., None]:
+    """`ssrr eval <protocol>`: load the backbone, run the protocol (with its progress display), print the result."""
 
-    Example: ssrr eval tsne runs/relational-resnet32-cifar10-s1 --dataset cifar10 --points 2000
-    """
-    from ssrr.eval.tsne import tsne_eval
+    def command(**given: Any) -> None:
+        for key, target in aliases.items():
+            value = given.pop(key)
+            if value is not None:
+                given[target] = value
+        spec, dataset, backbone, shards_root = (given.pop(k) for k in ("spec", "dataset", "backbone", "shards_root"))
+        as_json = given.pop("as_json")
+        loaded, shard_dir = _load(spec, dataset, shards_root, backbone, given["seed"])
+        started = time.perf_counter()
+        if protocol.progress == "epochs":
+            with _EpochProgress(protocol.name) as progress:
+                result = protocol.run(loaded, shard_dir, progress=progress, **given)
+        elif protocol.progress == "lines":
+            result = protocol.run(loaded, shard_dir, progress=lambda line: console.print(f"  {line}"), **given)
+        elif protocol.progress == "status":
+            with console.status(f"{protocol.name} ..."):
+                result = protocol.run(loaded, shard_dir, **given)
+        else:
+            result = protocol.run(loaded, shard_dir, **given)
+        result.setdefault("wall_s", round(time.perf_counter() - started, 3))
+        _emit(result, as_json, list(protocol.headline))
 
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    started = time.perf_counter()
-    with console.status("t-SNE ..."):
-        result = tsne_eval(
-            loaded,
-            shard_dir,
-            labels=labels,
-            split=split,
-            points=points,
-            perplexity=perplexity,
-            iterations=iterations,
-            seed=seed,
-            device=device,
-            precision=precision,
-            out=out,
-            image_size=image_size,
-        )
-    result.setdefault("wall_s", round(time.perf_counter() - started, 3))
-    _emit(result, as_json, ["points", "kl", "embed_s"])
+    aliases = _aliases(protocol)
+    params = _parameters(protocol)
+    if len({p.name for p in params}) != len(params):
+        raise ValueError(f"eval {protocol.name}: two options with one keyword ({[p.name for p in params]})")
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = protocol.name
+    command.__doc__ = protocol.help
+    return command
 
 
-@eval_app.command("knn")
-def knn(
-    spec: str = Spec,
-    dataset: str | None = Dataset,
-    split: str | None = Split,
-    k: int = typer.Option(200, "--k", help="Neighbours voting."),
-    temperature: float = typer.Option(0.1, help="Vote weight exp(cosine / temperature)."),
-    labels: str = Labels,
-    seed: int = Seed,
-    device: str = Device,
-    precision: str = PrecisionOpt,
-    out: str | None = Out,
-    image_size: str = ImageSize,
-    backbone: str | None = BackboneOpt,
-    shards_root: str = ShardsRoot,
-    as_json: bool = AsJson,
-) -> None:
-    """Weighted k-NN accuracy (k=200, temperature 0.1): test split against the train gallery.
+_COMMANDS: set[str] = set()  # the protocols that have their command on `eval_app`
 
-    Example: ssrr eval knn runs/relational-resnet32-cifar10-s1 --dataset cifar10 --json
-    """
-    from ssrr.eval.knn import knn_eval
 
-    loaded, shard_dir = _load(spec, dataset, shards_root, backbone, seed)
-    result = knn_eval(
-        loaded,
-        shard_dir,
-        labels=labels,
-        k=k,
-        temperature=temperature,
-        seed=seed,
-        device=device,
-        precision=precision,
-        out=out,
-        image_size=image_size,
-        split=split,
-    )
-    _emit(result, as_json, ["top1", "top5"])
+def sync_protocols() -> list[str]:
+    """Give every registered protocol that has none its `ssrr eval` command; the names added. Mounting calls it;
+    a protocol registered outside `ssrr/eval/` (a plugin, a test) calls it after `register`."""
+    from ssrr.eval.protocols import protocols
+
+    added = [p for p in protocols() if p.name not in _COMMANDS]
+    for protocol in added:
+        eval_app.command(protocol.name, help=protocol.help)(_command(protocol))
+        _COMMANDS.add(protocol.name)
+    return [p.name for p in added]
 
 
 def register(app: typer.Typer) -> None:
+    sync_protocols()
     app.add_typer(eval_app, name="eval")

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -232,37 +233,28 @@ def make(
     if encoding != "auto":
         get_encoding(encoding)  # an unknown one fails before the dataset is read
     started = time.perf_counter()
+    reading = dict(source=source, cache=cache, name=name, size=size, seed=seed, workers=workers)
+    counts = dict(train_per_class=train_per_class, test_per_class=test_per_class)
+    writing: dict[str, Any] = dict(seed=seed, shard_size=shard_size, shard_bytes=target_bytes, quality=quality)
+    writing.update(encoding=None if encoding == "auto" else encoding, workers=workers, command=_command_line(ctx))
+    carve = (val, val_seed) if val is not None else None
+    manifest, total = _read_and_write(dataset, out, {**reading, **counts}, writing, carve)
+    _summary(out / manifest.name, manifest, total, time.perf_counter() - started)
+
+
+def _read_and_write(
+    dataset: str, out: Path, reading: dict[str, Any], writing: dict[str, Any], carve: tuple[int, int] | None = None
+) -> tuple[formats.Manifest, int]:
+    """Read the dataset (`load_dataset` options) and write its shards under `out` (`write_dataset` options),
+    each with its progress bar; the manifest and the number of samples written."""
     with _progress_bars() as factory:
-        arrays = load_dataset(
-            dataset,
-            source=source,
-            cache=cache,
-            name=name,
-            size=size,
-            seed=seed,
-            workers=workers,
-            train_per_class=train_per_class,
-            test_per_class=test_per_class,
-            progress=factory,
-        )
-        if val is not None:
-            arrays, _ = carve_validation(arrays, val, val_seed)
+        arrays = load_dataset(dataset, progress=factory, **reading)
+        if carve is not None:  # --val N: a class-balanced validation split carved out of train
+            arrays, _ = carve_validation(arrays, *carve)
         total = sum(len(split.images) for split in arrays.splits.values())
         tick = factory(f"writing {out / arrays.name}", total)
-        manifest = write_dataset(
-            arrays,
-            out,
-            seed=seed,
-            shard_size=shard_size,
-            shard_bytes=target_bytes,
-            encoding=None if encoding == "auto" else encoding,
-            quality=quality,
-            workers=workers,
-            command=_command_line(ctx),
-            progress=lambda _split, n: tick(n),
-        )
-    elapsed = time.perf_counter() - started
-    _summary(out / manifest.name, manifest, total, elapsed)
+        manifest = write_dataset(arrays, out, progress=lambda _split, n: tick(n), **writing)
+    return manifest, total
 
 
 def _summary(root: Path, manifest: formats.Manifest, total: int, elapsed: float) -> None:

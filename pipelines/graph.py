@@ -69,7 +69,6 @@ from ssrr.pipelines.sampling import LUMA, draw
 from ssrr.data import codec
 
 READER = "Reader"
-PLACEMENT_ONLY = ("device",)  # what graph_ops reports that may differ between the GPU graph and its CPU twin
 
 
 def contrast_for(gpu: bool) -> str:

@@ -14,8 +14,9 @@ and vectorised (a memory map of each tar, one pass over its index):
   (Pillow, in threads), so an undecodable one is dropped and counted before DALI meets it; without it, an image
   that passes these checks but that DALI's decoder rejects stops the run with a one-line error naming the
   shard and the sample (`find_undecodable`);
-- the labels are sane: the sample index stored in ``.lbl`` is the one in the member's name, labels lie in
-  range.
+- the labels keep the data layer's rules (`ssrr.data.rules`, the ones `ssrr shard verify` applies): the sample
+  index stored in ``.lbl`` is the one in the member's name, labels lie in range, a coarse label only where the
+  dataset has superclasses.
 
 A problem is one clear line naming the shard and the sample (:class:`ssrr.errors.SsrrError`); with
 ``skip_corrupt`` the bad samples are dropped instead (a filtered index is written to a temporary folder and
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrr.data import codec, formats
+from ssrr.data.rules import label_rules, named_index
 from ssrr.errors import SsrrError
 from ssrr.files import remove_stale, writer_tag
 
@@ -132,8 +134,7 @@ def _check_shard(
     idx_path = formats.index_path(shard)
     if not idx_path.is_file():
         return None, np.zeros(0, bool), [], f"{shard}: missing DALI index {idx_path.name}"
-    pixels_ext = manifest.pixels_ext
-    index = _parse_index(idx_path, shard, (pixels_ext, formats.LABELS_EXT))
+    index = _parse_index(idx_path, shard, (manifest.pixels_ext, formats.LABELS_EXT))
     n = len(index.keys)
     shard_problem = None
     if index.count != n or n != info.samples:
@@ -144,11 +145,27 @@ def _check_shard(
     if file_size != info.bytes:
         what = "truncated" if file_size < info.bytes else "altered"
         shard_problem = f"{shard}: {what} ({file_size} bytes, the manifest says {info.bytes})"
-    height, width = manifest.image_size
-    expected = {pixels_ext: height * width * 3, formats.LABELS_EXT: LABEL_BYTES}
     ok = np.ones(n, bool)
     reasons = np.full(n, "", dtype=object)
     data = np.memmap(shard, np.uint8, mode="r") if file_size else np.zeros(0, np.uint8)
+    labels = _check_members(data, index, ok, reasons, manifest)
+    if labels is not None and len(labels[0]):
+        _check_labels(labels[0], labels[1], index, ok, reasons, manifest, split, no_labels)
+    if manifest.encoded:
+        _check_encoded(data, index, ok, reasons, manifest, decode)
+    problems = [f"corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
+    return index, ok, problems, shard_problem
+
+
+def _check_members(
+    data: np.ndarray, index: _Index, ok: np.ndarray, reasons: np.ndarray, manifest: formats.Manifest
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Flag samples whose pixel or label member is missing, of the wrong size, past the end of the file or
+    not behind its tar header; return (rows, (rows, 3) int32 label columns) of the readable `.lbl` members."""
+    height, width = manifest.image_size
+    pixels_ext = manifest.pixels_ext
+    expected = {pixels_ext: height * width * 3, formats.LABELS_EXT: LABEL_BYTES}
+    n, file_size = len(index.keys), len(data)
     labels = None
     for ext in (pixels_ext, formats.LABELS_EXT):
         off, size = index.offsets[ext], index.sizes[ext]
@@ -174,40 +191,35 @@ def _check_shard(
             if ext == formats.LABELS_EXT:
                 good = rows[np.isin(rows, bad_rows, invert=True) & (size[rows] == LABEL_BYTES)]
                 labels = (good, data[off[good][:, None] + np.arange(LABEL_BYTES)].copy().view("<i4"))
-    if labels is not None and len(labels[0]):
-        rows, values = labels
-        fine, coarse, stored_index = values[:, 0], values[:, 1], values[:, 2]
-        prefix = f"{split}-"
-        named = np.array(
-            [
-                int(k[len(prefix) :]) if k.startswith(prefix) and k[len(prefix) :].isdigit() else -2
-                for k in (index.keys[r] for r in rows)
-            ],
-            np.int64,
-        )
-        limit_fine = manifest.num_classes if manifest.classes else np.iinfo(np.int32).max
-        limit_coarse = len(manifest.coarse_classes) if manifest.coarse_classes else np.iinfo(np.int32).max
-        numbers = manifest.splits[split].indices
-        bad = (
-            ((named >= 0) & (stored_index != named))
-            | (stored_index < numbers.start)
-            | (stored_index >= numbers.stop)
-            | (fine < formats.NO_LABEL)
-            | (fine >= limit_fine)
-            | (coarse < formats.NO_LABEL)
-            | (coarse >= limit_coarse)
-        )
+    return labels
+
+
+def _check_labels(
+    rows: np.ndarray,
+    values: np.ndarray,
+    index: _Index,
+    ok: np.ndarray,
+    reasons: np.ndarray,
+    manifest: formats.Manifest,
+    split: str,
+    no_labels: bool,
+) -> None:
+    """Flag samples whose `.lbl` breaks the data layer's rules (`ssrr.data.rules`, which `ssrr shard verify`
+    applies too), and with `no_labels` those that carry a fine label."""
+    fine, coarse, stored_index = values[:, 0], values[:, 1], values[:, 2]
+    named = np.array([named_index(index.keys[r], split) for r in rows], np.int64)
+    n = len(index.keys)
+    for rule in label_rules(fine, coarse, stored_index, named, manifest, split):
+        for j in np.flatnonzero(rule.mask):
+            row = rows[j]
+            if ok[row]:  # the first problem of a sample is the one reported
+                why = rule.describe(int(fine[j]), int(coarse[j]), int(stored_index[j]), split)
+                reasons[row] = f"its .lbl holds impossible labels or a wrong sample index: {why}"
+                ok[row] = False
+    if no_labels:
         mask = np.zeros(n, bool)
-        mask[rows[bad]] = True
-        _flag(ok, reasons, mask, "its .lbl holds impossible labels or a wrong sample index")
-        if no_labels:
-            mask = np.zeros(n, bool)
-            mask[rows[fine != formats.NO_LABEL]] = True
-            _flag(ok, reasons, mask, f"a labelled sample in '{split}', which is read as the unlabelled split")
-    if manifest.encoded:
-        _check_encoded(data, index, ok, reasons, manifest, decode)
-    problems = [f"corrupt sample {index.keys[i]} ({reasons[i]})" for i in np.flatnonzero(~ok)]
-    return index, ok, problems, shard_problem
+        mask[rows[fine != formats.NO_LABEL]] = True
+        _flag(ok, reasons, mask, f"a labelled sample in '{split}', which is read as the unlabelled split")
 
 
 def _check_encoded(

@@ -29,14 +29,14 @@ def pca_whiten(x: Tensor, dim: int | None = None, eps: float = 1e-5) -> Tensor:
     return centred @ eigenvectors[:, order] / (eigenvalues[order] + eps).sqrt()
 
 
-def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+def kmeans_plus_plus(x: Tensor, clusters: int, generator: torch.Generator | None = None) -> Tensor:
     """k-means++ seeding (Arthur & Vassilvitskii 2007): the first centroid uniformly, each next one drawn with
-    probability proportional to the squared distance to the nearest centroid chosen so far. (k, D)."""
+    probability proportional to the squared distance to the nearest centroid chosen so far. (clusters, D)."""
     n = len(x)
     first = int(torch.randint(n, (1,), generator=generator, device="cpu"))
     chosen = [first]
     nearest = ((x - x[first]) ** 2).sum(1)
-    for _ in range(1, k):
+    for _ in range(1, clusters):
         weights = nearest.double().cpu()
         total = float(weights.sum())
         if total <= 0:  # every point sits on a centroid: any unchosen point will do
@@ -54,12 +54,12 @@ def lloyd(
     """Lloyd's iterations from `centroids` (changed in place); returns (centroids, assignments).
 
     An empty cluster is re-seeded with a point of the currently largest cluster, slightly perturbed, so all
-    k clusters stay in use (DeepCluster's remedy for trivial solutions).
+    clusters stay in use (DeepCluster's remedy for trivial solutions).
     """
-    k = len(centroids)
+    clusters = len(centroids)
     for _ in range(iterations):
         assignments = torch.cdist(x, centroids).argmin(1)
-        counts = torch.bincount(assignments, minlength=k)
+        counts = torch.bincount(assignments, minlength=clusters)
         sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
         nonempty = counts > 0
         centroids[nonempty] = sums[nonempty] / counts[nonempty, None].to(x.dtype)
@@ -82,19 +82,19 @@ def inertia(x: Tensor, centroids: Tensor, assignments: Tensor) -> float:
 
 def kmeans(
     x: Tensor,
-    k: int,
+    clusters: int,
     iterations: int = ITERATIONS,
     generator: torch.Generator | None = None,
     restarts: int = RESTARTS,
 ) -> tuple[Tensor, Tensor]:
     """k-means on rows of `x`: `restarts` k-means++ seedings, each followed by at most `iterations` Lloyd
-    iterations; the clustering of lowest inertia is returned as (centroids (k, D), assignments (N,))."""
+    iterations; the clustering of lowest inertia is returned as (centroids (clusters, D), assignments (N,))."""
     n = len(x)
-    if n < k:
-        raise ValueError(f"k-means needs at least k={k} points, got {n}")
+    if n < clusters:
+        raise ValueError(f"k-means needs at least {clusters} points (one per cluster), got {n}")
     best: tuple[float, Tensor, Tensor] | None = None
     for _ in range(max(1, restarts)):
-        centroids, assignments = lloyd(x, kmeans_plus_plus(x, k, generator), iterations, generator)
+        centroids, assignments = lloyd(x, kmeans_plus_plus(x, clusters, generator), iterations, generator)
         score = inertia(x, centroids, assignments)
         if best is None or score < best[0]:
             best = (score, centroids, assignments)
@@ -102,14 +102,7 @@ def kmeans(
     return best[1], best[2]
 
 
-def inverse_frequency_weights(assignments: Tensor, k: int) -> Tensor:
-    """Per-cluster loss weights proportional to 1 / size (empty clusters weigh 0), mean weight 1 over samples."""
-    counts = torch.bincount(assignments, minlength=k).float()
-    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
-    return weights * len(assignments) / (weights[assignments].sum())
-
-
-def one_minus_frequency_weights(assignments: Tensor, k: int) -> Tensor:
+def one_minus_frequency_weights(assignments: Tensor, clusters: int) -> Tensor:
     """Per-cluster loss weights 1 - (cluster size / N): the authors' DeepCluster class weights."""
-    counts = torch.bincount(assignments, minlength=k).float()
+    counts = torch.bincount(assignments, minlength=clusters).float()
     return 1.0 - counts / max(len(assignments), 1)

@@ -30,7 +30,6 @@ import torch
 
 from ssrr.errors import SsrrError
 
-DEVICES = ("auto", "cpu", "cuda")
 DALI_DISTRIBUTIONS = {"nvidia-dali-cuda110": "11.0", "nvidia-dali-cuda120": "12.0", "nvidia-dali-cuda130": "13.0"}
 INSTALL_CUDA12 = (
     'pip install "torch>=2.11,<2.16" "torchvision>=0.26,<0.30" --index-url https://download.pytorch.org/whl/cu126 '

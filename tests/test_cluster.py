@@ -6,7 +6,6 @@ import torch
 
 from ssrr.cluster import (
     inertia,
-    inverse_frequency_weights,
     kmeans,
     kmeans_plus_plus,
     lloyd,
@@ -45,15 +44,6 @@ def test_kmeans_keeps_every_cluster_in_use() -> None:
     for seed in range(5):
         _, assignments = kmeans(x, 6, generator=torch.Generator().manual_seed(seed))
         assert (torch.bincount(assignments, minlength=6) > 0).all()
-
-
-def test_inverse_frequency_weights_balance_clusters() -> None:
-    assignments = torch.tensor([0, 0, 0, 1, 2, 2])
-    w = inverse_frequency_weights(assignments, 4)
-    per_cluster_total = torch.zeros(4).index_add_(0, assignments, w[assignments])
-    assert torch.allclose(per_cluster_total[:3], per_cluster_total[0].expand(3))  # every cluster weighs the same
-    assert w[3] == 0  # empty cluster
-    assert torch.isclose(w[assignments].mean(), torch.tensor(1.0))
 
 
 def test_pca_keeps_d_dimensions_or_half_from_512() -> None:

@@ -33,7 +33,7 @@ def test_votes_are_weighted_by_similarity() -> None:
     labels = torch.tensor([0, 1, 1])
     query = torch.tensor([[1.0, 0.05]])
     # k=3: one very similar neighbour of class 0 outvotes two dissimilar ones of class 1 at temperature 0.1
-    scores = knn_predict(gallery, labels, query, 2, k=3, temperature=0.1)
+    scores = knn_predict(gallery, labels, query, 2, neighbours=3, temperature=0.1)
     assert scores.argmax(1).item() == 0
     # a very high temperature makes the vote a plain majority
-    assert knn_predict(gallery, labels, query, 2, k=3, temperature=1e6).argmax(1).item() == 1
+    assert knn_predict(gallery, labels, query, 2, neighbours=3, temperature=1e6).argmax(1).item() == 1

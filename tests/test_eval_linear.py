@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_eval import features_from_tensors
 from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from ssrr.config import RunConfig
 from ssrr.errors import SsrrError
-from ssrr.eval.features import Features, features_from_tensors
+from ssrr.eval.features import Features
 from ssrr.eval.linear import (
     classification_metrics,
     confusion_png,

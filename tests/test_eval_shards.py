@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_shards
+from fixtures_eval import features_from_tensors
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from ssrr.data.formats import load_manifest
 from ssrr.data.writer import DatasetArrays, SplitArrays, iter_samples, write_dataset
 from ssrr.errors import SsrrError
-from ssrr.eval.features import eval_image_size, extract_features, features_from_tensors
+from ssrr.eval.features import eval_image_size, extract_features
 from ssrr.eval.finetune import finetune
 from ssrr.eval.knn import knn_probe
 from ssrr.eval.linear import linear_eval
@@ -24,6 +25,7 @@ from ssrr.eval.retrieval import grid_size, nearest, retrieval_eval
 from ssrr.eval.semi import semi_eval, split_labels
 from ssrr.eval.tsne import tsne_eval
 from ssrr.models.backbones import build_backbone
+from ssrr.precision import as_execution
 from ssrr.train.checkpoint import LoadedBackbone, load_backbone
 
 
@@ -73,7 +75,7 @@ def test_linear_through_shards_reaches_100_percent_and_writes_its_files(colours:
     result = linear_eval(loaded, colours, epochs=300, seed=1, device="cpu", out=tmp_path / "eval")
     assert result["top1"] == pytest.approx(100.0) and result["top5"] == pytest.approx(100.0)
     assert result["train_samples"] == 300 and result["test_samples"] == 90
-    stem = tmp_path / "eval" / "linear-colours-s1"
+    stem = tmp_path / "eval" / "linear-colours-random-means-s1"
     saved = json.loads(stem.with_suffix(".json").read_text())
     for key in ("top1", "top5", "per_class", "dataset", "labels", "backbone", "source", "seed", "protocol", "wall_s"):
         assert key in saved
@@ -109,7 +111,7 @@ def test_cli_linear_json_on_stdout_for_a_random_backbone(colours: Path, tmp_path
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout.strip().splitlines()[-1])
     assert 0 <= data["top1"] <= 100 and data["top5"] >= data["top1"] and data["source"] == "random:conv4"
-    assert (tmp_path / "linear-colours-s2.json").is_file()
+    assert (tmp_path / "linear-colours-random-conv4-s2.json").is_file()
     again = CliRunner().invoke(app, args)  # seeded: the same random weights and head
     assert json.loads(again.stdout.strip().splitlines()[-1])["top1"] == data["top1"]
 
@@ -144,7 +146,7 @@ def test_retrieval_finds_the_exact_duplicate_first_and_draws_the_grid(tmp_path: 
     result = retrieval_eval(random_conv4(), shards, show=4, device="cpu", out=tmp_path / "eval")
     assert set(result["precision_at"]) == {"1", "5", "10"} and 0 <= result["map"] <= 100
     assert len(result["map_per_class"]) == 4
-    image = np.asarray(Image.open(tmp_path / "eval" / "retrieval-dups-s1-grid.png").convert("RGB"))
+    image = np.asarray(Image.open(tmp_path / "eval" / "retrieval-dups-random-conv4-s1-grid.png").convert("RGB"))
     width, height = grid_size(4)
     assert image.shape == (height, width, 3) and image.std() > 0
 
@@ -152,7 +154,7 @@ def test_retrieval_finds_the_exact_duplicate_first_and_draws_the_grid(tmp_path: 
 def test_knn_probe_keeps_the_training_mode(colours: Path) -> None:
     backbone = ChannelMeans()
     backbone.train()
-    top1 = knn_probe(backbone, colours, device="cpu")
+    top1 = knn_probe(backbone, colours, as_execution("cpu"))
     assert top1 == pytest.approx(100.0) and backbone.training
 
 
@@ -161,23 +163,23 @@ def test_semi_linear_and_tsne_through_shards(colours: Path, tmp_path: Path) -> N
     result = semi_eval(loaded, colours, fractions=[0.1, 1.0], epochs=30, device="cpu", out=tmp_path)
     assert result["samples"] == {"0.1": 30, "1": 300}
     assert result["fractions"]["1"] >= result["fractions"]["0.1"] - 5
-    image = np.asarray(Image.open(tmp_path / "semi-colours-s1.png").convert("RGB"))
+    image = np.asarray(Image.open(tmp_path / "semi-colours-random-means-s1.png").convert("RGB"))
     assert image.shape == (500, 700, 3) and image.std() > 0
     fine, _, index = split_labels(colours, "train")
     assert torch.equal(index, torch.arange(300)) and len(fine.unique()) == 3
     result = tsne_eval(loaded, colours, points=60, iterations=150, device="cpu", out=tmp_path)
     assert result["points"] == 60
-    image = np.asarray(Image.open(tmp_path / "tsne-colours-s1.png").convert("RGB"))
+    image = np.asarray(Image.open(tmp_path / "tsne-colours-random-means-s1.png").convert("RGB"))
     assert image.shape == (800, 800, 3) and image.std() > 0
 
 
 def test_finetune_writes_loadable_weights(colours: Path, tmp_path: Path) -> None:
     result = finetune(random_conv4(), colours, epochs=1, batch=64, device="cpu", out=tmp_path)
     assert 0 <= result["top1"] <= 100 and result["history"][0]["epoch"] == 1
-    reloaded = load_backbone(tmp_path / "finetune-colours-s1" / "backbone.safetensors", "conv4")
+    reloaded = load_backbone(tmp_path / "finetune-colours-random-conv4-s1" / "backbone.safetensors", "conv4")
     assert reloaded.name == "conv4"
     with pytest.raises(SsrrError, match="not resnet32"):
-        load_backbone(tmp_path / "finetune-colours-s1" / "backbone.safetensors", "resnet32")
+        load_backbone(tmp_path / "finetune-colours-random-conv4-s1" / "backbone.safetensors", "resnet32")
     subset = finetune(
         random_conv4(),
         colours,
@@ -215,7 +217,7 @@ def test_run_folder_evaluated_on_its_own_dataset_then_reported(colours: Path, tm
     for seed in ("1", "2"):  # no --dataset: the run's own
         res = CliRunner().invoke(app, ["eval", "knn", str(run), "--seed", seed, "--device", "cpu", "--json"])
         assert res.exit_code == 0, res.output
-    assert (run / "eval" / "knn-colours-s2.json").is_file()
+    assert (run / "eval" / "knn-colours-relational-conv4-colours-s1-s2.json").is_file()
     res = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--json"])
     assert res.exit_code == 0, res.output
     row = json.loads(res.stdout.strip().splitlines()[-1])["rows"][0]

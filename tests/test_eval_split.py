@@ -80,7 +80,7 @@ def test_tiny_imagenet_is_evaluated_on_its_val_split_by_default(tiny_imagenet: P
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["split"] == "val" and printed["test_samples"] == VAL_IMAGES
     assert 0.0 <= printed["top1"] <= 100.0
-    assert (tmp_path / "linear-tiny-imagenet-s1.json").is_file()
+    assert (tmp_path / "linear-tiny-imagenet-random-conv4-s1.json").is_file()
 
 
 def test_an_unlabelled_split_is_refused_in_one_line_before_any_feature(
@@ -105,16 +105,17 @@ def test_a_train_val_image_folder_is_evaluated_on_val_and_a_missing_split_named(
     assert result["split"] == "val" and result["test_samples"] == 6
     monkeypatch.setattr("ssrr.eval.linear.extract_features", _no_features)
     with pytest.raises(SsrrError, match=r"no split 'test' \(has: train, val\)"):
-        linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, test_split="test")
+        linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, split="test")
     with pytest.raises(SsrrError, match="has no coarse classes"):
         linear_eval(loaded, train_val_folder, labels="coarse", device="cpu", out=tmp_path)
 
 
 def test_scoring_another_split_than_the_default_writes_its_own_result(train_val_folder: Path, tmp_path: Path) -> None:
     loaded = load_backbone("random:conv4")
-    result = linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, test_split="train")
+    result = linear_eval(loaded, train_val_folder, epochs=1, device="cpu", out=tmp_path, split="train")
     assert result["split"] == "train" and result["test_samples"] == 12
-    assert (tmp_path / "linear-tv-train-s1.json").is_file() and not (tmp_path / "linear-tv-s1.json").exists()
+    assert (tmp_path / "linear-tv-train-random-conv4-s1.json").is_file()
+    assert not (tmp_path / "linear-tv-random-conv4-s1.json").exists()
     assert result["default_split"] is False
     from ssrr.eval.report import columns_of
 
@@ -150,7 +151,8 @@ def test_reproduce_evaluates_tiny_imagenet_on_val(tiny_imagenet: Path, tmp_path:
     from ssrr.experiments.execution import _evaluate
 
     run = Run("random-conv4-s1", "random", "conv4", 1, None, tmp_path / "random-conv4")
-    job = EvalJob("linear", str(tiny_imagenet), "fine", 1, 1, (), tmp_path / "eval", "linear-tiny-imagenet-s1")
+    stem = "linear-tiny-imagenet-random-conv4-s1"
+    job = EvalJob("linear", str(tiny_imagenet), "fine", 1, 1, (), tmp_path / "eval", stem)
     _evaluate(run, job, str(tiny_imagenet.parent), "cpu", None, show=False)
     result = json.loads(job.result.read_text())
     assert result["split"] == "val" and result["test_samples"] == VAL_IMAGES

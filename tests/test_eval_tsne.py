@@ -9,7 +9,30 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ssrr.eval.tsne import affinities, conditional_affinities, kl_divergence, subsample, tsne, tsne_png
+from ssrr.eval.tsne import (
+    ITERATIONS,
+    PCA_DIMS,
+    PERPLEXITY,
+    _kl,
+    affinities,
+    conditional_affinities,
+    pca,
+    run_tsne,
+    subsample,
+    tsne_png,
+)
+
+
+def tsne(
+    x: torch.Tensor, *, perplexity: float = PERPLEXITY, iterations: int = ITERATIONS, seed: int = 1
+) -> torch.Tensor:
+    """t-SNE of x (N, D) to (N, 2), float32, seeded (the map of `run_tsne`)."""
+    return run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)[0]
+
+
+def kl_divergence(x: torch.Tensor, y: torch.Tensor, perplexity: float = PERPLEXITY) -> float:
+    """KL(P || Q) of an embedding y of x: the quantity t-SNE minimises (lower is better)."""
+    return _kl(affinities(pca(x.double(), PCA_DIMS), min(perplexity, (len(x) - 1) / 3)), y)
 
 
 def test_each_row_is_calibrated_to_the_perplexity() -> None:

@@ -176,7 +176,7 @@ def test_the_cli_imports_and_every_eval_protocol_accepts_the_run(tiny_shards: Pa
     assert evaluated.exit_code == 0, evaluated.output
     printed = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert printed["method"] == "relational" and printed["backbone"] == "conv4" and "top1" in printed
-    assert (runs / "off" / "eval" / "linear-tiny-s1.json").is_file()
+    assert (runs / "off" / "eval" / "linear-tiny-off-s1.json").is_file()
 
 
 def _refused(file: Path, backbone: str, out: Path) -> str:

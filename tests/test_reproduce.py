@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fixtures_data import error_lines, run_ssrr
 from PIL import Image
 
@@ -82,11 +83,22 @@ def test_the_plan_shares_runs_between_tables_and_names_them_deterministically() 
     assert len(ex.plan("k", "full").runs) == len(ex.K_VALUES) * len(ex.SEEDS)
 
 
-def test_result_file_names_match_the_evaluation_modules() -> None:
+def test_result_file_names_match_the_evaluation_modules(tmp_path: Path) -> None:
     from ssrr.eval.common import result_stem
+    from ssrr.eval.protocols import source_tag
+    from ssrr.train.checkpoint import LoadedBackbone
 
     for args in (("linear", "cifar100", "coarse", 2), ("semi", "cifar10", "fine", 1), ("finetune", "stl10", "fine", 3)):
         assert ex.result_stem(*args) == result_stem(*args)
+    # The stem a planned job waits for is the one `ssrr eval` writes for that run (or random backbone).
+    for run in ex.plan("table2", "tiny", runs_dir=tmp_path).runs:
+        job = run.evaluations[0]
+        if run.config is not None:
+            run.folder.mkdir(parents=True)
+            run.config.save(run.folder)
+        loaded = LoadedBackbone(torch.nn.Identity(), run.backbone, run.source, None, None)
+        tag = source_tag(loaded)
+        assert job.stem == result_stem(job.protocol, Path(job.dataset).name, job.labels, job.seed, "", tag)
 
 
 def test_printed_pretrain_commands_make_exactly_the_planned_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,28 @@ def bench_pipeline(
     load_before = os.getloadavg()[0]
     with loader:  # its DALI pipelines closed when the timing ends, however that ends
         runs = _alternate(loader, references, repeats, steps, ref_steps, views_per_step, sync, workers, recipe, split)
+    return {
+        **_rates(runs, list(references)),
+        "k": k,
+        "batch": batch,
+        "device": str(loader.device),
+        "repeats": repeats,
+        "steps": steps,
+        "baseline_steps": ref_steps if baseline else None,
+        "workers": workers,
+        "num_threads": loader.num_threads,
+        "steps_per_run": per_run,
+        "cpus": len(os.sched_getaffinity(0)),
+        "samples": loader.shares[0],
+        "image_size": list(loader.image_size),
+        "shard_dir": str(shard_dir),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
+    }
+
+
+def _rates(runs: dict[str, list[tuple[float, float]]], references: list[str]) -> dict[str, Any]:
+    """The medians of the (views/s, CPU us per view) runs of DALI and of each reference, and their ratios
+    against the fastest reference."""
     medians = {name: statistics.median(rate for rate, _ in pairs) for name, pairs in runs.items()}
     cpu_us = {name: statistics.median(us for _, us in pairs) for name, pairs in runs.items()}
     fastest = max(references, key=lambda name: medians[name]) if references else None
@@ -134,22 +156,8 @@ def bench_pipeline(
         "cpu_us_per_view": cpu_us["dali"],
         "baseline_cpu_us_per_view": baseline_cpu_us,
         "cpu_ratio": baseline_cpu_us / cpu_us["dali"] if baseline_cpu_us else None,
-        "k": k,
-        "batch": batch,
-        "device": str(loader.device),
-        "repeats": repeats,
-        "steps": steps,
-        "baseline_steps": ref_steps if baseline else None,
-        "workers": workers,
         "dali_runs": [rate for rate, _ in runs["dali"]],
         "baseline_runs": {name: [rate for rate, _ in runs[name]] for name in references},
-        "num_threads": loader.num_threads,
-        "steps_per_run": per_run,
-        "cpus": len(os.sched_getaffinity(0)),
-        "samples": loader.shares[0],
-        "image_size": list(loader.image_size),
-        "shard_dir": str(shard_dir),
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # 1-minute, before and after
     }
 
 

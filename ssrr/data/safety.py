@@ -218,10 +218,6 @@ class Member:
         return data
 
 
-def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 @contextlib.contextmanager
 def open_members(path: Path) -> Iterator[Iterator[Member]]:
     """Iterate over the regular files of a tar (any compression), a zip, or a folder, checked as above.

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ssrr.data import codec, formats
+from ssrr.data.rules import label_rules, named_index
 from ssrr.data.writer import sha256_file
 from ssrr.errors import SsrrError
 
@@ -52,7 +53,6 @@ def _check_sample(
     parts: dict[str, bytes],
     split: str,
     manifest: formats.Manifest,
-    labeled: bool,
 ) -> tuple[list[str], int | None]:
     """Problems with one sample's members, and the index it carries (None if unreadable)."""
     problems = []
@@ -73,18 +73,9 @@ def _check_sample(
         problems.append(f"{where}: {key}: .{formats.LABELS_EXT} has {len(raw)} bytes, expected 12")
         return problems, None
     fine, coarse, index = formats.decode_labels(raw)
-    if labeled and not 0 <= fine < manifest.num_classes:
-        problems.append(f"{where}: {key}: fine label {fine} outside 0..{manifest.num_classes - 1}")
-    if not labeled and fine != formats.NO_LABEL and not 0 <= fine < manifest.num_classes:
-        problems.append(f"{where}: {key}: fine label {fine} is neither -1 nor a class")
-    if manifest.coarse_classes and labeled and not 0 <= coarse < len(manifest.coarse_classes):
-        problems.append(f"{where}: {key}: coarse label {coarse} outside 0..{len(manifest.coarse_classes) - 1}")
-    if not manifest.coarse_classes and coarse != formats.NO_LABEL:
-        problems.append(f"{where}: {key}: coarse label {coarse} but the dataset has no coarse classes")
-    if key != formats.sample_key(split, index):
-        problems.append(
-            f"{where}: {key}: carries index {index}, which belongs to key {formats.sample_key(split, index)}"
-        )
+    columns = (np.array([fine]), np.array([coarse]), np.array([index]), np.array([named_index(key, split)]))
+    for rule in label_rules(*columns, manifest, split):
+        problems.append(f"{where}: {key}: {rule.describe(fine, coarse, index, split)}")
     cls = parts.get(formats.CLASS_EXT)
     if cls is not None and cls != str(fine).encode():
         problems.append(f"{where}: {key}: .{formats.CLASS_EXT} {cls[:20]!r} differs from fine label {fine}")
@@ -162,7 +153,7 @@ def verify_report(
                 match = key_pattern.fullmatch(key)
                 if match is None or match.group(1) != split:
                     report.problems.append(f"{where}: {key}: key is not '{split}-<9 digits>'")
-                problems, index = _check_sample(where, key, parts, split, manifest, info.labeled)
+                problems, index = _check_sample(where, key, parts, split, manifest)
                 report.problems += problems
                 if index is None:
                     continue
@@ -181,9 +172,6 @@ def verify_report(
         if len(missing):
             shown = ", ".join(str(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
             report.problems.append(f"{split}: {len(missing)} indices of {span} missing ({shown})")
-        out_of_range = sorted(i for i in seen if i not in numbers)
-        for i in out_of_range[:5]:
-            report.problems.append(f"{seen[i]}: index {i} outside {span}")
     return manifest, reports
 
 

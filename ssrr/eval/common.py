@@ -2,9 +2,12 @@
 
 Results layout::
 
-    <run>/eval/<protocol>-<dataset>[-coarse]-s<seed>.json   the numbers (top1, top5, per_class, ...)
-    <run>/eval/<protocol>-<dataset>[-coarse]-s<seed>.md     a short markdown summary of the same
-    <run>/eval/<protocol>-<dataset>[-coarse]-s<seed>-*.png  its figures
+    <run>/eval/<protocol>-<dataset>[-coarse]-<source>-s<seed>.json   the numbers (top1, top5, per_class, ...)
+    <run>/eval/<protocol>-<dataset>[-coarse]-<source>-s<seed>.md     a short markdown summary of the same
+    <run>/eval/<protocol>-<dataset>[-coarse]-<source>-s<seed>-*.png  its figures
+
+`<source>` names what was evaluated: the run's name, or `random-<backbone>` (`ssrr.eval.protocols.source_tag`),
+so results of several backbones in one `--out` folder do not overwrite each other.
 
 For `random:<backbone>` sources the folder is `--out` (default `runs/random-<backbone>/eval/`).
 """
@@ -94,10 +97,13 @@ def output_dir(loaded: LoadedBackbone, out: str | Path | None) -> Path:
     return folder
 
 
-def result_stem(protocol: str, dataset: str, labels: str, seed: int, split: str = "") -> str:
-    """`<protocol>-<dataset>[-coarse][-<split>]-s<seed>`: the file name of a result, without extension.
-    `split` is empty for the dataset's default held-out split (`ssrr.eval.features.split_tag`)."""
-    suffix = ("-coarse" if labels == "coarse" else "") + (f"-{split}" if split else "")
+def result_stem(protocol: str, dataset: str, labels: str, seed: int, split: str = "", source: str = "") -> str:
+    """`<protocol>-<dataset>[-coarse][-<split>][-<source>]-s<seed>`: the file name of a result, without extension.
+    `split` is empty for the dataset's default held-out split (`ssrr.eval.features.split_tag`); `source` names
+    what was evaluated (`ssrr.eval.protocols.source_tag`: the run, or `random-<backbone>`)."""
+    suffix = (
+        ("-coarse" if labels == "coarse" else "") + (f"-{split}" if split else "") + (f"-{source}" if source else "")
+    )
     return f"{protocol}-{dataset}{suffix}-s{seed}"
 
 

@@ -14,7 +14,6 @@ through the pipeline and keeps only those samples, re-batched to full batches.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,25 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssrr.data.formats import load_manifest
 from ssrr.errors import SsrrError
-from ssrr.eval.common import (
-    base_result,
-    check_labels,
-    output_dir,
-    resolve_execution,
-    result_stem,
-    write_result,
-)
-from ssrr.eval.features import (
-    class_names,
-    eval_image_size,
-    extract_features,
-    held_out_split,
-    parse_image_size,
-    split_tag,
-)
+from ssrr.eval.features import eval_image_size, extract_features
 from ssrr.eval.linear import classification_metrics, confusion_png, new_head, predict
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
 from ssrr.files import save_safetensors
 from ssrr.precision import Execution, optimizer_step
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
@@ -127,58 +111,35 @@ def finetune(
     subset: torch.Tensor | None = None,
     protocol: str = "finetune",
     train_split: str = "train",
-    test_split: str | None = None,
+    split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune `loaded.module` (in place) with a new head; score on the held-out split; write the result.
 
-    `test_split` None is the dataset's labelled held-out split (the manifest's `eval_split`); both splits are
+    `split` None is the dataset's labelled held-out split (the manifest's `eval_split`); both splits are
     checked before any work. `eval_every` > 0 also scores it every that many epochs (recorded in `history`).
     """
-    started = time.perf_counter()
-    check_labels(labels)
     if epochs < 1 or batch < 2:
         raise SsrrError(f"--epochs must be at least 1 and --batch at least 2, got {epochs} and {batch}")
     if augmentation not in AUGMENTATIONS:
         raise SsrrError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
-    execution = resolve_execution(device, precision)
-    manifest = load_manifest(shard_dir)
-    test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
-    names = class_names(manifest, labels)
-    size = eval_image_size(
-        loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
-    )
-    run = _Finetuning.build(loaded, manifest, names, seed, execution, (backbone_lr, head_lr, weight_decay))
-    loader = _train_loader(shard_dir, augmentation, train_split, batch, seed, size, num_threads, execution)
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out, train=train_split,
+    )  # fmt: skip
+    size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     member = None
     if subset is not None:
-        member = torch.zeros(manifest.splits[train_split].samples, dtype=torch.bool)
+        member = torch.zeros(ctx.manifest.splits[train_split].samples, dtype=torch.bool)
         member[subset.long().cpu()] = True
-    out_dir = output_dir(loaded, out)
-    stem = result_stem(protocol, manifest.name, labels, seed, split_tag(manifest, test_split))
-    weights_dir = out_dir / stem
-    history: list[dict[str, float]] = []
-    metrics: dict[str, Any] = {}
-
-    with loader:  # its DALI pipelines closed when training ends, however it ends
-        for epoch in range(epochs):
-            loss = run.train_epoch(
-                training_batches(loader, epoch, labels, batch, member), f"{shard_dir}: split '{train_split}'", labels
-            )
-            record: dict[str, float] = {"epoch": epoch + 1, "loss": loss}
-            if epoch + 1 == epochs or (eval_every and (epoch + 1) % eval_every == 0):
-                metrics = run.score(shard_dir, test_split, labels, names, size, num_threads)
-                record["top1"] = metrics["top1"]
-            history.append(record)
-            if write:
-                save_finetuned(weights_dir, run.backbone, run.head, loaded.name, epoch + 1, labels)
-            if progress is not None:
-                progress(epoch + 1, epochs, record["loss"])
-    result = base_result(
-        protocol, loaded, manifest.name, labels, seed, execution, split=test_split, tag=split_tag(manifest, test_split)
-    )
+    stem = ctx.stem(protocol)
+    weights_dir = ctx.out_dir / stem if write else None
+    plan = _Plan(train_split, batch, epochs, eval_every, augmentation, size, num_threads, member)
+    rates = (backbone_lr, head_lr, weight_decay)
+    metrics, history = _train(ctx, plan, rates, weights_dir, progress)
+    result = ctx.result(protocol)
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -189,23 +150,94 @@ def finetune(
         head_lr=head_lr,
         weight_decay=weight_decay,
         augmentation=augmentation,
-        image_size=list(size) if size else list(manifest.image_size),
-        train_samples=int(member.sum()) if member is not None else manifest.splits[train_split].samples,
+        image_size=list(size) if size else list(ctx.manifest.image_size),
+        train_samples=int(member.sum()) if member is not None else ctx.manifest.splits[train_split].samples,
         test_samples=metrics["test_samples"],
         history=history,
+        wall_s=ctx.wall(),
     )
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    if not write:
+    if weights_dir is None:
         return result
-    png = confusion_png(
-        metrics["confusion"],
-        names,
-        out_dir / f"{stem}-confusion.png",
-        f"{protocol} {manifest.name} ({labels}): top-1 {metrics['top1']:.2f}%  [{loaded.source}]",
+    title = f"{protocol} {ctx.manifest.name} ({labels}): top-1 {metrics['top1']:.2f}%  [{loaded.source}]"
+    png = confusion_png(metrics["confusion"], ctx.names, ctx.out_dir / f"{stem}-confusion.png", title)
+    return ctx.finish(stem, result, [png, weights_dir / BACKBONE_FILE, weights_dir / HEAD_FILE])
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one fine-tuning trains: the split and samples read, batches, epochs, scoring, images."""
+
+    train_split: str
+    batch: int
+    epochs: int
+    eval_every: int
+    augmentation: str
+    size: tuple[int, int] | None
+    num_threads: int | None
+    member: torch.Tensor | None  # (samples,) bool: the train samples kept (semi-supervised), None: all
+
+
+def _train(
+    ctx: EvalContext,
+    plan: _Plan,
+    rates: tuple[float, float, float],
+    weights_dir: Path | None,
+    progress: ProgressFn | None,
+) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Train backbone and head for `plan.epochs`, scoring `ctx.split` when asked and at the end, the weights
+    saved after every epoch in `weights_dir` (when given); the last scores and the per-epoch history."""
+    run = _Finetuning.build(ctx.loaded, ctx.manifest, ctx.names, ctx.seed, ctx.execution, rates)
+    loader = _train_loader(
+        ctx.shard_dir, plan.augmentation, plan.train_split, plan.batch, ctx.seed, plan.size, plan.num_threads,
+        ctx.execution,
+    )  # fmt: skip
+    history: list[dict[str, float]] = []
+    metrics: dict[str, Any] = {}
+    origin = f"{ctx.shard_dir}: split '{plan.train_split}'"
+    with loader:  # its DALI pipelines closed when training ends, however it ends
+        for epoch in range(plan.epochs):
+            batches = training_batches(loader, epoch, ctx.labels, plan.batch, plan.member)
+            record: dict[str, float] = {"epoch": epoch + 1, "loss": run.train_epoch(batches, origin, ctx.labels)}
+            if epoch + 1 == plan.epochs or (plan.eval_every and (epoch + 1) % plan.eval_every == 0):
+                metrics = run.score(ctx.shard_dir, ctx.split, ctx.labels, ctx.names, plan.size, plan.num_threads)
+                record["top1"] = metrics["top1"]
+            history.append(record)
+            if weights_dir is not None:
+                save_finetuned(weights_dir, run.backbone, run.head, ctx.loaded.name, epoch + 1, ctx.labels)
+            if progress is not None:
+                progress(epoch + 1, plan.epochs, record["loss"])
+    return metrics, history
+
+
+register(
+    Protocol(
+        "finetune",
+        finetune,
+        """Fine-tune backbone and a new head together (normalise only; --augment crop-flip), score the held-out split.
+
+    Writes finetune-DATASET-SOURCE-sSEED.json/.md, a confusion-matrix PNG and the weights (backbone.safetensors,
+    head.safetensors) in finetune-DATASET-SOURCE-sSEED/, updated every epoch.
+
+    Example: ssrr eval finetune runs/relational-resnet34-stl10-s1 --dataset stl10 --epochs 100 --eval-every 10
+    """,
+        options=(
+            Option("epochs", int, EPOCHS, "Fine-tuning epochs."),
+            Option("batch", int, BATCH, "Batch size."),
+            Option("backbone_lr", float, BACKBONE_LR, "Adam learning rate of the backbone."),
+            Option("head_lr", float, HEAD_LR, "Adam learning rate of the head."),
+            Option("weight_decay", float, WEIGHT_DECAY, "Weight decay (both groups)."),
+            Option("eval_every", int, 0, "Also score the held-out split every N epochs (0: at the end only)."),
+            Option(
+                "augmentation",
+                str,
+                "none",
+                "Training images: none (normalise only, the authors') or crop-flip (random crop + flip).",
+                flags=("--augment",),
+            ),
+        ),
+        progress="epochs",
     )
-    result["files"] = [str(png), str(weights_dir / BACKBONE_FILE), str(weights_dir / HEAD_FILE)]
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    return write_result(out_dir, stem, result)
+)
 
 
 def _train_loader(

@@ -1,14 +1,13 @@
 """Weighted k-NN accuracy: the usual self-supervised sanity metric (no training, a few seconds).
 
-Each test representation votes with its k nearest training representations by cosine similarity, each
-neighbour's vote weighted by exp(similarity / temperature) (k=200, temperature 0.1, as in instance
+Each test representation votes with its nearest `neighbours` training representations by cosine similarity, each
+neighbour's vote weighted by exp(similarity / temperature) (200 neighbours, temperature 0.1, as in instance
 discrimination work); the class with the largest total wins. The pretraining loop calls `knn_probe` every
-`--knn-every` epochs.
+`--knn-every` epochs (through the protocol registry, `ssrr.eval.protocols`).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssrr.data.formats import load_manifest
-from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
-from ssrr.eval.features import Features, class_names, extract_features, held_out_split, num_classes, split_tag
-from ssrr.eval.linear import extract_pair
-from ssrr.precision import Execution, as_execution
+from ssrr.eval.features import Features, extract_features, num_classes
+from ssrr.eval.linear import classification_metrics, extract_pair
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
+from ssrr.precision import Execution
 from ssrr.train.checkpoint import LoadedBackbone
 
-K = 200
+NEIGHBOURS = 200
 TEMPERATURE = 0.1
 
 
@@ -34,18 +33,18 @@ def knn_predict(
     queries: torch.Tensor,
     classes: int,
     *,
-    k: int = K,
+    neighbours: int = NEIGHBOURS,
     temperature: float = TEMPERATURE,
     chunk: int = 1024,
 ) -> torch.Tensor:
     """Class scores (Q, classes) of cosine-weighted k-NN voting of `queries` against `gallery`."""
     gallery = F.normalize(gallery.float(), dim=1)
     gallery_labels = gallery_labels.to(gallery.device).long()
-    k = min(k, len(gallery))
+    neighbours = min(neighbours, len(gallery))
     scores = []
     for start in range(0, len(queries), chunk):
         q = F.normalize(queries[start : start + chunk].to(gallery.device).float(), dim=1)
-        sim, idx = (q @ gallery.T).topk(k, dim=1)
+        sim, idx = (q @ gallery.T).topk(neighbours, dim=1)
         weights = (sim / temperature).exp()
         votes = torch.zeros(len(q), classes, device=gallery.device)
         votes.scatter_add_(1, gallery_labels[idx], weights)
@@ -56,7 +55,7 @@ def knn_predict(
 def knn_accuracy(
     train_features: Features,
     test_features: Features,
-    k: int = K,
+    neighbours: int = NEIGHBOURS,
     temperature: float = TEMPERATURE,
     *,
     labels: str = "fine",
@@ -65,32 +64,32 @@ def knn_accuracy(
     train_y = train_features.labels(labels)
     test_y = test_features.labels(labels).to(train_features.z.device)
     classes = int(max(int(train_y.max()), int(test_y.max()))) + 1
-    scores = knn_predict(train_features.z, train_y, test_features.z, classes, k=k, temperature=temperature)
+    scores = knn_predict(
+        train_features.z, train_y, test_features.z, classes, neighbours=neighbours, temperature=temperature
+    )
     return 100.0 * float((scores.argmax(1) == test_y).float().mean())
 
 
 def knn_probe(
     backbone: nn.Module,
     shard_dir: Path | str,
-    device: torch.device | str = "cpu",
+    execution: Execution,
+    split: str | None = None,
     *,
-    k: int = K,
+    bank: str = "train",
+    neighbours: int = NEIGHBOURS,
     temperature: float = TEMPERATURE,
     batch: int = 256,
-    execution: Execution | None = None,
-    test_split: str | None = None,
 ) -> float:
-    """k-NN top-1 (percent) of a backbone: train split as gallery, `test_split` as queries (None: the dataset's
-    labelled held-out split).
+    """k-NN top-1 (percent) of a backbone: the `bank` split as gallery (the run's training split), `split` as
+    queries (None: the dataset's labelled held-out split).
 
     Safe to call mid-training: the backbone is evaluated in eval mode without gradients and given back in
-    the mode it came in. `execution` (the run's precision) replaces `device` when given.
-    """
-    where = execution or as_execution(device)
-    held_out = test_split or load_manifest(shard_dir).held_out_split or "test"
-    train = extract_features(backbone, shard_dir, "train", device=where, batch=batch)
-    test = extract_features(backbone, shard_dir, held_out, device=where, batch=batch)
-    return knn_accuracy(train, test, k, temperature)
+    the mode it came in."""
+    held_out = split or load_manifest(shard_dir).held_out_split or "test"
+    train = extract_features(backbone, shard_dir, bank, device=execution, batch=batch)
+    test = extract_features(backbone, shard_dir, held_out, device=execution, batch=batch)
+    return knn_accuracy(train, test, neighbours, temperature)
 
 
 def knn_eval(
@@ -98,7 +97,7 @@ def knn_eval(
     shard_dir: Path | str,
     *,
     labels: str = "fine",
-    k: int = K,
+    neighbours: int = NEIGHBOURS,
     temperature: float = TEMPERATURE,
     seed: int = 1,
     device: str | torch.device = "auto",
@@ -111,37 +110,46 @@ def knn_eval(
 ) -> dict[str, Any]:
     """`ssrr eval knn`: weighted k-NN top-1 and top-5 of one backbone on one dataset, written as a result.
     The queries are `split`, by default the dataset's labelled held-out split (checked before any work)."""
-    started = time.perf_counter()
-    check_labels(labels)
-    execution = resolve_execution(device, precision)
-    device = execution.device
-    manifest = load_manifest(shard_dir)
-    split = held_out_split(shard_dir, manifest, labels, split)
-    classes = num_classes(manifest, labels)
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out,
+    )  # fmt: skip
     train, test, size, extract_s = extract_pair(
-        loaded, shard_dir, device=execution, image_size=image_size, test_split=split, feature_batch=feature_batch
-    )
-    test_y = test.labels(labels)
-    scores = knn_predict(train.z, train.labels(labels), test.z, classes, k=k, temperature=temperature)
-    from ssrr.eval.linear import classification_metrics
-
-    metrics = classification_metrics(scores, test_y, class_names(manifest, labels))
-    result = base_result(
-        "knn", loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
-    )
+        loaded, shard_dir, device=ctx.execution, image_size=ctx.image_size, split=ctx.split,
+        feature_batch=feature_batch,
+    )  # fmt: skip
+    classes = num_classes(ctx.manifest, labels)
+    scores = knn_predict(train.z, train.labels(labels), test.z, classes, neighbours=neighbours, temperature=temperature)
+    metrics = classification_metrics(scores, test.labels(labels), ctx.names)
+    result = ctx.result("knn")
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
         per_class=metrics["per_class"],
-        k=k,
+        k=neighbours,  # the key earlier results carry
+        neighbours=neighbours,
         temperature=temperature,
-        image_size=list(size) if size else list(manifest.image_size),
+        image_size=list(size) if size else list(ctx.manifest.image_size),
         train_samples=len(train),
         test_samples=len(test),
         extract_s=round(extract_s, 3),
+        wall_s=ctx.wall(),
     )
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    if not write:
-        return result
-    out_dir = output_dir(loaded, out)
-    return write_result(out_dir, result_stem("knn", manifest.name, labels, seed, split_tag(manifest, split)), result)
+    return ctx.finish(ctx.stem("knn"), result) if write else result
+
+
+register(
+    Protocol(
+        "knn",
+        knn_eval,
+        """Weighted k-NN accuracy (200 neighbours, temperature 0.1): test split against the train gallery.
+
+    Example: ssrr eval knn runs/relational-resnet32-cifar10-s1 --dataset cifar10 --json
+    """,
+        options=(
+            Option("neighbours", int, NEIGHBOURS, "Neighbours voting.", hidden=("--k",)),
+            Option("temperature", float, TEMPERATURE, "Vote weight exp(cosine / temperature)."),
+        ),
+        probe=knn_probe,
+    )
+)

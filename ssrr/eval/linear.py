@@ -37,25 +37,9 @@ from torch import nn
 
 from ssrr.data.formats import load_manifest
 from ssrr.errors import SsrrError
-from ssrr.eval.common import (
-    base_result,
-    check_labels,
-    new_figure,
-    output_dir,
-    resolve_execution,
-    result_stem,
-    save_figure,
-    write_result,
-)
-from ssrr.eval.features import (
-    Features,
-    class_names,
-    eval_image_size,
-    extract_features,
-    held_out_split,
-    parse_image_size,
-    split_tag,
-)
+from ssrr.eval.common import new_figure, save_figure
+from ssrr.eval.features import Features, class_names, eval_image_size, extract_features, parse_image_size
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
 from ssrr.precision import Execution, as_execution
 from ssrr.train.checkpoint import LoadedBackbone
 
@@ -315,26 +299,26 @@ def extract_pair(
     device: Execution | torch.device,
     image_size: str | tuple[int, int] = "auto",
     train_split: str = "train",
-    test_split: str | None = None,
+    split: str | None = None,
     feature_batch: int = 256,
     num_threads: int | None = None,
 ) -> tuple[Features, Features, tuple[int, int] | None, float]:
     """Train and held-out representations of a dataset (once), the resize applied, and the seconds it took.
 
-    `device` may be an `Execution` (device and precision of the forward passes). `test_split` None is the
+    `device` may be an `Execution` (device and precision of the forward passes). `split` (held out) None is the
     dataset's labelled held-out split (the manifest's `eval_split`); callers check the splits first with
     `held_out_split`."""
     manifest = load_manifest(shard_dir)
-    test_split = test_split or manifest.held_out_split or "test"
+    held_out = split or manifest.held_out_split or "test"
     policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
     size = eval_image_size(loaded, manifest, policy)
     backbone = loaded.module.to(as_execution(device).device)
     started = time.perf_counter()
     train, test = (
         extract_features(
-            backbone, shard_dir, split, device=device, batch=feature_batch, image_size=size, num_threads=num_threads
+            backbone, shard_dir, name, device=device, batch=feature_batch, image_size=size, num_threads=num_threads
         )
-        for split in (train_split, test_split)
+        for name in (train_split, held_out)
     )
     return train, test, size, time.perf_counter() - started
 
@@ -354,40 +338,36 @@ def linear_eval(
     lr: float = LR,
     feature_batch: int = 256,
     train_split: str = "train",
-    test_split: str | None = None,
+    split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """The whole linear protocol for one backbone on one sharded dataset (any dataset: domain transfer).
 
-    `test_split` None scores the dataset's labelled held-out split (test for CIFAR and STL-10, val for
+    `split` None scores the dataset's labelled held-out split (test for CIFAR and STL-10, val for
     tiny-ImageNet). Returns the result dict (top1, top5, per_class, ...) and, with `write`, writes
-    `<out>/linear-<dataset>[-coarse][-<split>]-s<seed>.json`, its `.md` summary and `-confusion.png`.
+    `<out>/linear-<dataset>[-coarse][-<split>]-<source>-s<seed>.json`, its `.md` summary and `-confusion.png`.
     """
-    started = time.perf_counter()
-    check_labels(labels)
-    execution = resolve_execution(device, precision)
-    device = execution.device
-    manifest = load_manifest(shard_dir)
-    test_split = held_out_split(shard_dir, manifest, labels, test_split, train=train_split)
-    names = class_names(manifest, labels)
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out, train=train_split,
+    )  # fmt: skip
     train, test, size, extract_s = extract_pair(
         loaded,
         shard_dir,
-        device=execution,
-        image_size=image_size,
+        device=ctx.execution,
+        image_size=ctx.image_size,
         train_split=train_split,
-        test_split=test_split,
+        split=ctx.split,
         feature_batch=feature_batch,
         num_threads=num_threads,
     )
     metrics, fit = fit_and_score(
-        train, test, labels, names, epochs=epochs, batch=batch, lr=lr, seed=seed, device=device, progress=progress
-    )
-    result = base_result(
-        "linear", loaded, manifest.name, labels, seed, execution, split=test_split, tag=split_tag(manifest, test_split)
-    )
+        train, test, labels, ctx.names, epochs=epochs, batch=batch, lr=lr, seed=seed, device=ctx.device,
+        progress=progress,
+    )  # fmt: skip
+    result = ctx.result("linear")
     result.update(
         top1=metrics["top1"],
         top5=metrics["top5"],
@@ -397,7 +377,7 @@ def linear_eval(
         lr=lr,
         optimizer="adam",
         feature_dim=int(train.z.shape[1]),
-        image_size=list(size) if size else list(manifest.image_size),
+        image_size=list(size) if size else list(ctx.manifest.image_size),
         resized=size is not None,
         train_samples=len(train),
         test_samples=len(test),
@@ -405,18 +385,63 @@ def linear_eval(
         train_s=metrics["train_s"],
         final_loss=metrics["final_loss"],
         losses=[round(x, 6) for x in fit.losses],
+        wall_s=ctx.wall(),
     )
-    result["wall_s"] = round(time.perf_counter() - started, 3)
     if not write:
         return result
-    out_dir = output_dir(loaded, out)
-    stem = result_stem("linear", manifest.name, labels, seed, split_tag(manifest, test_split))
-    png = confusion_png(
-        metrics["confusion"],
-        names,
-        out_dir / f"{stem}-confusion.png",
-        f"linear {manifest.name} ({labels}): top-1 {metrics['top1']:.2f}%  [{loaded.source}]",
+    stem = ctx.stem("linear")
+    title = f"linear {ctx.manifest.name} ({labels}): top-1 {metrics['top1']:.2f}%  [{loaded.source}]"
+    png = confusion_png(metrics["confusion"], ctx.names, ctx.out_dir / f"{stem}-confusion.png", title)
+    return ctx.finish(stem, result, [png])
+
+
+def linear_probe(
+    backbone: nn.Module,
+    shard_dir: Path,
+    execution: Execution,
+    split: str | None = None,
+    *,
+    bank: str = "train",
+    epochs: int = EPOCHS,
+    seed: int = 1,
+) -> float:
+    """Linear-protocol top-1 of a backbone mid-training: a new head on the `bank` split's frozen features (the
+    run's training split), scored on `split` (None: the dataset's labelled held-out split)."""
+    manifest = load_manifest(shard_dir)
+    held_out = split or manifest.held_out_split or "test"
+    train = extract_features(backbone, shard_dir, bank, device=execution)
+    test = extract_features(backbone, shard_dir, held_out, device=execution)
+    names = class_names(manifest, "fine")
+    metrics, _ = fit_and_score(train, test, "fine", names, epochs=epochs, seed=seed, device=execution.device)
+    return float(metrics["top1"])
+
+
+register(
+    Protocol(
+        "linear",
+        linear_eval,
+        """Linear evaluation: frozen backbone, Linear(D, classes), Adam 1e-3, batch 128, 100 epochs.
+
+    Features are extracted once and the head trained on them (same result as recomputing them every
+    epoch, far faster). Writes linear-DATASET[-coarse]-SOURCE-sSEED.json/.md and a confusion-matrix PNG.
+
+    Examples:
+
+      ssrr eval linear runs/relational-resnet32-cifar100-s1 --dataset cifar100 --seed 1
+
+      ssrr eval linear runs/relational-resnet32-cifar10-s1 --dataset cifar100     # domain transfer 10->100
+
+      ssrr eval linear runs/relational-resnet32-cifar100-s1 --labels coarse       # grain: CIFAR-100-20
+
+      ssrr eval linear random:resnet32 --dataset cifar100 --seed 2 --json        # the lower bound
+    """,
+        options=(
+            Option("epochs", int, EPOCHS, "Epochs of the linear head (the protocol: 100)."),
+            Option("batch", int, BATCH, "Batch size of the linear head (the protocol: 128)."),
+            Option("lr", float, LR, "Adam learning rate (the protocol: 1e-3)."),
+        ),
+        headline=("top1", "top5", "extract_s", "train_s"),
+        progress="epochs",
+        probe=linear_probe,
     )
-    result["files"] = [str(png)]
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    return write_result(out_dir, stem, result)
+)

@@ -25,9 +25,8 @@ from torch import nn
 from ssrr.config import RunConfig
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.errors import SsrrError
-from ssrr.eval.features import class_names, extract_features
-from ssrr.eval.knn import knn_accuracy
-from ssrr.eval.linear import EPOCHS, fit_and_score
+from ssrr.eval.linear import EPOCHS
+from ssrr.eval.protocols import protocol
 from ssrr.precision import Execution
 
 
@@ -57,9 +56,9 @@ class KnnProbe:
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
         bank, split = _splits(shard_dir, self.bank, self.split)
-        gallery = extract_features(backbone, shard_dir, bank, device=execution)
-        queries = extract_features(backbone, shard_dir, split, device=execution)
-        return knn_accuracy(gallery, queries)
+        probe = protocol("knn").probe
+        assert probe is not None
+        return probe(backbone, shard_dir, execution, split, bank=bank)
 
 
 @dataclass(frozen=True)
@@ -75,15 +74,10 @@ class LinearProbe:
     name: str = "linear_top1"
 
     def __call__(self, backbone: nn.Module, shard_dir: Path, execution: Execution) -> float:
-        manifest = load_manifest(shard_dir)
-        names = class_names(manifest, "fine")
         bank, split = _splits(shard_dir, self.bank, self.split)
-        train = extract_features(backbone, shard_dir, bank, device=execution)
-        held_out = extract_features(backbone, shard_dir, split, device=execution)
-        metrics, _ = fit_and_score(
-            train, held_out, "fine", names, epochs=self.epochs, seed=self.seed, device=execution.device
-        )
-        return float(metrics["top1"])
+        probe = protocol("linear").probe
+        assert probe is not None
+        return probe(backbone, shard_dir, execution, split, bank=bank, epochs=self.epochs, seed=self.seed)
 
 
 def _splits(shard_dir: Path, bank: str | None, split: str | None) -> tuple[str, str]:

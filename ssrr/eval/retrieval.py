@@ -19,19 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssrr.data.formats import load_manifest
 from ssrr.data.writer import iter_samples
 from ssrr.errors import SsrrError
-from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, write_result
-from ssrr.eval.features import (
-    Features,
-    class_names,
-    eval_image_size,
-    extract_features,
-    held_out_split,
-    parse_image_size,
-    split_tag,
-)
+from ssrr.eval.features import Features, eval_image_size, extract_features
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
 from ssrr.files import replacing
 from ssrr.train.checkpoint import LoadedBackbone
 
@@ -174,8 +165,8 @@ def retrieval_eval(
     shard_dir: Path | str,
     *,
     labels: str = "fine",
-    query_split: str | None = None,
-    gallery_split: str = "train",
+    split: str | None = None,
+    gallery: str = "train",
     show: int = 8,
     max_queries: int = 0,
     seed: int = 1,
@@ -188,80 +179,91 @@ def retrieval_eval(
 ) -> dict[str, Any]:
     """`ssrr eval retrieval`: precision@k, mAP (overall and by class) and a grid PNG of `show` queries.
 
-    `max_queries` > 0 scores a seeded subset of that many queries (the full ranking of a 50,000-image gallery
-    for every test image is the costly part on a CPU); 0 scores them all. `query_split` None is the dataset's
-    labelled held-out split; both splits are checked before any feature is computed.
+    The queries are `split` (None: the dataset's labelled held-out split), searched for in the split `gallery`;
+    both are checked before any feature is computed. `max_queries` > 0 scores a seeded subset of that many
+    queries (the full ranking of a 50,000-image gallery for every test image is the costly part on a CPU).
     """
-    started = time.perf_counter()
-    check_labels(labels)
-    execution = resolve_execution(device, precision)
-    device = execution.device
-    manifest = load_manifest(shard_dir)
-    query_split = held_out_split(shard_dir, manifest, labels, query_split, train=gallery_split)
-    names = class_names(manifest, labels)
-    size = eval_image_size(
-        loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out, train=gallery,
+    )  # fmt: skip
+    size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
+    backbone = loaded.module.to(ctx.device)
+
+    def extract(name: str) -> Features:
+        return extract_features(backbone, shard_dir, name, device=ctx.execution, batch=feature_batch, image_size=size)
+
+    queries = extract(ctx.split)
+    searched = queries if gallery == ctx.split else extract(gallery)
+    extract_s = time.perf_counter() - ctx.started
+    result = ctx.result("retrieval")
+    result.update(_score(ctx, queries, searched, gallery, max_queries))
+    result.update(
+        image_size=list(size) if size else list(ctx.manifest.image_size),
+        extract_s=round(extract_s, 3),
+        wall_s=ctx.wall(),
     )
-    backbone = loaded.module.to(device)
+    if not write:
+        return result
+    stem = ctx.stem("retrieval")
+    files = []
+    if show > 0:
+        grid = ctx.out_dir / f"{stem}-grid.png"
+        shown = pick_queries(queries.labels(labels), show, seed)
+        files.append(_grid_png(shard_dir, queries, searched, (ctx.split, gallery), labels, shown, grid))
+        result["shown_queries"] = queries.index.cpu()[shown].tolist()
+    return ctx.finish(stem, result, files)
 
-    def extract(split: str) -> Features:
-        return extract_features(backbone, shard_dir, split, device=execution, batch=feature_batch, image_size=size)
 
-    queries = extract(query_split)
-    same_split = gallery_split == query_split
-    gallery = queries if same_split else extract(gallery_split)
-    extract_s = time.perf_counter() - started
-    if same_split and len(gallery) < 2:
-        raise SsrrError(f"{shard_dir}: split '{query_split}' needs at least 2 samples to search itself")
-    q_labels, g_labels = queries.labels(labels), gallery.labels(labels)
+def _score(ctx: EvalContext, queries: Features, searched: Features, gallery: str, max_queries: int) -> dict[str, Any]:
+    """The retrieval numbers of (a seeded subset of) the queries against the gallery `searched`."""
+    same_split = gallery == ctx.split
+    if same_split and len(searched) < 2:
+        raise SsrrError(f"{ctx.shard_dir}: split '{ctx.split}' needs at least 2 samples to search itself")
     scored = torch.arange(len(queries))
     if 0 < max_queries < len(queries):
-        scored = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed))[:max_queries].sort().values
+        draw = torch.Generator().manual_seed(ctx.seed)
+        scored = torch.randperm(len(queries), generator=draw)[:max_queries].sort().values
     sub = queries.subset(scored)
     exclude = scored if same_split else None
-    metrics = retrieval_metrics(gallery.z, g_labels, sub.z, sub.labels(labels), exclude=exclude)
+    metrics = retrieval_metrics(searched.z, searched.labels(ctx.labels), sub.z, sub.labels(ctx.labels), exclude=exclude)
     ap = metrics["ap"]
-    sub_labels = sub.labels(labels).cpu()
+    sub_labels = sub.labels(ctx.labels).cpu()
+    names = ctx.names
     map_per_class = {
         names[c]: round(100.0 * float(ap[sub_labels == c].mean()), 4)
         for c in range(len(names))
         if bool((sub_labels == c).any())
     }
-    result = base_result(
+    return {
+        "map": 100.0 * float(ap.mean()) if len(ap) else 0.0,
+        "precision_at": metrics["precision_at"],
+        "map_per_class": map_per_class,
+        "query_split": ctx.split,
+        "gallery_split": gallery,
+        "queries": len(sub),
+        "gallery": len(searched),
+    }
+
+
+register(
+    Protocol(
         "retrieval",
-        loaded,
-        manifest.name,
-        labels,
-        seed,
-        execution,
-        split=query_split,
-        tag=split_tag(manifest, query_split),
+        retrieval_eval,
+        """Image retrieval by cosine similarity: precision@1/5/10, mAP (by class), a top-10 grid PNG.
+
+    Example: ssrr eval retrieval runs/relational-resnet32-cifar10-s1 --dataset cifar10 --show 8
+    """,
+        options=(
+            Option("gallery", str, "train", "Split searched (the query split itself: each query left out)."),
+            Option("show", int, 8, "Queries drawn in the PNG grid (with their top 10)."),
+            Option("max_queries", int, 0, "Score a seeded subset of this many queries (0: all)."),
+        ),
+        headline=("map", "precision_at"),
+        split_help="Split of the queries.",
+        split_flags=("--queries",),
     )
-    result.update(
-        map=100.0 * float(ap.mean()) if len(ap) else 0.0,
-        precision_at=metrics["precision_at"],
-        map_per_class=map_per_class,
-        query_split=query_split,
-        gallery_split=gallery_split,
-        queries=len(sub),
-        gallery=len(gallery),
-        image_size=list(size) if size else list(manifest.image_size),
-        extract_s=round(extract_s, 3),
-    )
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    if not write:
-        return result
-    out_dir = output_dir(loaded, out)
-    stem = result_stem("retrieval", manifest.name, labels, seed, split_tag(manifest, query_split))
-    files = []
-    if show > 0:
-        grid = out_dir / f"{stem}-grid.png"
-        shown = pick_queries(q_labels, show, seed)
-        files.append(str(_grid_png(shard_dir, queries, gallery, (query_split, gallery_split), labels, shown, grid)))
-        result["shown_queries"] = queries.index.cpu()[shown].tolist()
-    result["files"] = files
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    return write_result(out_dir, stem, result)
+)
 
 
 def _grid_png(

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import copy
 import tarfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,9 @@ import torch
 
 from ssrr.data.formats import LABELS_EXT, decode_labels, load_manifest
 from ssrr.errors import SsrrError
-from ssrr.eval.common import (
-    base_result,
-    check_labels,
-    new_figure,
-    output_dir,
-    resolve_execution,
-    result_stem,
-    save_figure,
-    write_result,
-)
-from ssrr.eval.features import class_names, held_out_split, split_tag
+from ssrr.eval.common import new_figure, save_figure
 from ssrr.eval.linear import BATCH, EPOCHS, extract_pair, fit_and_score
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
 from ssrr.train.checkpoint import LoadedBackbone
 
 FRACTIONS = (0.01, 0.1, 0.25, 0.5, 1.0)
@@ -110,7 +100,7 @@ def semi_eval(
     loaded: LoadedBackbone,
     shard_dir: Path | str,
     *,
-    fractions: Sequence[float] = FRACTIONS,
+    fractions: Sequence[float] | str = FRACTIONS,
     mode: str = "linear",
     labels: str = "fine",
     epochs: int = EPOCHS,
@@ -127,61 +117,23 @@ def semi_eval(
     """Accuracy at each labelled fraction (linear on cached features, or fine-tuning), written as one result.
 
     Scored on `split`, by default the dataset's labelled held-out split (checked before any work)."""
-    started = time.perf_counter()
-    check_labels(labels)
     if mode not in ("linear", "finetune"):
         raise SsrrError(f"--mode must be linear or finetune, got {mode!r}")
-    execution = resolve_execution(device, precision)
-    device = execution.device
-    fractions = parse_fractions(fractions)
-    manifest = load_manifest(shard_dir)
-    split = held_out_split(shard_dir, manifest, labels, split)
-    names = class_names(manifest, labels)
+    chosen = parse_fractions(fractions)
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out,
+    )  # fmt: skip
     protocol = "semi" if mode == "linear" else "semi-finetune"
-    out_dir = output_dir(loaded, out)
-    stem = result_stem(protocol, manifest.name, labels, seed, split_tag(manifest, split))
-    per_fraction: dict[str, dict[str, Any]] = {}
-    if mode == "linear":
-        train, test, _, _ = extract_pair(
-            loaded, shard_dir, device=execution, image_size=image_size, test_split=split, feature_batch=feature_batch
-        )
-        subsets = nested_subsets(train.labels(labels), fractions, seed)
-        for f in fractions:
-            metrics, _ = fit_and_score(
-                train.subset(subsets[f]), test, labels, names, epochs=epochs, batch=batch, seed=seed, device=device
-            )
-            per_fraction[f"{f:g}"] = {"top1": metrics["top1"], "top5": metrics["top5"], "samples": len(subsets[f])}
-            if progress:
-                progress(f"{100 * f:g}% labels: top-1 {metrics['top1']:.2f}%")
-    else:
-        from ssrr.eval.finetune import finetune
-
-        fine, coarse, index = split_labels(shard_dir, "train")
-        subsets = nested_subsets(fine if labels == "fine" else coarse, fractions, seed)
-        for f in fractions:
-            fresh = copy.deepcopy(loaded)
-            result = finetune(
-                fresh,
-                shard_dir,
-                labels=labels,
-                epochs=epochs,
-                seed=seed,
-                device=device,
-                precision=execution.requested,
-                out=out_dir / f"{stem}-weights",
-                image_size=image_size,
-                batch=batch,
-                subset=index[subsets[f]],
-                protocol=f"finetune-f{f:g}",
-                test_split=split,
-            )
-            per_fraction[f"{f:g}"] = {"top1": result["top1"], "top5": result["top5"], "samples": len(subsets[f])}
-            if progress:
-                progress(f"{100 * f:g}% labels: top-1 {result['top1']:.2f}%")
-    largest = per_fraction[f"{fractions[-1]:g}"]
-    result = base_result(
-        protocol, loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
-    )
+    stem = ctx.stem(protocol)
+    fit = _linear_fractions if mode == "linear" else _finetune_fractions
+    per_fraction = {}
+    for f, scores in fit(ctx, chosen, epochs, batch, feature_batch, ctx.out_dir / f"{stem}-weights"):
+        per_fraction[f"{f:g}"] = scores
+        if progress:
+            progress(f"{100 * f:g}% labels: top-1 {scores['top1']:.2f}%")
+    largest = per_fraction[f"{chosen[-1]:g}"]
+    result = ctx.result(protocol)
     result.update(
         mode=mode,
         fractions={k: v["top1"] for k, v in per_fraction.items()},
@@ -192,12 +144,75 @@ def semi_eval(
         epochs=epochs,
         batch=batch,
     )
-    png = semi_png(
-        fractions,
-        [per_fraction[f"{f:g}"]["top1"] for f in fractions],
-        out_dir / f"{stem}.png",
-        f"{mode} accuracy vs labels: {manifest.name} ({labels})  [{loaded.source}]",
+    title = f"{mode} accuracy vs labels: {ctx.manifest.name} ({labels})  [{loaded.source}]"
+    top1 = [per_fraction[f"{f:g}"]["top1"] for f in chosen]
+    return ctx.finish(stem, result, [semi_png(chosen, top1, ctx.out_dir / f"{stem}.png", title)])
+
+
+Scores = Iterator[tuple[float, dict[str, Any]]]
+
+
+def _linear_fractions(
+    ctx: EvalContext, fractions: list[float], epochs: int, batch: int, feature_batch: int, _weights: Path
+) -> Scores:
+    """The linear protocol on the cached features of each nested subset of the train split."""
+    train, test, _, _ = extract_pair(
+        ctx.loaded, ctx.shard_dir, device=ctx.execution, image_size=ctx.image_size, split=ctx.split,
+        feature_batch=feature_batch,
+    )  # fmt: skip
+    subsets = nested_subsets(train.labels(ctx.labels), fractions, ctx.seed)
+    for f in fractions:
+        metrics, _ = fit_and_score(
+            train.subset(subsets[f]), test, ctx.labels, ctx.names, epochs=epochs, batch=batch, seed=ctx.seed,
+            device=ctx.device,
+        )  # fmt: skip
+        yield f, {"top1": metrics["top1"], "top5": metrics["top5"], "samples": len(subsets[f])}
+
+
+def _finetune_fractions(
+    ctx: EvalContext, fractions: list[float], epochs: int, batch: int, _feature_batch: int, weights: Path
+) -> Scores:
+    """A fresh copy of the pretrained backbone fine-tuned on each nested subset of the train split."""
+    from ssrr.eval.finetune import finetune
+
+    fine, coarse, index = split_labels(ctx.shard_dir, "train")
+    subsets = nested_subsets(fine if ctx.labels == "fine" else coarse, fractions, ctx.seed)
+    for f in fractions:
+        result = finetune(
+            copy.deepcopy(ctx.loaded),
+            ctx.shard_dir,
+            labels=ctx.labels,
+            epochs=epochs,
+            seed=ctx.seed,
+            device=ctx.device,
+            precision=ctx.execution.requested,
+            out=weights,
+            image_size=ctx.image_size,
+            batch=batch,
+            subset=index[subsets[f]],
+            protocol=f"finetune-f{f:g}",
+            split=ctx.split,
+        )
+        yield f, {"top1": result["top1"], "top5": result["top5"], "samples": len(subsets[f])}
+
+
+register(
+    Protocol(
+        "semi",
+        semi_eval,
+        """Accuracy versus labels: class-balanced, seeded, nested label subsets (1% inside 10% inside ...).
+
+    Writes semi-DATASET-SOURCE-sSEED.json/.md and an accuracy-versus-labels PNG.
+
+    Example: ssrr eval semi runs/relational-resnet32-cifar10-s1 --fractions 0.01,0.1,0.25,0.5,1.0
+    """,
+        options=(
+            Option("fractions", str, ",".join(f"{f:g}" for f in FRACTIONS), "Labelled fractions of the train split."),
+            Option("mode", str, "linear", "linear (on cached features) or finetune."),
+            Option("epochs", int, EPOCHS, "Epochs per fraction."),
+            Option("batch", int, BATCH, "Batch size."),
+        ),
+        headline=("fractions",),
+        progress="lines",
     )
-    result["files"] = [str(png)]
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    return write_result(out_dir, stem, result)
+)

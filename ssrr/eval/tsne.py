@@ -21,25 +21,9 @@ from typing import Any
 
 import torch
 
-from ssrr.data.formats import load_manifest
-from ssrr.eval.common import (
-    base_result,
-    check_labels,
-    new_figure,
-    output_dir,
-    resolve_execution,
-    result_stem,
-    save_figure,
-    write_result,
-)
-from ssrr.eval.features import (
-    class_names,
-    eval_image_size,
-    extract_features,
-    held_out_split,
-    parse_image_size,
-    split_tag,
-)
+from ssrr.eval.common import new_figure, save_figure
+from ssrr.eval.features import eval_image_size, extract_features
+from ssrr.eval.protocols import EvalContext, Option, Protocol, register
 from ssrr.train.checkpoint import LoadedBackbone
 
 POINTS = 2000
@@ -146,24 +130,6 @@ def _kl(p: torch.Tensor, y: torch.Tensor) -> float:
     return float(torch.where(p > 0, p * (p / q).log(), torch.zeros_like(p)).sum())
 
 
-def tsne(
-    x: torch.Tensor,
-    *,
-    perplexity: float = PERPLEXITY,
-    iterations: int = ITERATIONS,
-    seed: int = 1,
-    learning_rate: float | None = None,
-) -> torch.Tensor:
-    """t-SNE of x (N, D) to (N, 2), float32, seeded (see `run_tsne`)."""
-    return run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed, learning_rate=learning_rate)[0]
-
-
-def kl_divergence(x: torch.Tensor, y: torch.Tensor, perplexity: float = PERPLEXITY) -> float:
-    """KL(P || Q) of an embedding y of x: the quantity t-SNE minimises (lower is better)."""
-    n = len(x)
-    return _kl(affinities(pca(x.double(), PCA_DIMS), min(perplexity, (n - 1) / 3)), y)
-
-
 def subsample(n: int, points: int, seed: int) -> torch.Tensor:
     """Sorted seeded subset of `points` rows out of n (all when points <= 0 or >= n)."""
     if points <= 0 or points >= n:
@@ -212,44 +178,46 @@ def tsne_eval(
 ) -> dict[str, Any]:
     """`ssrr eval tsne`: a t-SNE PNG of `points` seeded representations of `split` (default: the dataset's
     labelled held-out split, checked before any feature is computed) coloured by class."""
-    started = time.perf_counter()
-    check_labels(labels)
-    execution = resolve_execution(device, precision)
-    device = execution.device
-    manifest = load_manifest(shard_dir)
-    split = held_out_split(shard_dir, manifest, labels, split, train=None)
-    names = class_names(manifest, labels)
-    size = eval_image_size(
-        loaded, manifest, parse_image_size(image_size) if isinstance(image_size, str) else image_size
-    )
+    ctx = EvalContext.open(
+        loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
+        image_size=image_size, out=out, train=None,
+    )  # fmt: skip
+    size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     features = extract_features(
-        loaded.module.to(device), shard_dir, split, device=execution, batch=feature_batch, image_size=size
+        loaded.module.to(ctx.device), shard_dir, ctx.split, device=ctx.execution, batch=feature_batch, image_size=size
     )
-    y_labels = features.labels(labels)
     rows = subsample(len(features), points, seed)
-    x = features.z[rows.to(features.z.device)]
     embed_started = time.perf_counter()
-    y, kl = run_tsne(x, perplexity=perplexity, iterations=iterations, seed=seed)
-    embed_s = time.perf_counter() - embed_started
-    result = base_result(
-        "tsne", loaded, manifest.name, labels, seed, execution, split=split, tag=split_tag(manifest, split)
-    )
+    y, kl = run_tsne(features.z[rows.to(features.z.device)], perplexity=perplexity, iterations=iterations, seed=seed)
+    result = ctx.result("tsne")
     result.update(
         points=len(rows),
         perplexity=perplexity,
         iterations=iterations,
         kl=kl,
-        embed_s=round(embed_s, 3),
+        embed_s=round(time.perf_counter() - embed_started, 3),
     )
-    out_dir = output_dir(loaded, out)
-    stem = result_stem("tsne", manifest.name, labels, seed, split_tag(manifest, split))
-    png = tsne_png(
-        y,
-        y_labels.cpu()[rows],
-        names,
-        out_dir / f"{stem}.png",
-        f"t-SNE of {len(rows)} {manifest.name} {split} representations [{loaded.source}]",
+    stem = ctx.stem("tsne")
+    title = f"t-SNE of {len(rows)} {ctx.manifest.name} {ctx.split} representations [{loaded.source}]"
+    png = tsne_png(y, features.labels(labels).cpu()[rows], ctx.names, ctx.out_dir / f"{stem}.png", title)
+    return ctx.finish(stem, result, [png])
+
+
+register(
+    Protocol(
+        "tsne",
+        tsne_eval,
+        """A t-SNE map of test representations coloured by class (PNG).
+
+    Example: ssrr eval tsne runs/relational-resnet32-cifar10-s1 --dataset cifar10 --points 2000
+    """,
+        options=(
+            Option("points", int, POINTS, "Seeded subsample of the split (0: all; exact t-SNE is O(N^2))."),
+            Option("perplexity", float, PERPLEXITY, "t-SNE perplexity."),
+            Option("iterations", int, ITERATIONS, "Gradient-descent iterations."),
+        ),
+        headline=("points", "kl", "embed_s"),
+        progress="status",
+        split_help="Split embedded.",
     )
-    result["files"] = [str(png)]
-    result["wall_s"] = round(time.perf_counter() - started, 3)
-    return write_result(out_dir, stem, result)
+)

@@ -31,7 +31,7 @@ def eval_args(run: Run, job: EvalJob, shards_root: str, device: str = "auto") ->
     args = [job.protocol, run.source, "--dataset", job.dataset]
     if job.labels != "fine":
         args += ["--labels", job.labels]
-    if job.protocol == "semi":
+    if job.fractions:  # semi: linear at these labelled fractions
         args += ["--fractions", ",".join(f"{f:g}" for f in job.fractions), "--mode", "linear"]
     args += ["--epochs", str(job.epochs), "--seed", str(job.seed), "--shards-root", shards_root]
     if device != "auto":
@@ -150,21 +150,13 @@ def _pretrain(run: Run, plan: Plan, launch: str | None, show: bool, cache: str |
 
 def _evaluate(run: Run, job: EvalJob, shards_root: str, device: str, cache: str | Path | None, show: bool) -> None:
     from ssrr.eval.common import seed_everything
+    from ssrr.eval.protocols import protocol
     from ssrr.train.checkpoint import load_backbone
 
     shard_dir = _local_dataset(job.dataset, shards_root, cache, show)
     seed_everything(job.seed)  # before loading: random weights are drawn from the seed
     loaded = load_backbone(run.source)
-    common: dict[str, Any] = {"labels": job.labels, "epochs": job.epochs, "seed": job.seed, "device": device}
-    if job.protocol == "linear":
-        from ssrr.eval.linear import linear_eval
-
-        linear_eval(loaded, shard_dir, out=job.out_dir, **common)
-    elif job.protocol == "finetune":
-        from ssrr.eval.finetune import finetune
-
-        finetune(loaded, shard_dir, out=job.out_dir, **common)
-    else:
-        from ssrr.eval.semi import semi_eval
-
-        semi_eval(loaded, shard_dir, fractions=job.fractions, mode="linear", out=job.out_dir, **common)
+    options: dict[str, Any] = {"labels": job.labels, "epochs": job.epochs, "seed": job.seed, "device": device}
+    if job.fractions:  # semi: linear at these labelled fractions
+        options.update(fractions=job.fractions, mode="linear")
+    protocol(job.protocol).run(loaded, shard_dir, out=job.out_dir, **options)

@@ -33,9 +33,10 @@ from ssrr.precision import Precision
 # ------------------------------------------------------------------------------------------- 2. plan
 
 
-def result_stem(protocol: str, dataset: str, labels: str, seed: int) -> str:
-    """`<protocol>-<dataset>[-coarse]-s<seed>`, as `ssrr.eval.common.result_stem` names result files."""
-    return f"{protocol}-{dataset}{'-coarse' if labels == 'coarse' else ''}-s{seed}"
+def result_stem(protocol: str, dataset: str, labels: str, seed: int, source: str = "") -> str:
+    """`<protocol>-<dataset>[-coarse][-<source>]-s<seed>`, as `ssrr.eval.common.result_stem` names result files
+    (`source`: what was evaluated, the run folder's name: `<run name>` or `random-<backbone>`)."""
+    return f"{protocol}-{dataset}{'-coarse' if labels == 'coarse' else ''}{f'-{source}' if source else ''}-s{seed}"
 
 
 @dataclass
@@ -235,7 +236,7 @@ def _job_for(evaluation: Evaluation, run: Run, scale: Scale, stem_name: Callable
     epochs = {"linear": scale.linear_epochs, "finetune": scale.finetune_epochs, "semi": scale.semi_epochs}
     if evaluation.protocol not in epochs:
         raise SsrrError(f"unknown evaluation protocol {evaluation.protocol!r}")
-    stem = result_stem(evaluation.protocol, stem_name(dataset), evaluation.labels, run.seed)
+    stem = result_stem(evaluation.protocol, stem_name(dataset), evaluation.labels, run.seed, run.folder.name)
     return EvalJob(
         evaluation.protocol,
         dataset,
