@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 PRIOR_WEIGHT = 0.1
 EMBED = 64  # the dot critic's embedding
 CRITIC_HIDDEN = 256  # the concat critic's 1x1 convolutions
-CRITICS = ("concat", "dot")
 
 
 class _ReverseGradient(torch.autograd.Function):

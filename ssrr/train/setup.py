@@ -42,11 +42,6 @@ from ssrr.train.threads import PlanChoice, applied, choose_plan, worth_timing
 PROCESS_GROUP_TIMEOUT = timedelta(hours=2)
 
 
-def use_cuda(config: RunConfig) -> bool:
-    """Whether the run trains on the GPU (`ssrr.devices.choose_device`: one rule for every command)."""
-    return choose_device(config.device, warn=lambda _: None).type == "cuda"
-
-
 def _prepare_run_dir(config: RunConfig, resume: bool) -> Path | None:
     """Validate the run folder against --resume; return the checkpoint to resume from (or None)."""
     run_dir = config.run_dir
