@@ -86,3 +86,21 @@ def test_no_two_subpackages_import_each_other() -> None:
     edges = {(unit_of(path), target) for path in source_files() for target in imported_units(path)}
     both_ways = sorted({tuple(sorted(e)) for e in edges if e[0] != e[1] and (e[1], e[0]) in edges})
     assert not both_ways, both_ways
+
+
+MAX_FUNCTION_LINES = 80  # a function fits on a screen or two
+MAX_FILE_LINES = 450  # option declarations included
+
+
+def test_no_function_over_80_lines_and_no_file_over_450() -> None:
+    too_long = []
+    for path in sorted([*REPO.glob("ssrr/**/*.py"), *REPO.glob("pipelines/**/*.py"), *REPO.glob("cli/**/*.py")]):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            too_long.append(f"{path.relative_to(REPO)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(REPO)}: {node.name} has {lines} lines")
+    assert not too_long, "\n".join(too_long)
