@@ -74,7 +74,7 @@ def test_a_resumed_plan_is_kept_not_measured_again() -> None:
 def test_a_run_ends_within_its_budget_with_its_schedule_decayed(tiny_shards: Path, tmp_path: Path) -> None:
     config = RunConfig(
         dataset=str(tiny_shards), backbone="conv4", k=2, batch=32, epochs=200, out=str(tmp_path), name="b",
-        num_threads=1, lr_schedule="cosine", time_budget_s=5.0, keep_checkpoints=1, checkpoint_every=100,
+        num_threads=1, threads=1, lr_schedule="cosine", time_budget_s=5.0, keep_checkpoints=1, checkpoint_every=100,
     )  # fmt: skip
     result = pretrain(config, show=False)
     throughput = json.loads((result.run_dir / "throughput.json").read_text())
