@@ -4,6 +4,7 @@ debug mode set to error (`pytest -m gpu`), where a training step and the batches
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -55,35 +56,47 @@ def test_lagged_sums_on_the_cpu_are_read_at_once() -> None:
     assert lagged.latest() == ({"acc": 1.5, "loss": 3.0}, 3)
 
 
-@pytest.mark.gpu
-def test_training_steps_and_their_batches_do_not_sync_the_host(tiny_shards: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_training_steps_and_their_batches_do_not_sync_the_host(tiny_shards: Path, tmp_path: Path, device: str) -> None:
     """Under torch.cuda.set_sync_debug_mode("error") every host synchronisation raises: six steps (crossing a
-    pipeline run) of the real loop's step, the batches handed to them and the display's reads run without one."""
-    if not torch.cuda.is_available():
+    pipeline run) of the real loop's step, the batches handed to them and the display's reads run without one.
+    On the CPU (no such mode) the same code runs, so CI keeps the GPU test's calls in step with the library."""
+    if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     from ssrr.train.loop import EpochTally, _train_step
     from ssrr.train.setup import set_up
 
     config = RunConfig(
-        dataset=str(tiny_shards), backbone="conv4", k=4, batch=16, epochs=1, precision="auto", device="cuda",
+        dataset=str(tiny_shards), backbone="conv4", k=4, batch=16, epochs=1, precision="auto", device=device,
         out=str(tmp_path), name="syncs",
     )  # fmt: skip
-    t = set_up(config, resume=False, show=False)
-    batches = iter(t.loader.epoch(0))
-    step = lambda batch: _train_step(  # noqa: E731
-        t.accelerator, t.execution, t.model, batch, t.optimizer, t.scheduler, t.scaler
-    )
-    step(next(batches))  # warm-up: the pair schedule and the optimizer state are made (and copied) once
-    torch.cuda.synchronize()
-    tally, lagged = EpochTally(t.device), LaggedSums(t.device)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(6):
-            tally.add(step(next(batches)))
-            lagged.request(tally.sums, tally.counted)
-            lagged.latest()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    with ExitStack() as closing:
+        t = set_up(config, resume=False, show=False, closing=closing)
+        batches = iter(t.loader.epoch(0))
+        step = lambda batch: _train_step(  # noqa: E731
+            t.accelerator, t.execution, t.model, batch, t.optimizer, t.scheduler, t.scaler
+        )
+        step(next(batches))  # warm-up: the pair schedule and the optimizer state are made (and copied) once
+        _synchronize(device)
+        tally, lagged = EpochTally(t.device), LaggedSums(t.device)
+        _sync_debug(device, "error")
+        try:
+            for _ in range(6):
+                tally.add(step(next(batches)))
+                lagged.request(tally.sums, tally.counted)
+                lagged.latest()
+        finally:
+            _sync_debug(device, 0)
+        _synchronize(device)
     assert tally.counted == 6 and np.isfinite(float(tally.sums["loss"]))
     assert lagged.latest()[1] >= 1
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _sync_debug(device: str, mode: str | int) -> None:
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode(mode)
