@@ -13,7 +13,6 @@ oversubscribed baseline shows instead of inflating a ratio.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from ssrr.bench.literal import literal_relation_logits
 from ssrr.bench.step import intra_op_threads
-from ssrr.bench.timing import timed_steps
+from ssrr.bench.timing import median_step_s, timed_steps
 from ssrr.hardware import cores, default_workers
 from ssrr.losses import focal_loss
 from ssrr.models.backbones import build_backbone
@@ -128,13 +127,7 @@ class Baseline:
         batch = next(self.batches(0, seed=0))
         with intra_op_threads(setting.threads):
             step = baseline_step(self.backbone, self.k, self.execution, setting.channels_last)[0]
-            times = []
-            for i in range(timing.warmup + timing.steps):
-                start = time.perf_counter()
-                step(batch)
-                if i >= timing.warmup:
-                    times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            return median_step_s(step, batch, timing.warmup, timing.steps)
 
 
 def grid(max_workers: int | None = None, max_threads: int | None = None) -> list[Setting]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_setting, grid
 from ssrr.bench.limits import step_limit
-from ssrr.bench.timing import endless_batches, timed_steps
+from ssrr.bench.timing import endless_batches, median_step_s, timed_steps
 from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.devices import choose_device
@@ -227,16 +226,11 @@ def _our_parts(loader: ViewLoader, step: Callable[[Batch], None], timing: Timing
     """Ours' parts: the step alone on a batch in memory (median seconds) and the loader alone (views/s)."""
     batches = endless_batches(loader, first_epoch=500_000)
     batch = next(batches)
-    times = []
-    for i in range(timing.warmup + timing.steps):
-        started = time.perf_counter()
-        step(batch)
-        if i >= timing.warmup:
-            times.append(time.perf_counter() - started)
+    step_s = median_step_s(step, batch, timing.warmup, timing.steps)
     seconds = timed_steps(batches, lambda _: None, timing.warmup, timing.steps)[0]
     batches.close()  # type: ignore[attr-defined]
     views = batch.views.shape[0]
-    return {"step_s": statistics.median(times), "loader_views_per_s": timing.steps * views / seconds}
+    return {"step_s": step_s, "loader_views_per_s": timing.steps * views / seconds}
 
 
 def _limit(

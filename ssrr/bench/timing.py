@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,3 +27,14 @@ def timed_steps(
         wait += time.perf_counter() - tick
         step(batch)
     return time.perf_counter() - start, wait
+
+
+def median_step_s(step: Callable[[Batch], None], batch: Batch, warmup: int, steps: int) -> float:
+    """The step alone on one batch already in memory: median seconds over `steps` after `warmup`."""
+    times = []
+    for i in range(warmup + steps):
+        started = time.perf_counter()
+        step(batch)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
