@@ -68,6 +68,13 @@ def _e2e(r: dict[str, Any]) -> tuple[str, str, str]:
         base += f" (best of {tried} settings: {best['workers']} workers, {best['threads']} threads)"
     if r.get("baseline_suspect"):
         base += " SUSPECT: its parts predict otherwise"
+    plan = r.get("thread_plan")
+    if plan:
+        ours += f", torch {plan['torch_threads']} + DALI {plan['dali_threads']} threads"
+    if r.get("compile"):
+        ours += ", compiled"
+    if r.get("authors_views_per_s"):
+        base += f"; the authors' settings {_n(r['authors_views_per_s'], ' views/s')} ({_ratio(r['ratio_to_authors'])})"
     return ours, base, _ratio(r.get("ratio"))
 
 
