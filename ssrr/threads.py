@@ -45,11 +45,10 @@ class ThreadPlan:
         return set(cpus[-self.dali_threads :])
 
     def step_cpus(self, available: Iterable[int]) -> set[int] | None:
-        """The cores the step's threads may use under this plan (None: any)."""
-        cpus = sorted(available)
-        if not self.pinned or self.dali_threads >= len(cpus):
-            return None
-        return set(cpus[: -self.dali_threads])
+        """The cores the step's threads may use under this plan: the others (None: any)."""
+        cpus = set(available)
+        pipeline = self.pipeline_cpus(cpus)
+        return None if pipeline is None else cpus - pipeline
 
 
 def default_plan(cpus: int) -> ThreadPlan:

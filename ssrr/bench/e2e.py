@@ -23,7 +23,7 @@ import torch
 
 from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_setting, grid
 from ssrr.bench.limits import step_limit
-from ssrr.bench.timing import endless_batches, median_step_s, timed_steps
+from ssrr.bench.timing import median_step_s, timed_steps
 from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.devices import choose_device
@@ -105,9 +105,8 @@ def bench_e2e(
     dev = execution.device
     config, method = _our_method(backbone, k, m, execution, compile)
     plan = _our_plan(shard_dir, config, method, execution)
-    if compile:  # as `ssrr pretrain --compile`: in place, once the plan's threads are known
-        with applied(plan.plan):
-            method.backbone.compile()
+    if compile:  # as `ssrr pretrain --compile`: in place, after the plan (it compiles at its first step, under it)
+        method.backbone.compile()
     ours = method_step(method, execution)
     timing = Timing(warmup, steps, repeats)
     sides = _baselines(shard_dir, backbone, k, m, execution, baseline_steps, max_workers, max_threads, authors)
@@ -117,7 +116,7 @@ def bench_e2e(
     with _our_loader(shard_dir, config, execution, plan.plan, cpus) as loader:  # closed once ours is measured
         for repeat in range(repeats):  # interleaved: drift of a shared machine falls on both sides
             with applied(plan.plan):
-                batches = endless_batches(loader, first_epoch=1000 * repeat)
+                batches = loader.endless(1000 * repeat)
                 seconds, wait = timed_steps(batches, ours, warmup, steps)
                 batches.close()  # type: ignore[attr-defined]
             runs.append(steps * k * m / seconds)
@@ -224,7 +223,7 @@ def _composition(parts: dict[str, Any], views_per_s: float, views_per_step: int)
 
 def _our_parts(loader: ViewLoader, step: Callable[[Batch], None], timing: Timing) -> dict[str, Any]:
     """Ours' parts: the step alone on a batch in memory (median seconds) and the loader alone (views/s)."""
-    batches = endless_batches(loader, first_epoch=500_000)
+    batches = loader.endless(500_000)
     batch = next(batches)
     step_s = median_step_s(step, batch, timing.warmup, timing.steps)
     seconds = timed_steps(batches, lambda _: None, timing.warmup, timing.steps)[0]
@@ -236,7 +235,7 @@ def _our_parts(loader: ViewLoader, step: Callable[[Batch], None], timing: Timing
 def _limit(
     loader: ViewLoader, step: Callable[[Batch], None], execution: Execution, steps_per_s: float
 ) -> dict[str, Any]:
-    batches = endless_batches(loader, first_epoch=999_999)
+    batches = loader.endless(999_999)
     batch = next(batches)
     batches.close()  # type: ignore[attr-defined]
     return step_limit(lambda: step(batch), execution, steps_per_s)

@@ -63,20 +63,13 @@ def views_per_s(root: Path, k: int, batch: int, threads: int, steps: int, repeat
     with ViewLoader(root, recipes.relational(k), batch_size=batch, num_threads=threads, steps_per_run=1) as loader:
         rates = []
         for repeat in range(max(1, repeats)):
-            batches = _endless(loader, first_epoch=repeat * 1000)
+            batches = loader.endless(repeat * 1000)
             next(batches)  # warm-up: pipeline build, shuffle buffer
             started = time.perf_counter()
             for _ in range(steps):
                 next(batches)
             rates.append(steps * batch * k / (time.perf_counter() - started))
         return {"views_per_s": round(statistics.median(rates)), "runs": [round(r) for r in rates]}
-
-
-def _endless(loader: Any, first_epoch: int) -> Any:
-    epoch = first_epoch
-    while True:
-        yield from loader.epoch(epoch)
-        epoch += 1
 
 
 def decode_strategies(root: Path, side: int, batch: int, threads: int, steps: int) -> dict[str, Any]:

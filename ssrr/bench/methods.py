@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ssrr.bench.e2e import bench_execution, method_step
-from ssrr.bench.timing import endless_batches, timed_steps
+from ssrr.bench.timing import timed_steps
 from ssrr.config import RunConfig
 from ssrr.data.formats import load_manifest
 from ssrr.methods import METHODS, method_class
@@ -75,7 +75,7 @@ def bench_methods(
         waits: dict[str, list[float]] = {name: [] for name in methods}
         for repeat in range(repeats):
             for name in methods:
-                batches = endless_batches(loaders[name], first_epoch=1000 * repeat)
+                batches = loaders[name].endless(1000 * repeat)
                 seconds, wait = timed_steps(batches, steppers[name], warmup, steps)
                 batches.close()  # type: ignore[attr-defined]
                 rates[name].append(steps * m * views[name] / seconds)

@@ -1,4 +1,4 @@
-"""Timing helpers every benchmark shares: endless batches of a loader, and steps timed after a warm-up."""
+"""Timing helpers every benchmark shares: steps timed after a warm-up (endless batches: `ViewLoader.endless`)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
-from ssrr.pipelines.loader import Batch, ViewLoader
-
-
-def endless_batches(loader: ViewLoader, first_epoch: int) -> Iterator[Batch]:
-    return loader.endless(first_epoch)
+from ssrr.pipelines.loader import Batch
 
 
 def timed_steps(

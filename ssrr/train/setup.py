@@ -31,6 +31,7 @@ from ssrr.precision import Execution
 from ssrr.precision import resolve as resolve_execution
 from ssrr.threads import ThreadPlan
 from ssrr.train import checkpoint as ckpt
+from ssrr.train import records
 from ssrr.train.budget import TimeBudget
 from ssrr.train.progress import console
 from ssrr.train.records import METRICS_FILE
@@ -198,17 +199,12 @@ def _thread_plan(
     """The run's thread plan (ssrr/train/threads.py): resumed, typed, cached, timed here, or the default."""
     first_side, _ = config.view_sides(min(manifest.image_size))
     per_epoch = manifest.samples_in(config.split) // max(1, config.batch_size * accelerator.num_processes)
-    planned = min(config.epochs * per_epoch, config.max_steps or config.epochs * per_epoch)
+    planned = records.total_steps(config, per_epoch)
     timing = worth_timing(config, method, accelerator.device, accelerator.num_processes, planned)
 
-    def loader_for(plan: ThreadPlan) -> ViewLoader:
-        loader = loaders.add(
-            ViewLoader(
-                shard_dir, recipe, split=config.split, batch_size=config.batch_size, device=accelerator.device,
-                seed=config.seed, dtype=execution.view_dtype, num_threads=plan.dali_threads,
-                pipeline_cpus=plan.pipeline_cpus(os.sched_getaffinity(0)), skip_corrupt=config.skip_corrupt,
-            )
-        )  # fmt: skip
+    def loader_for(plan: ThreadPlan) -> ViewLoader:  # the run's own loader, under `plan`
+        cpus = plan.pipeline_cpus(os.sched_getaffinity(0))
+        loader = _loader_factory(config, shard_dir, accelerator, execution, loaders, plan, cpus)(recipe)
         loader.set_image_size(first_side)
         return loader
 

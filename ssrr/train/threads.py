@@ -83,7 +83,7 @@ def workload(config: RunConfig, execution: Execution, view_side: int) -> dict[st
     }  # fmt: skip
 
 
-def typed_plan(config: RunConfig, cpus: int) -> ThreadPlan | None:
+def typed_plan(config: RunConfig) -> ThreadPlan | None:
     """The whole plan when both sides are typed (`--threads`, `--num-threads`), else None."""
     if config.threads and config.num_threads:
         return ThreadPlan(config.threads, config.num_threads)
@@ -111,7 +111,7 @@ def choose_plan(
     cpus = cores()
     if saved:
         return PlanChoice(ThreadPlan(saved["torch_threads"], saved["dali_threads"], saved["pinned"]), "resumed")
-    typed = typed_plan(config, cpus)
+    typed = typed_plan(config)
     if typed is not None:
         return PlanChoice(typed, "typed")
     if not timing:
