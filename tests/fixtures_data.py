@@ -436,6 +436,18 @@ def run_ssrr(*args: str | Path):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+def run_config(shards: Path, out: Path, **changes: Any):  # type: ignore[no-untyped-def]
+    """A small conv4 run of `shards` into `out`: K=3, M=32, 2 epochs, seed 3, one DALI thread; `changes` override."""
+    from dataclasses import replace
+
+    from ssrr.config import RunConfig
+
+    base = RunConfig(
+        dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=2, out=str(out), name="run", seed=3, num_threads=1
+    )
+    return replace(base, **changes)
+
+
 def error_lines(result) -> list[str]:  # type: ignore[no-untyped-def]
     """The `Error: ...` lines a failed command printed."""
     return [line for line in result.output.splitlines() if line.startswith("Error:")]

@@ -10,24 +10,18 @@ import os
 import pickle
 import shutil
 import subprocess
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
-from fixtures_data import error_lines, run_ssrr
+from fixtures_data import error_lines, run_config, run_ssrr
 
 from ssrr import files
-from ssrr.config import RunConfig
 from ssrr.data import formats
 from ssrr.train.checkpoint import list_checkpoints
 from ssrr.train.loop import pretrain
 
-
-def config(shards: Path, out: Path, **changes) -> RunConfig:  # type: ignore[no-untyped-def]
-    base = RunConfig(
-        dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=1, out=str(out), name="run", seed=3, num_threads=1
-    )
-    return replace(base, **changes)
+config = partial(run_config, epochs=1)
 
 
 def resume_args(shards: Path, out: Path, *extra: str) -> list[str]:

@@ -8,20 +8,20 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from accelerate.state import AcceleratorState
+from fixtures_data import run_config
 from safetensors.torch import load_file
 from ssrr.cli.app import _mount, app
 from ssrr.pipelines import recipes
 from ssrr.pipelines.loader import ViewLoader
 from typer.testing import CliRunner
 
-from ssrr.config import RunConfig
 from ssrr.errors import Interrupted, SsrrError
 from ssrr.train import checkpoint as ckpt
 from ssrr.train import loop
@@ -43,11 +43,7 @@ def native_threads() -> list[str]:
     return sorted(names)
 
 
-def config(shards: Path, out: Path, **changes) -> RunConfig:
-    base = RunConfig(
-        dataset=str(shards), backbone="conv4", k=2, batch=32, epochs=2, out=str(out), name="run", seed=3, num_threads=1
-    )
-    return replace(base, **changes)
+config = partial(run_config, k=2)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+from fixtures_data import run_config
 from safetensors.torch import load_file
 
-from ssrr.config import RunConfig
 from ssrr.threads import ThreadPlan, cached_plan, candidate_plans, fastest, machine_key, remember_plan
 from ssrr.train import threads as train_threads
 from ssrr.train.checkpoint import list_checkpoints
@@ -68,9 +68,7 @@ def test_the_cache_keeps_one_plan_per_machine_and_workload_and_survives_garbage(
     assert cached_plan(conv4, path) == ThreadPlan(1, 2)
 
 
-def _config(shards: Path, out: Path, **changes) -> RunConfig:
-    base = RunConfig(dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=1, out=str(out), name="run", seed=3)
-    return replace(base, **changes)
+_config = partial(run_config, epochs=1, num_threads=None)  # DALI's threads left to the plan
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a thread plan needs two cores to choose between")

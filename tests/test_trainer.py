@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_data import run_config
 from safetensors.torch import load_file
 
 from ssrr.config import RunConfig
@@ -16,12 +17,7 @@ from ssrr.train.checkpoint import list_checkpoints, load_backbone
 from ssrr.train.loop import pretrain
 from ssrr.train.records import projected_run_s, total_steps
 
-
-def config(shards: Path, out: Path, **changes) -> RunConfig:
-    base = RunConfig(
-        dataset=str(shards), backbone="conv4", k=3, batch=32, epochs=2, out=str(out), name="run", seed=3, num_threads=1
-    )
-    return replace(base, **changes)
+config = run_config
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
