@@ -3,6 +3,7 @@
 #   scripts/fast_ablations.sh DATASET OUT finals     # the fast preset on train+val, tested once a seed, one at a time
 #   scripts/fast_ablations.sh DATASET OUT paper-reference  # the paper preset (K=16, 4 epochs), one at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
+#   scripts/fast_ablations.sh DATASET OUT rates      # the schedule and the peak rate of the preset, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
 #   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's 15 minutes, alone
@@ -14,7 +15,7 @@
 # every setting is chosen on it (runs train on train, the 45,000 left, and probe val); finals train the chosen
 # recipe on train+val (all 50,000) and probe the test split, once per seed.
 set -euo pipefail
-DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, paper-reference, ablations, ablations-v1, screens, k8-budget or resnet32}
+DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, paper-reference, ablations, rates, ablations-v1, screens, k8-budget or resnet32}
 SEEDS=${SEEDS:-"1 2 3"}
 BACKBONE=conv4
 VAL=$(${PYTHON:-python} -c 'import sys; from ssrr.data.formats import load_manifest
@@ -56,6 +57,13 @@ case $WHAT in
     pair k8-m32 --preset fast --epochs $((E * 2 / 3)) --eval-every $((E * 2 / 3)) --k 8 --batch 32 --warmup-epochs 0.5
     wait
     ;;
+  rates)  # the schedule and the peak rate of the current preset, seeds 1-3 (the same 8-epoch budget)
+    E=8
+    pair constant-lr-5e-3 --preset fast --epochs $E --eval-every $E --lr-schedule constant --warmup-epochs 0
+    pair lr2.5e-3 --preset fast --epochs $E --eval-every $E --lr 2.5e-3
+    pair lr1e-2 --preset fast --epochs $E --eval-every $E --lr 1e-2
+    wait
+    ;;
   ablations-v1)  # the first fast preset's ablations (full-size views, no recalibration): schedule, rate, M
     E=6
     V1=(--view-size 32 --no-bn-recalibrate)
@@ -91,5 +99,5 @@ case $WHAT in
     BACKBONE=resnet32
     for seed in $SEEDS; do one resnet32 fast "$seed" --preset fast --epochs 6 --eval-every "${EVAL_EVERY:-2}"; done
     ;;
-  *) echo "unknown: $WHAT (finals, paper-reference, ablations, ablations-v1, screens, k8-budget or resnet32)" >&2; exit 2 ;;
+  *) echo "unknown: $WHAT (finals, paper-reference, ablations, rates, ablations-v1, screens, k8-budget or resnet32)" >&2; exit 2 ;;
 esac
