@@ -3,7 +3,7 @@
 #   scripts/fast_ablations.sh DATASET OUT finals     # the fast preset on train+val, tested once a seed, one at a time
 #   scripts/fast_ablations.sh DATASET OUT paper-reference  # the paper preset (K=16, 4 epochs), one at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations  # each fast choice changed back, 6-epoch budget, two at a time
-#   scripts/fast_ablations.sh DATASET OUT rates      # the schedule and the peak rate of the preset, two at a time
+#   scripts/fast_ablations.sh DATASET OUT rates      # the schedule and the peak rate at K=8 x M=32, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
 #   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's 15 minutes, alone
@@ -57,11 +57,12 @@ case $WHAT in
     pair k8-m32 --preset fast --epochs $((E * 2 / 3)) --eval-every $((E * 2 / 3)) --k 8 --batch 32 --warmup-epochs 0.5
     wait
     ;;
-  rates)  # the schedule and the peak rate of the current preset, seeds 1-3 (the same 8-epoch budget)
-    E=8
-    pair constant-lr-5e-3 --preset fast --epochs $E --eval-every $E --lr-schedule constant --warmup-epochs 0
-    pair lr2.5e-3 --preset fast --epochs $E --eval-every $E --lr 2.5e-3
-    pair lr1e-2 --preset fast --epochs $E --eval-every $E --lr 1e-2
+  rates)  # the schedule and the peak rate at the balance the ablations chose (K=8 x M=32), seeds 1-3, 4 epochs
+    E=4
+    K8=(--k 8 --batch 32 --warmup-epochs 0.5)
+    pair k8-m32-constant-lr --preset fast --epochs $E --eval-every $E "${K8[@]}" --lr-schedule constant --warmup-epochs 0
+    pair k8-m32-lr2.5e-3 --preset fast --epochs $E --eval-every $E "${K8[@]}" --lr 2.5e-3
+    pair k8-m32-lr1e-2 --preset fast --epochs $E --eval-every $E "${K8[@]}" --lr 1e-2
     wait
     ;;
   ablations-v1)  # the first fast preset's ablations (full-size views, no recalibration): schedule, rate, M
