@@ -56,7 +56,7 @@ class CheckedCommand(TyperCommand):
     """A command whose options are checked before it runs: every number finite and in its range, every
     `--name` a plain folder name (`ssrr.options`). A bad one is an SsrrError: one line, exit 1, nothing written."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer >= 0.2x types it with its bundled click
         check_numbers(ctx.params)
         if ctx.params.get("name"):
             check_name(str(ctx.params["name"]))

@@ -142,7 +142,8 @@ def _parameters(protocol: Protocol) -> list[inspect.Parameter]:
         params.append(inspect.Parameter(name, keyword, default=option, annotation=kind))
     for opt in protocol.options:
         option = typer.Option(opt.default, *opt.cli_flags, help=opt.help)
-        params.append(inspect.Parameter(opt.name, keyword, default=option, annotation=opt.type))
+        kind = opt.type if opt.default is not None else opt.type | None  # None: the protocol's own default
+        params.append(inspect.Parameter(opt.name, keyword, default=option, annotation=kind))
         for flag in opt.hidden:  # named after its flag, so a bad value's error names the flag typed
             alias = typer.Option(None, flag, hidden=True)
             params.append(inspect.Parameter(_alias_key(flag), keyword, default=alias, annotation=opt.type | None))

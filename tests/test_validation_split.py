@@ -19,6 +19,7 @@ from ssrr.data.validation import INDICES_FILE, carve_validation, choose_indices,
 from ssrr.data.verify import verify_report
 from ssrr.data.writer import DatasetArrays, SplitArrays, iter_samples, write_dataset
 from ssrr.errors import SsrrError
+from ssrr.eval.features import fit_split
 from ssrr.eval.probes import KnnProbe, LinearProbe, probe_splits, probes_for
 from ssrr.train.loop import pretrain
 
@@ -221,3 +222,25 @@ def test_a_folder_of_train_alone_gets_a_validation_split_but_no_held_out_one(tmp
     del dataset.splits["test"]
     manifest = write_dataset(carve_validation(replace(dataset, eval_split=None), 20)[0], tmp_path)
     assert manifest.validation_split == "val" and manifest.held_out_split is None  # val is no test split
+
+
+def test_evaluation_fits_on_train_plus_val_when_scoring_test_and_on_train_alone_when_scoring_val(
+    tmp_path: Path,
+) -> None:
+    write_dataset(carve_validation(_dataset(train=160, side=32), 32, seed=3)[0], tmp_path, seed=5)
+    manifest = load_manifest(tmp_path / "toy")
+    assert (fit_split(manifest, "test"), fit_split(manifest, "val")) == ("train+val", "train")
+    plain = load_manifest(_written(load_dataset("synthetic", train_per_class=2, test_per_class=1), tmp_path))
+    assert fit_split(plain, "test") == "train"  # nothing carved: the train split as before
+    common = ("random:conv4", "--dataset", tmp_path / "toy", "--out", tmp_path / "eval", "--json")
+    for protocol, extra, fitted in (("linear", ("--epochs", 1), "train_samples"), ("knn", (), "train_samples")):
+        on_test = json.loads(run_ssrr("eval", protocol, *common, *extra).stdout)
+        on_val = json.loads(run_ssrr("eval", protocol, *common, *extra, "--split", "val").stdout)
+        assert (on_test["train_split"], on_test[fitted]) == ("train+val", 160), protocol  # every training image
+        assert (on_val["train_split"], on_val[fitted]) == ("train", 128), protocol  # never fits on what it scores
+        named = json.loads(run_ssrr("eval", protocol, *common, *extra, "--split", "test").stdout)
+        assert named["train_split"] == "train+val"
+    retrieval = json.loads(run_ssrr("eval", "retrieval", *common, "--show", 0).stdout)
+    assert (retrieval["gallery_split"], retrieval["gallery"]) == ("train+val", 160)
+    typed = json.loads(run_ssrr("eval", "retrieval", *common, "--show", 0, "--gallery", "train").stdout)
+    assert (typed["gallery_split"], typed["gallery"]) == ("train", 128)

@@ -97,6 +97,15 @@ def class_names(manifest: Manifest, labels: str) -> list[str]:
     return list(manifest.classes if labels == "fine" else manifest.coarse_classes)
 
 
+def fit_split(manifest: Manifest, scored: str) -> str:
+    """The split a protocol fits on when none is named (the linear head's data, the k-NN bank, the gallery, the
+    fine-tuning data): `train`, joined by the validation split carved from it (`ssrr shard --val`) unless that
+    split is the one scored. So a test figure uses every training image, as on the uncarved dataset, and a
+    validation figure never fits on the validation images."""
+    validation = manifest.validation_split
+    return f"train+{validation}" if validation and validation != scored and validation in manifest.splits else "train"
+
+
 def held_out_split(
     shard_dir: Path | str, manifest: Manifest, labels: str, split: str | None = None, *, train: str | None = "train"
 ) -> str:
@@ -110,9 +119,7 @@ def held_out_split(
             f"{shard_dir}: no labelled held-out split (has: {', '.join(manifest.splits)}); name one with --split"
         )
     num_classes(manifest, labels)
-    for name in (chosen, train):
-        if name is None:
-            continue
+    for name in [chosen, *(train.split("+") if train else [])]:  # a joined split (train+val): each part
         if name not in manifest.splits:
             raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
         if not manifest.splits[name].labeled:

@@ -110,7 +110,7 @@ def finetune(
     augmentation: str = "none",
     subset: torch.Tensor | None = None,
     protocol: str = "finetune",
-    train_split: str = "train",
+    train_split: str | None = None,
     split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
@@ -127,12 +127,14 @@ def finetune(
         raise SsrrError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augmentation!r}")
     ctx = EvalContext.open(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
-        image_size=image_size, out=out, train=train_split,
+        image_size=image_size, out=out, fit=train_split,
     )  # fmt: skip
+    assert ctx.fit is not None
+    train_split = ctx.fit
     size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     member = None
     if subset is not None:
-        member = torch.zeros(ctx.manifest.splits[train_split].samples, dtype=torch.bool)
+        member = torch.zeros(ctx.manifest.samples_in(train_split), dtype=torch.bool)
         member[subset.long().cpu()] = True
     stem = ctx.stem(protocol)
     weights_dir = ctx.out_dir / stem if write else None
@@ -151,7 +153,7 @@ def finetune(
         weight_decay=weight_decay,
         augmentation=augmentation,
         image_size=list(size) if size else list(ctx.manifest.image_size),
-        train_samples=int(member.sum()) if member is not None else ctx.manifest.splits[train_split].samples,
+        train_samples=int(member.sum()) if member is not None else ctx.manifest.samples_in(train_split),
         test_samples=metrics["test_samples"],
         history=history,
         wall_s=ctx.wall(),

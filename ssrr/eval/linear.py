@@ -337,7 +337,7 @@ def linear_eval(
     batch: int = BATCH,
     lr: float = LR,
     feature_batch: int = 256,
-    train_split: str = "train",
+    train_split: str | None = None,
     split: str | None = None,
     num_threads: int | None = None,
     progress: ProgressFn | None = None,
@@ -351,14 +351,15 @@ def linear_eval(
     """
     ctx = EvalContext.open(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
-        image_size=image_size, out=out, train=train_split,
+        image_size=image_size, out=out, fit=train_split,
     )  # fmt: skip
+    assert ctx.fit is not None
     train, test, size, extract_s = extract_pair(
         loaded,
         shard_dir,
         device=ctx.execution,
         image_size=ctx.image_size,
-        train_split=train_split,
+        train_split=ctx.fit,
         split=ctx.split,
         feature_batch=feature_batch,
         num_threads=num_threads,

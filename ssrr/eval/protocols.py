@@ -32,7 +32,7 @@ import torch
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, run_dir_of
-from ssrr.eval.features import class_names, held_out_split, parse_image_size, split_tag
+from ssrr.eval.features import class_names, fit_split, held_out_split, parse_image_size, split_tag
 from ssrr.options import backbone_tag
 from ssrr.precision import Execution
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
@@ -146,6 +146,7 @@ class EvalContext:
     seed: int
     execution: Execution
     split: str  # the split scored (checked to exist and carry `labels` labels)
+    fit: str | None  # the split fitted on (head, bank, gallery; checked likewise), None for a protocol that fits none
     image_size: str | tuple[int, int]
     out: str | Path | None
     started: float
@@ -163,17 +164,20 @@ class EvalContext:
         split: str | None = None,
         image_size: str | tuple[int, int] = "auto",
         out: str | Path | None = None,
-        train: str | None = "train",
+        fit: str | None = None,
+        fits: bool = True,
     ) -> EvalContext:
-        """Check everything a protocol needs before any work: labels, device, precision, split (and `train`, the
-        split trained or searched on, when given), image size."""
+        """Check everything a protocol needs before any work: labels, device, precision, the split scored, the
+        split fitted on (`fit`, default `fit_split`'s; none when not `fits`), image size."""
         started = time.perf_counter()
         check_labels(labels)
         policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
         execution = resolve_execution(device, precision)
         manifest = load_manifest(shard_dir)
-        chosen = held_out_split(shard_dir, manifest, labels, split, train=train)
-        return cls(loaded, Path(shard_dir), manifest, labels, seed, execution, chosen, policy, out, started)
+        scored = held_out_split(shard_dir, manifest, labels, split, train=None)
+        fitted = (fit or fit_split(manifest, scored)) if fits else None
+        held_out_split(shard_dir, manifest, labels, scored, train=fitted)
+        return cls(loaded, Path(shard_dir), manifest, labels, seed, execution, scored, fitted, policy, out, started)
 
     @property
     def device(self) -> torch.device:
@@ -197,9 +201,10 @@ class EvalContext:
         """The fields every result carries (`scored`: the protocol scores `split`, recorded with the result)."""
         split = self.split if scored else None
         tag = split_tag(self.manifest, self.split)
-        return base_result(
+        result = base_result(
             protocol, self.loaded, self.manifest.name, self.labels, self.seed, self.execution, split, tag
         )
+        return {**result, "train_split": self.fit} if self.fit else result
 
     def wall(self) -> float:
         return round(time.perf_counter() - self.started, 3)

@@ -166,7 +166,7 @@ def retrieval_eval(
     *,
     labels: str = "fine",
     split: str | None = None,
-    gallery: str = "train",
+    gallery: str | None = None,
     show: int = 8,
     max_queries: int = 0,
     seed: int = 1,
@@ -185,8 +185,10 @@ def retrieval_eval(
     """
     ctx = EvalContext.open(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
-        image_size=image_size, out=out, train=gallery,
+        image_size=image_size, out=out, fit=gallery,
     )  # fmt: skip
+    assert ctx.fit is not None
+    gallery = ctx.fit
     size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     backbone = loaded.module.to(ctx.device)
 
@@ -255,7 +257,13 @@ register(
     Example: ssrr eval retrieval runs/relational-resnet32-cifar10-s1 --dataset cifar10 --show 8
     """,
         options=(
-            Option("gallery", str, "train", "Split searched (the query split itself: each query left out)."),
+            Option(
+                "gallery",
+                str,
+                None,
+                "Split searched (default: train, with the validation split carved from it unless that is the query "
+                "split; the query split itself: each query left out).",
+            ),
             Option("show", int, 8, "Queries drawn in the PNG grid (with their top 10)."),
             Option("max_queries", int, 0, "Score a seeded subset of this many queries (0: all)."),
         ),

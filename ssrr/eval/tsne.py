@@ -180,7 +180,7 @@ def tsne_eval(
     labelled held-out split, checked before any feature is computed) coloured by class."""
     ctx = EvalContext.open(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
-        image_size=image_size, out=out, train=None,
+        image_size=image_size, out=out, fits=False,
     )  # fmt: skip
     size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     features = extract_features(
