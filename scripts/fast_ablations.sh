@@ -6,6 +6,7 @@
 #   scripts/fast_ablations.sh DATASET OUT rates      # the schedule and the peak rate at K=8 x M=32, two at a time
 #   scripts/fast_ablations.sh DATASET OUT ablations-v1  # the first preset's choices (schedule, rate, M)
 #   scripts/fast_ablations.sh DATASET OUT screens    # seed 1 of the other values tried
+#   scripts/fast_ablations.sh DATASET OUT schedule-budget  # cosine against constant at K=8 x M=32 in 15 minutes, alone
 #   scripts/fast_ablations.sh DATASET OUT k8-budget  # K=8 x M=32 in the preset's 15 minutes, alone
 #   scripts/fast_ablations.sh DATASET OUT resnet32   # the fast preset on ResNet-32, 6 epochs (~28 min), alone
 # Then: ssrr report OUT/finals --curves docs/fast.png ; ssrr report OUT/ablations --final
@@ -15,7 +16,7 @@
 # every setting is chosen on it (runs train on train, the 45,000 left, and probe val); finals train the chosen
 # recipe on train+val (all 50,000) and probe the test split, once per seed.
 set -euo pipefail
-DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, paper-reference, ablations, rates, ablations-v1, screens, k8-budget or resnet32}
+DATASET=${1:?shard folder}; OUT=${2:?output folder}; WHAT=${3:?finals, paper-reference, ablations, rates, ablations-v1, screens, schedule-budget, k8-budget or resnet32}
 SEEDS=${SEEDS:-"1 2 3"}
 BACKBONE=conv4
 VAL=$(${PYTHON:-python} -c 'import sys; from ssrr.data.formats import load_manifest
@@ -93,6 +94,12 @@ case $WHAT in
     SEEDS="1 2" pair m64-lr1e-2 --preset fast --epochs 8 --eval-every 8 --lr 1e-2
     wait
     ;;
+  schedule-budget)  # the two schedules at K=8 x M=32 in the preset's 15 minutes, seed 1, alone, probed at the end
+    for seed in ${SEEDS_BUDGET:-1}; do
+      one schedule-budget k8-m32-cosine "$seed" --preset fast --k 8 --batch 32 --warmup-epochs 0.5 --eval-every 1000
+      one schedule-budget k8-m32-constant "$seed" --preset fast --k 8 --batch 32 --lr-schedule constant --warmup-epochs 0 --eval-every 1000
+    done
+    ;;
   k8-budget)  # K=8 x M=32 with the budget's epochs (the preset's time), probed halfway and at the end
     for seed in $SEEDS; do one k8-budget k8-m32 "$seed" --preset fast --k 8 --batch 32 --warmup-epochs 0.5 --eval-every 7; done
     ;;
@@ -100,5 +107,5 @@ case $WHAT in
     BACKBONE=resnet32
     for seed in $SEEDS; do one resnet32 fast "$seed" --preset fast --epochs 6 --eval-every "${EVAL_EVERY:-2}"; done
     ;;
-  *) echo "unknown: $WHAT (finals, paper-reference, ablations, rates, ablations-v1, screens, k8-budget or resnet32)" >&2; exit 2 ;;
+  *) echo "unknown: $WHAT (finals, paper-reference, ablations, rates, ablations-v1, screens, schedule-budget, k8-budget or resnet32)" >&2; exit 2 ;;
 esac
