@@ -112,8 +112,8 @@ def test_typed_options_override_the_fast_preset() -> None:
     assert {key: getattr(values, key) for key in FAST} == FAST
     assert (values.time_budget_s, values.view_size, values.preset) == (FAST_TIME_BUDGET_S, 24, "fast")
     assert values.epochs == 200  # only a cap: the budget plans the steps
-    typed = apply_preset(replace(base, k=8), {"k", "precision"}, lambda: (32, 32))
-    assert (typed.k, typed.precision, typed.time_budget_s) == (8, "fp32", FAST_TIME_BUDGET_S)
+    typed = apply_preset(replace(base, k=4), {"k", "precision"}, lambda: (32, 32))
+    assert (typed.k, typed.precision, typed.time_budget_s) == (4, "fp32", FAST_TIME_BUDGET_S)
     epochs = apply_preset(replace(base, epochs=3), {"epochs"}, lambda: (32, 32))
     assert (epochs.epochs, epochs.time_budget_s) == (3, None)  # typed epochs: no budget
     budget = apply_preset(replace(base, time_budget_s=60.0), {"time_budget_s"}, lambda: (32, 32))
