@@ -87,8 +87,9 @@ def test_config_survives_flags_and_back(config: RunConfig) -> None:
 
 
 def test_a_preset_config_survives_flags_and_back() -> None:
-    fast = _parse(["--preset", "fast", "--backbone", "tv:resnet18", "--k", "8", "--name", "f"])
-    assert (fast.k, fast.batch, fast.view_size, fast.time_budget_s, fast.lr_schedule) == (8, 64, 24, 900.0, "cosine")
+    # --k typed wins; M stays the preset's
+    fast = _parse(["--preset", "fast", "--backbone", "tv:resnet18", "--k", "4", "--name", "f"])
+    assert (fast.k, fast.batch, fast.view_size, fast.time_budget_s, fast.lr_schedule) == (4, 32, 24, 900.0, "cosine")
     assert _parse(config_args(fast)) == fast
     typed_epochs = _parse(["--preset", "fast", "--epochs", "3"])
     assert typed_epochs.time_budget_s is None and _parse(config_args(typed_epochs)) == typed_epochs
