@@ -136,8 +136,18 @@ def straight(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return loop.pretrain(config(tiny_shards, tmp_path_factory.mktemp("straight")), show=False).run_dir
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """Python's own Ctrl-C handler for the test, whatever the test process inherited: a suite started in the
+    background (`nohup`, `cmd &` in a script) ignores SIGINT, and the run rightly keeps an ignored SIGINT."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
 def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, presses: int) -> None:
     """Ctrl-C `presses` times (real SIGINTs to this process) during optimizer step `step` (1-based)."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "use the python_sigint fixture"
     real = loop._train_step
     taken = [0]
 
@@ -152,7 +162,7 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int, presses: int) -> No
 
 
 def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exactly(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path, python_sigint: None
 ) -> None:
     interrupt_at(monkeypatch, step=11, presses=1)  # 8 steps an epoch: the middle of epoch 2
     with pytest.raises(Interrupted, match=r"^interrupted at step 11; checkpoint step-00000011 saved in .*--resume$"):
@@ -165,7 +175,7 @@ def test_ctrl_c_stops_at_the_step_boundary_with_a_checkpoint_that_resumes_exactl
 
 
 def test_a_second_ctrl_c_stops_at_once_and_the_last_checkpoint_stays_intact(
-    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path
+    tiny_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, straight: Path, python_sigint: None
 ) -> None:
     interrupt_at(monkeypatch, step=11, presses=2)
     with pytest.raises(Interrupted, match=r"^interrupted at step 10; checkpoint step-00000008 is intact in "):
