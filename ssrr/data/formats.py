@@ -173,9 +173,13 @@ class Manifest:
         return cls(**fields)
 
     def shard_paths(self, root: Path, split: str) -> list[Path]:
-        if split not in self.splits:
-            raise SsrrError(f"{root}: no split '{split}' (has: {', '.join(self.splits)})")
-        return [root / s.file for s in self.splits[split].shards]
+        """The shard files of a split, or of splits joined with "+" (train+val) in that order."""
+        paths = []
+        for name in split.split("+"):
+            if name not in self.splits:
+                raise SsrrError(f"{root}: no split '{name}' (has: {', '.join(self.splits)})")
+            paths += [root / s.file for s in self.splits[name].shards]
+        return paths
 
 
 def default_eval_split(splits: dict[str, SplitInfo]) -> str | None:

@@ -106,27 +106,29 @@ def fit_split(manifest: Manifest, scored: str) -> str:
     return f"train+{validation}" if validation and validation != scored and validation in manifest.splits else "train"
 
 
-def held_out_split(
-    shard_dir: Path | str, manifest: Manifest, labels: str, split: str | None = None, *, train: str | None = "train"
-) -> str:
+def held_out_split(shard_dir: Path | str, manifest: Manifest, labels: str, split: str | None = None) -> str:
     """The split a protocol scores: `split` (`--split`), else the dataset's labelled held-out split (the
-    manifest's `eval_split`: test for CIFAR and STL-10, val for tiny-ImageNet). It and `train` (when given)
-    are checked to exist and carry `labels` labels here, before any feature is computed: a wrong split is
-    one line at once, not after minutes of extraction."""
+    manifest's `eval_split`: test for CIFAR and STL-10, val for tiny-ImageNet), checked (`check_labelled`)."""
     chosen = split or manifest.held_out_split
     if chosen is None:
         raise SsrrError(
             f"{shard_dir}: no labelled held-out split (has: {', '.join(manifest.splits)}); name one with --split"
         )
+    check_labelled(shard_dir, manifest, labels, chosen)
+    return chosen
+
+
+def check_labelled(shard_dir: Path | str, manifest: Manifest, labels: str, split: str) -> None:
+    """`split` (each part of a joined one, train+val) exists and carries `labels` labels: checked before any
+    feature is computed, so a wrong split is one line at once, not after minutes of extraction."""
     num_classes(manifest, labels)
-    for name in [chosen, *(train.split("+") if train else [])]:  # a joined split (train+val): each part
+    for name in split.split("+"):
         if name not in manifest.splits:
             raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
         if not manifest.splits[name].labeled:
             default = manifest.held_out_split
             hint = f"; its labelled held-out split is '{default}' (--split {default})" if default else ""
             raise SsrrError(f"{shard_dir}: split '{name}' has no {labels} labels for every sample{hint}")
-    return chosen
 
 
 def split_tag(manifest: Manifest, split: str) -> str:

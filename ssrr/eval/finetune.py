@@ -129,8 +129,7 @@ def finetune(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
         image_size=image_size, out=out, fit=train_split,
     )  # fmt: skip
-    assert ctx.fit is not None
-    train_split = ctx.fit
+    train_split = ctx.train_split
     size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     member = None
     if subset is not None:

@@ -114,10 +114,9 @@ def knn_eval(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
         image_size=image_size, out=out,
     )  # fmt: skip
-    assert ctx.fit is not None
     train, test, size, extract_s = extract_pair(
-        loaded, shard_dir, device=ctx.execution, image_size=ctx.image_size, train_split=ctx.fit, split=ctx.split,
-        feature_batch=feature_batch,
+        loaded, shard_dir, device=ctx.execution, image_size=ctx.image_size, train_split=ctx.train_split,
+        split=ctx.split, feature_batch=feature_batch,
     )  # fmt: skip
     classes = num_classes(ctx.manifest, labels)
     scores = knn_predict(train.z, train.labels(labels), test.z, classes, neighbours=neighbours, temperature=temperature)

@@ -353,13 +353,12 @@ def linear_eval(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
         image_size=image_size, out=out, fit=train_split,
     )  # fmt: skip
-    assert ctx.fit is not None
     train, test, size, extract_s = extract_pair(
         loaded,
         shard_dir,
         device=ctx.execution,
         image_size=ctx.image_size,
-        train_split=ctx.fit,
+        train_split=ctx.train_split,
         split=ctx.split,
         feature_batch=feature_batch,
         num_threads=num_threads,

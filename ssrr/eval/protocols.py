@@ -32,7 +32,14 @@ import torch
 from ssrr.data.formats import Manifest, load_manifest
 from ssrr.errors import SsrrError
 from ssrr.eval.common import base_result, check_labels, output_dir, resolve_execution, result_stem, run_dir_of
-from ssrr.eval.features import class_names, fit_split, held_out_split, parse_image_size, split_tag
+from ssrr.eval.features import (
+    check_labelled,
+    class_names,
+    fit_split,
+    held_out_split,
+    parse_image_size,
+    split_tag,
+)
 from ssrr.options import backbone_tag
 from ssrr.precision import Execution
 from ssrr.train.checkpoint import BACKBONE_FILE, LoadedBackbone
@@ -174,10 +181,18 @@ class EvalContext:
         policy = parse_image_size(image_size) if isinstance(image_size, str) else image_size
         execution = resolve_execution(device, precision)
         manifest = load_manifest(shard_dir)
-        scored = held_out_split(shard_dir, manifest, labels, split, train=None)
+        scored = held_out_split(shard_dir, manifest, labels, split)
         fitted = (fit or fit_split(manifest, scored)) if fits else None
-        held_out_split(shard_dir, manifest, labels, scored, train=fitted)
+        if fitted is not None:
+            check_labelled(shard_dir, manifest, labels, fitted)
         return cls(loaded, Path(shard_dir), manifest, labels, seed, execution, scored, fitted, policy, out, started)
+
+    @property
+    def train_split(self) -> str:
+        """The split fitted on, for the protocols that fit one (opened with `fits`)."""
+        if self.fit is None:
+            raise AttributeError("this protocol was opened without a split to fit on (fits=False)")
+        return self.fit
 
     @property
     def device(self) -> torch.device:

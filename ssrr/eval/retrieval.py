@@ -187,8 +187,7 @@ def retrieval_eval(
         loaded, shard_dir, labels=labels, seed=seed, device=device, precision=precision, split=split,
         image_size=image_size, out=out, fit=gallery,
     )  # fmt: skip
-    assert ctx.fit is not None
-    gallery = ctx.fit
+    gallery = ctx.train_split
     size = eval_image_size(loaded, ctx.manifest, ctx.image_size)
     backbone = loaded.module.to(ctx.device)
 

@@ -67,7 +67,7 @@ def split_labels(shard_dir: Path | str, split: str) -> tuple[torch.Tensor, torch
     members only, sorted by index."""
     manifest = load_manifest(shard_dir)
     rows = []
-    for shard in (path for name in split.split("+") for path in manifest.shard_paths(Path(shard_dir), name)):
+    for shard in manifest.shard_paths(Path(shard_dir), split):
         with tarfile.open(shard) as tar:
             for member in tar:
                 if member.name.endswith(f".{LABELS_EXT}"):
@@ -157,9 +157,8 @@ def _linear_fractions(
     ctx: EvalContext, fractions: list[float], epochs: int, batch: int, feature_batch: int, _weights: Path
 ) -> Scores:
     """The linear protocol on the cached features of each nested subset of the train split."""
-    assert ctx.fit is not None
     train, test, _, _ = extract_pair(
-        ctx.loaded, ctx.shard_dir, device=ctx.execution, image_size=ctx.image_size, train_split=ctx.fit,
+        ctx.loaded, ctx.shard_dir, device=ctx.execution, image_size=ctx.image_size, train_split=ctx.train_split,
         split=ctx.split, feature_batch=feature_batch,
     )  # fmt: skip
     subsets = nested_subsets(train.labels(ctx.labels), fractions, ctx.seed)
@@ -177,8 +176,7 @@ def _finetune_fractions(
     """A fresh copy of the pretrained backbone fine-tuned on each nested subset of the train split."""
     from ssrr.eval.finetune import finetune
 
-    assert ctx.fit is not None
-    fine, coarse, index = split_labels(ctx.shard_dir, ctx.fit)
+    fine, coarse, index = split_labels(ctx.shard_dir, ctx.train_split)
     subsets = nested_subsets(fine if ctx.labels == "fine" else coarse, fractions, ctx.seed)
     for f in fractions:
         result = finetune(
@@ -194,7 +192,7 @@ def _finetune_fractions(
             batch=batch,
             subset=index[subsets[f]],
             protocol=f"finetune-f{f:g}",
-            train_split=ctx.fit,
+            train_split=ctx.train_split,
             split=ctx.split,
         )
         yield f, {"top1": result["top1"], "top5": result["top5"], "samples": len(subsets[f])}
