@@ -233,11 +233,11 @@ def test_evaluation_fits_on_train_plus_val_when_scoring_test_and_on_train_alone_
     plain = load_manifest(_written(load_dataset("synthetic", train_per_class=2, test_per_class=1), tmp_path))
     assert fit_split(plain, "test") == "train"  # nothing carved: the train split as before
     common = ("random:conv4", "--dataset", tmp_path / "toy", "--out", tmp_path / "eval", "--json")
-    for protocol, extra, fitted in (("linear", ("--epochs", 1), "train_samples"), ("knn", (), "train_samples")):
+    for protocol, extra in (("linear", ("--epochs", 1)), ("knn", ())):
         on_test = json.loads(run_ssrr("eval", protocol, *common, *extra).stdout)
         on_val = json.loads(run_ssrr("eval", protocol, *common, *extra, "--split", "val").stdout)
-        assert (on_test["train_split"], on_test[fitted]) == ("train+val", 160), protocol  # every training image
-        assert (on_val["train_split"], on_val[fitted]) == ("train", 128), protocol  # never fits on what it scores
+        assert (on_test["train_split"], on_test["train_samples"]) == ("train+val", 160), protocol  # every image
+        assert (on_val["train_split"], on_val["train_samples"]) == ("train", 128), protocol  # never what it scores
         named = json.loads(run_ssrr("eval", protocol, *common, *extra, "--split", "test").stdout)
         assert named["train_split"] == "train+val"
     retrieval = json.loads(run_ssrr("eval", "retrieval", *common, "--show", 0).stdout)
