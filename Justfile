@@ -45,6 +45,7 @@ bench: shard-cifar10
     ssrr bench step --backbone resnet32 --k 32 --batch 64 --repeats 3 --baseline-repeats 1 --json
     ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --precision fp32 --json
+    ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --compile --json
     ssrr bench methods --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --json
     ssrr bench accuracy --dataset shards/cifar10-jpeg --backbone conv4 --k 4 --epochs 3 --target-top1 45 --amp --json
     ssrr bench linear --dataset shards/cifar10-jpeg --json

@@ -280,8 +280,7 @@ def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple
     split) and at most one unlabelled split (``train+unlabeled``, STL-10's pretraining set), told apart by its
     missing labels."""
     names = tuple(split.split("+"))
-    for name in names:
-        manifest.shard_paths(root, name)  # an unknown split: the standard one-line error
+    manifest.shard_paths(root, split)  # an unknown split: the standard one-line error
     if len(names) == 1:
         return names
     labeled = [name for name in names if manifest.splits[name].labeled]

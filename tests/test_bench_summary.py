@@ -55,3 +55,5 @@ def test_the_summary_is_rewritten_from_the_records_in_every_file_with_markers(
     pipeline_row = next(line for line in bench.read_text().splitlines() if "pipeline-cpu" in line and "|" in line)
     assert "**8.0x**" in pipeline_row and "tv2 1,800 views/s" in pipeline_row
     assert "history: another machine" in pipeline_row  # recorded on the older machine
+    rows = [line for line in bench.read_text().splitlines() if line.startswith("| ") and "`" in line]
+    assert ["e2e-conv4" in rows[0], "pipeline-cpu" in rows[1]] == [True, True]  # the current machine's rows first

@@ -120,15 +120,15 @@ def _machine(info: dict[str, Any]) -> str:
 
 
 def summary_markdown(blocks: list[Recorded], history: bool = True) -> str:
-    """The headline table: one row per recorded benchmark with a known kind (`history=False`: only the rows of
-    the machine of the newest record)."""
+    """The headline table: one row per recorded benchmark with a known kind, the rows of the newest record's
+    machine first, in recorded order, then the others labelled history (`history=False`: none of them)."""
     lines = [
         "| benchmark | ours | baseline (same run) | ratio | machine | command |",
         "|---|---|---|---|---|---|",
     ]
     newest = max((block.when for block in blocks), default="")
     current = next((block.machine for block in blocks if block.when == newest), {})
-    for block in blocks:
+    for block in sorted(blocks, key=lambda b: b.machine != current):  # stable: recorded order within each
         kind = block.name.split("-", 1)[0]
         if kind not in ROWS:
             continue
