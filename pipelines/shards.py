@@ -279,8 +279,7 @@ def combined_splits(root: Path, manifest: formats.Manifest, split: str) -> tuple
     are numbered apart (train and the validation split carved from it: ``train+val``, the whole original train
     split) and at most one unlabelled split (``train+unlabeled``, STL-10's pretraining set), told apart by its
     missing labels."""
-    names = tuple(split.split("+"))
-    manifest.shard_paths(root, split)  # an unknown split: the standard one-line error
+    names = tuple(manifest.split_parts(root, split))
     if len(names) == 1:
         return names
     labeled = [name for name in names if manifest.splits[name].labeled]

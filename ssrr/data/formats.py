@@ -172,14 +172,18 @@ class Manifest:
         fields["std"] = tuple(data["std"])
         return cls(**fields)
 
-    def shard_paths(self, root: Path, split: str) -> list[Path]:
-        """The shard files of a split, or of splits joined with "+" (train+val) in that order."""
-        paths = []
-        for name in split.split("+"):
+    def split_parts(self, root: Path | str, split: str) -> list[str]:
+        """The names in a split, or in splits joined with "+" (train+val), in that order, each checked to exist:
+        an unknown one is the standard one-line error, naming the dataset `root`."""
+        names = split.split("+")
+        for name in names:
             if name not in self.splits:
                 raise SsrrError(f"{root}: no split '{name}' (has: {', '.join(self.splits)})")
-            paths += [root / s.file for s in self.splits[name].shards]
-        return paths
+        return names
+
+    def shard_paths(self, root: Path, split: str) -> list[Path]:
+        """The shard files of a split, or of splits joined with "+" (train+val) in that order."""
+        return [root / s.file for name in self.split_parts(root, split) for s in self.splits[name].shards]
 
 
 def default_eval_split(splits: dict[str, SplitInfo]) -> str | None:

@@ -122,9 +122,7 @@ def check_labelled(shard_dir: Path | str, manifest: Manifest, labels: str, split
     """`split` (each part of a joined one, train+val) exists and carries `labels` labels: checked before any
     feature is computed, so a wrong split is one line at once, not after minutes of extraction."""
     num_classes(manifest, labels)
-    for name in split.split("+"):
-        if name not in manifest.splits:
-            raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
+    for name in manifest.split_parts(shard_dir, split):
         if not manifest.splits[name].labeled:
             default = manifest.held_out_split
             hint = f"; its labelled held-out split is '{default}' (--split {default})" if default else ""
@@ -151,10 +149,7 @@ def evaluation_loader(
     from ssrr.pipelines import recipes
     from ssrr.pipelines.loader import ViewLoader
 
-    manifest = load_manifest(shard_dir)
-    for name in split.split("+"):  # a combined split (train+val) reads its parts as one
-        if name not in manifest.splits:
-            raise SsrrError(f"{shard_dir}: no split '{name}' (has: {', '.join(manifest.splits)})")
+    load_manifest(shard_dir).split_parts(shard_dir, split)  # a combined split (train+val) reads its parts as one
     return ViewLoader(
         shard_dir,
         recipes.evaluation(),
