@@ -128,6 +128,12 @@ def e2e(
     authors: bool = typer.Option(
         True, "--authors/--no-authors", help="Also time the public code as its authors run it (fp32, NCHW, 2 workers)."
     ),
+    authors_code: Path | None = typer.Option(
+        None,
+        "--authors-code",
+        metavar="DIR",
+        help="A checkout of the authors' repository: time their own training loop there (else ssrr's transcription).",
+    ),
     device: str = Device,
     as_json: bool = AsJson,
     write: bool = Record,
@@ -151,6 +157,7 @@ def e2e(
         device=device,
         compile=compile,
         authors=authors,
+        authors_code=authors_code,
     )
     _emit(
         f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}"

@@ -106,7 +106,7 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path:
     assert result["thread_plan"]["source"] in ("measured", "cached")  # the plan `ssrr pretrain` would pick
     authors = result["authors_settings"]
     assert [(row["workers"], row["channels_last"]) for row in authors["tried"]] == [(1, False)] * len(authors["tried"])
-    assert authors["precision"] == "fp32" and len(result["authors_runs"]) == 2
+    assert authors["precision"] == "fp32" and authors["code"] == "transcription" and len(result["authors_runs"]) == 2
     assert result["ratio_to_authors"] == pytest.approx(result["views_per_s"] / result["authors_views_per_s"])
     limit = result["step_limit"]
     assert limit["step_gflop"] > 0 and limit["peak_gflops"] > 0 and limit["fraction_of_peak"] > 0

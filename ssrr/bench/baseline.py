@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -137,7 +137,14 @@ def grid(max_workers: int | None = None, max_threads: int | None = None) -> list
     return [Setting(w, t, last) for w in workers for t in threads for last in (False, True)]
 
 
-def best_setting(baseline: Baseline, probe: Timing, settings: list[Setting]) -> tuple[list[dict[str, Any]], Setting]:
+class Timed(Protocol):
+    """A side that times end-to-end views/s under a setting: `Baseline`, or the authors' own code
+    (`ssrr.bench.authors_code.AuthorsCode`)."""
+
+    def views_per_s(self, setting: Setting, timing: Timing, first_seed: int = 0) -> list[float]: ...
+
+
+def best_setting(baseline: Timed, probe: Timing, settings: list[Setting]) -> tuple[list[dict[str, Any]], Setting]:
     """Every setting probed briefly end to end: the figures, and the fastest setting."""
     tried: list[dict[str, Any]] = []
     for setting in settings:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ssrr.bench.authors_code import AuthorsCode
 from ssrr.bench.baseline import Baseline, Setting, Timing, baseline_parts, best_setting, grid
 from ssrr.bench.limits import step_limit
 from ssrr.bench.timing import median_step_s, timed_steps
@@ -95,21 +96,24 @@ def bench_e2e(
     max_threads: int | None = None,
     compile: bool = False,
     authors: bool = True,
+    authors_code: Path | str | None = None,
 ) -> dict[str, Any]:
     """End-to-end views/s of ours (under the thread plan `ssrr pretrain` picks, ssrr.threads) and of the tuned
     public-code baseline (see `ssrr.bench.baseline`), the same device, precision, warm-up, steps and repeats on
     both sides; with `authors`, also the public code as its authors run it (float32, NCHW, 2 workers, the
-    better of 1 and 2 threads). `baseline_steps`: steps of each probe of the baseline's settings grid (0: no
-    baseline). Ours' parts (the step alone, the loader alone) are timed beside the whole."""
+    better of 1 and 2 threads): ssrr's transcription of their loop, or their own code from the checkout
+    `authors_code` (`ssrr.bench.authors_code`). `baseline_steps`: steps of each probe of the baseline's settings
+    grid (0: no baseline). Ours' parts (the step alone, the loader alone) are timed beside the whole."""
     execution = bench_execution(device, precision)
     dev = execution.device
+    theirs = _authors(shard_dir, backbone, k, m, execution, authors, authors_code)  # a bad checkout fails first
     config, method = _our_method(backbone, k, m, execution, compile)
     plan = _our_plan(shard_dir, config, method, execution)
     if compile:  # as `ssrr pretrain --compile`: in place, after the plan (it compiles at its first step, under it)
         method.backbone.compile()
     ours = method_step(method, execution)
     timing = Timing(warmup, steps, repeats)
-    sides = _baselines(shard_dir, backbone, k, m, execution, baseline_steps, max_workers, max_threads, authors)
+    sides = _baselines(shard_dir, backbone, k, m, execution, baseline_steps, max_workers, max_threads, theirs)
     runs: list[float] = []
     waits: list[float] = []
     cpus = plan.plan.pipeline_cpus(os.sched_getaffinity(0))
@@ -165,20 +169,40 @@ class _Side:
     (`authors_*`)."""
 
     name: str
-    baseline: Baseline
+    baseline: Baseline | AuthorsCode
     setting: Setting
     tried: list[dict[str, Any]]
     runs: list[float] = field(default_factory=list)
 
     def result(self, timing: Timing) -> dict[str, Any]:
         if self.name == "baseline":
+            assert isinstance(self.baseline, Baseline)  # the tuned side is always ssrr's
             parts = baseline_parts(self.baseline, self.setting, timing, self.runs)
             return {**parts, "baseline_settings": {"best": self.setting.record(), "tried": self.tried}}
+        code = self.baseline.record() if isinstance(self.baseline, AuthorsCode) else {"code": "transcription"}
         return {
             "authors_views_per_s": statistics.median(self.runs),
             "authors_runs": self.runs,
-            "authors_settings": {"best": self.setting.record(), "tried": self.tried, "precision": "fp32"},
+            "authors_settings": {"best": self.setting.record(), "tried": self.tried, "precision": "fp32", **code},
         }
+
+
+def _authors(
+    shard_dir: Path | str,
+    backbone: str,
+    k: int,
+    m: int,
+    execution: Execution,
+    authors: bool,
+    authors_code: Path | str | None,
+) -> Baseline | AuthorsCode | None:
+    """The authors' side, float32 as their script (it has no autocast): their own code from a checkout, else
+    ssrr's transcription of it; None without `authors`."""
+    if not authors:
+        return None
+    if authors_code is not None:
+        return AuthorsCode(authors_code, shard_dir, backbone, k, m, execution.device.type)
+    return Baseline(shard_dir, backbone, k, m, Execution(execution.device))
 
 
 def _baselines(
@@ -190,7 +214,7 @@ def _baselines(
     probe_steps: int,
     max_workers: int | None,
     max_threads: int | None,
-    authors: bool,
+    theirs: Baseline | AuthorsCode | None,
 ) -> list[_Side]:
     """The sides timed beside ours, each with its best setting probed briefly now."""
     if not probe_steps:
@@ -199,8 +223,7 @@ def _baselines(
     tuned = Baseline(shard_dir, backbone, k, m, execution)
     tried, best = best_setting(tuned, probe, grid(max_workers, max_threads))
     sides = [_Side("baseline", tuned, best, tried)]
-    if authors:  # their script: float32 (it has no autocast), NCHW, 2 DataLoader workers, torch's threads
-        theirs = Baseline(shard_dir, backbone, k, m, Execution(execution.device))
+    if theirs is not None:  # their settings: NCHW, 2 DataLoader workers, the better of 1 and 2 threads
         workers = 2 if max_workers is None else min(2, max_workers)
         own = [Setting(workers, threads, False) for threads in sorted({1, min(2, cores())})]
         tried, best = best_setting(theirs, probe, own)
