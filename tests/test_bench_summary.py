@@ -57,3 +57,12 @@ def test_the_summary_is_rewritten_from_the_records_in_every_file_with_markers(
     assert "history: another machine" in pipeline_row  # recorded on the older machine
     rows = [line for line in bench.read_text().splitlines() if line.startswith("| ") and "`" in line]
     assert "e2e-conv4" in rows[0] and "pipeline-cpu" in rows[1]  # the current machine's rows first
+
+
+def test_an_e2e_row_names_which_authors_side_it_timed() -> None:
+    from ssrr.bench.summary import _e2e
+
+    transcription = _e2e({**E2E, "authors_settings": {"code": "transcription"}})[1]
+    checkout = _e2e({**E2E, "authors_settings": {"code": "checkout", "repo": "/x"}})[1]
+    assert "the authors' settings 2,000 views/s (**3.0x**)" in transcription
+    assert "the authors' own code 2,000 views/s (**3.0x**)" in checkout

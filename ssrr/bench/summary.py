@@ -74,7 +74,9 @@ def _e2e(r: dict[str, Any]) -> tuple[str, str, str]:
     if r.get("compile"):
         ours += ", compiled"
     if r.get("authors_views_per_s"):
-        base += f"; the authors' settings {_n(r['authors_views_per_s'], ' views/s')} ({_ratio(r['ratio_to_authors'])})"
+        checkout = (r.get("authors_settings") or {}).get("code") == "checkout"
+        who = "the authors' own code" if checkout else "the authors' settings"
+        base += f"; {who} {_n(r['authors_views_per_s'], ' views/s')} ({_ratio(r['ratio_to_authors'])})"
     return ours, base, _ratio(r.get("ratio"))
 
 
