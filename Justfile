@@ -51,6 +51,13 @@ bench: shard-cifar10
     ssrr bench linear --dataset shards/cifar10-jpeg --json
     ssrr bench summary
 
+# git clone https://github.com/mpatacchiola/self-supervised-relational-reasoning ../official && just bench-authors ../official
+# The authors' own training loop (from a checkout of their repository; not part of ssrr) timed beside ours, end to end.
+bench-authors checkout: shard-cifar10
+    ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --authors-code {{checkout}} --json
+    ssrr bench e2e --dataset shards/cifar10-jpeg --backbone conv4 --k 32 --batch 64 --compile --authors-code {{checkout}} --json
+    ssrr bench summary
+
 # On a lent GPU machine: one call that checks and times the GPU path and prints one table (scripts/gpu_check.sh);
 # `just gpu-check --cpu` runs the same stages on the CPU.
 gpu-check *ARGS:

@@ -161,7 +161,8 @@ def e2e(
     )
     _emit(
         f"e2e-{backbone_tag(backbone)}-k{k}-m{batch}-{result['device']}-{result['precision']}"
-        + ("-compiled" if compile else ""),
+        + ("-compiled" if compile else "")
+        + ("-vs-authors-code" if authors_code else ""),  # its own record: `just bench` keeps the transcription's
         result,
         as_json,
         write,
