@@ -34,7 +34,10 @@ done
 import json, statistics, sys
 from pathlib import Path
 work = Path(sys.argv[1])
-seeds = sorted(int(p.stem.rsplit("-s", 1)[1]) for p in work.glob("linear-r18-s*.json"))
+def scored(seed):  # both scores written (a half running beside this one may still be writing its own)
+    files = [work / f"linear-{kind}-s{seed}.json" for kind in ("r18", "random")]
+    return all(f.exists() and f.stat().st_size > 0 for f in files)
+seeds = sorted(s for s in (int(p.stem.rsplit("-s", 1)[1]) for p in work.glob("linear-random-s*.json")) if scored(s))
 def top1(kind):
     return [json.loads((work / f"linear-{kind}-s{s}.json").read_text())["top1"] for s in seeds]
 r18, rnd = top1("r18"), top1("random")
