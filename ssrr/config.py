@@ -135,7 +135,8 @@ class RunConfig:
     sync_bn: bool = option(False, "Synchronise BatchNorm across processes.", "optimisation")
     bn_recalibrate: bool = option(
         False,
-        "After the last epoch, recompute the backbone's BatchNorm statistics on the clean training images.",
+        "After the last epoch, recompute the backbone's BatchNorm statistics on the clean training images (on "
+        "by default when the views are smaller than the images, --view-size).",
         "optimisation",
     )
     max_steps: int | None = option(

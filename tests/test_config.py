@@ -218,3 +218,20 @@ def test_command_line_shapes_of_earlier_issues_make_their_config(monkeypatch: py
         assert result.exit_code == 0, result.output
         assert {key: getattr(captured[-1], key) for key in expected} == expected, args
     assert captured[0].time_budget_s == 900.0 and captured[0].bn_recalibrate
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--view-size", "24"], True),  # views smaller than the 32-px images: recalibrated by default
+        (["--view-size", "24", "--no-bn-recalibrate"], False),  # typed: as typed
+        (["--view-size", "32"], False),  # views of the images' own size
+        (["--view-size", "20", "--view-size-end", "32"], False),  # the last epoch's views are full size
+        ([], False),  # no --view-size: the paper's runs, unchanged
+        (["--bn-recalibrate"], True),
+    ],
+)
+def test_batchnorm_is_recalibrated_by_default_where_the_views_are_smaller_than_the_images(
+    args: list[str], expected: bool
+) -> None:
+    assert _parse(args).bn_recalibrate is expected
