@@ -99,11 +99,10 @@ def bench_e2e(
     authors_code: Path | str | None = None,
 ) -> dict[str, Any]:
     """End-to-end views/s of ours (under the thread plan `ssrr pretrain` picks, ssrr.threads) and of the tuned
-    public-code baseline (see `ssrr.bench.baseline`), the same device, precision, warm-up, steps and repeats on
-    both sides; with `authors`, also the public code as its authors run it (float32, NCHW, 2 workers, the
-    better of 1 and 2 threads): ssrr's transcription of their loop, or their own code from the checkout
-    `authors_code` (`ssrr.bench.authors_code`). `baseline_steps`: steps of each probe of the baseline's settings
-    grid (0: no baseline). Ours' parts (the step alone, the loader alone) are timed beside the whole."""
+    public-code baseline (`ssrr.bench.baseline`), the same device, precision, warm-up, steps and repeats on both
+    sides; with `authors`, also the public code as its authors run it (float32, NCHW, 2 workers, the better of 1
+    and 2 threads): ssrr's transcription, or their own code from the checkout `authors_code`. `baseline_steps`:
+    steps of each probe of a baseline's settings (0: none). Ours' parts are timed beside the whole."""
     execution = bench_execution(device, precision)
     dev = execution.device
     theirs = _authors(shard_dir, backbone, k, m, execution, authors, authors_code)  # a bad checkout fails first
