@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # the child imports this module as its main: it stays free of
 
 REQUIRED = ("datamanager.py", "utils.py", "methods/relationnet.py", "backbones/conv4.py")
 RESULT_MARK = "SSRR-AUTHORS-RESULT "
-# their train_unsupervised.py's backbones: module, class, and the arguments it passes
+# the backbones their train_unsupervised.py builds (the small ResNets: blocks per stage)
 _SMALL_RESNETS = {"resnet8": 1, "resnet32": 5, "resnet56": 9}
 BACKBONES = ("conv4", *_SMALL_RESNETS, "resnet34")
 
