@@ -174,3 +174,13 @@ def test_bench_e2e_times_their_checkout_beside_ours(
     assert [row["workers"] for row in settings["tried"]] == [0] * len(settings["tried"])
     assert len(result["authors_runs"]) == 2 and all(0 < r <= 2 * 4 / SLEEP_S for r in result["authors_runs"])
     assert result["ratio_to_authors"] == pytest.approx(result["views_per_s"] / result["authors_views_per_s"])
+
+
+def test_without_baselines_no_authors_side_is_built(shards: Path, tmp_path: Path) -> None:
+    from ssrr.bench.e2e import bench_e2e
+
+    result = bench_e2e(  # a checkout that is not there is never read: nothing of theirs is timed
+        shards, k=2, m=4, steps=1, repeats=1, warmup=1, baseline_steps=0, authors_code=tmp_path / "nowhere"
+    )
+    assert result["baseline_views_per_s"] is None and result["ratio_to_authors"] is None
+    assert "authors_views_per_s" not in result and result["views_per_s"] > 0

@@ -105,7 +105,7 @@ def bench_e2e(
     steps of each probe of a baseline's settings (0: none). Ours' parts are timed beside the whole."""
     execution = bench_execution(device, precision)
     dev = execution.device
-    theirs = _authors(shard_dir, backbone, k, m, execution, authors, authors_code)  # a bad checkout fails first
+    theirs = _authors(shard_dir, backbone, k, m, execution, authors and baseline_steps > 0, authors_code)
     config, method = _our_method(backbone, k, m, execution, compile)
     plan = _our_plan(shard_dir, config, method, execution)
     if compile:  # as `ssrr pretrain --compile`: in place, after the plan (it compiles at its first step, under it)
@@ -196,7 +196,8 @@ def _authors(
     authors_code: Path | str | None,
 ) -> Baseline | AuthorsCode | None:
     """The authors' side, float32 as their script (it has no autocast): their own code from a checkout, else
-    ssrr's transcription of it; None without `authors`."""
+    ssrr's transcription of it; None without `authors`. Built before ours, so that a bad checkout fails first,
+    and only when baselines are timed: building it reads the whole train split."""
     if not authors:
         return None
     if authors_code is not None:
