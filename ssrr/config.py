@@ -121,7 +121,8 @@ class RunConfig:
     epochs: int = option(200, "Epochs (the paper: 200; 300 for STL-10).", "optimisation", limit=Limit(1, 1_000_000))
     lr: float | None = option(
         None,
-        "Learning rate (default: the method's: Adam 1e-3; infomax Adam 1e-4; supervised SGD 0.1).",
+        "Learning rate (default: the method's: Adam 1e-3, relational with a tv:/timm: backbone 1e-4; infomax "
+        "Adam 1e-4; supervised SGD 0.1).",
         "optimisation",
     )
     weight_decay: float = option(0.0, "Weight decay.", "optimisation")

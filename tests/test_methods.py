@@ -77,6 +77,19 @@ def test_learning_rate_is_the_methods_unless_the_run_sets_one(name: str, optimiz
         assert with_method_defaults(config).lr == expected  # what the run saves
 
 
+def test_relational_takes_a_smaller_default_rate_for_torchvision_and_timm_backbones() -> None:
+    """The paper's Adam 1e-3 for its own backbones, 1e-4 for an ImageNet-style one; a typed rate always wins."""
+    from ssrr.methods.base import with_method_defaults
+
+    for backbone, lr, expected in (("tv:resnet18", None, 1e-4), ("tv:resnet18", 1e-3, 1e-3), ("resnet32", None, 1e-3)):
+        config = RunConfig(method="relational", backbone=backbone, lr=lr)
+        built = method_class("relational")(config, build_backbone(backbone), num_classes=10).build_optimizer()
+        assert built.param_groups[0]["lr"] == expected
+        assert with_method_defaults(config).lr == expected
+    simclr = RunConfig(method="simclr", backbone="tv:resnet18")
+    assert with_method_defaults(simclr).lr == 1e-3  # measured for relational reasoning only
+
+
 def test_deepcluster_with_fewer_images_than_clusters_is_a_clear_error(synthetic_shards: Path) -> None:
     from ssrr.errors import SsrrError
     from ssrr.methods.base import EpochContext

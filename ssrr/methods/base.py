@@ -100,10 +100,15 @@ class Method(nn.Module):
         """Adam on every parameter (the paper's setting for relational reasoning and most baselines)."""
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.config.weight_decay)
 
+    @classmethod
+    def default_rate(cls, config: RunConfig) -> float:
+        """The learning rate of a run that does not set one (a method may make it depend on the backbone)."""
+        return cls.default_lr
+
     @property
     def lr(self) -> float:
-        """The run's learning rate, or this method's default."""
-        return self.default_lr if self.config.lr is None else self.config.lr
+        """The run's learning rate, or this method's default for the run."""
+        return self.default_rate(self.config) if self.config.lr is None else self.config.lr
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: Callable[[], int] | None = None
@@ -148,7 +153,7 @@ def with_method_defaults(config: RunConfig) -> RunConfig:
     options = cls.read_options(config)
     return replace(
         config,
-        lr=cls.default_lr if config.lr is None else config.lr,
+        lr=cls.default_rate(config) if config.lr is None else config.lr,
         batch=cls.default_batch if config.batch is None else config.batch,
         method_options={} if options is None else asdict(options),
     )

@@ -11,6 +11,7 @@ from ssrr.errors import SsrrError
 from ssrr.losses import LOSS_FUNCTIONS
 from ssrr.methods.base import Method, StepOutput, register
 from ssrr.models.backbones import Backbone
+from ssrr.models.external import is_external
 from ssrr.models.heads import HEADS
 from ssrr.pipelines import recipes
 from ssrr.relational import PairSchedule, pair_accuracy, pair_schedule, relation_logits
@@ -26,6 +27,7 @@ class Relational(Method):
 
     name = "relational"
     default_batch = 64  # M, the paper's (the baselines: 128)
+    external_backbone_lr = 1e-4  # Adam, torchvision and timm backbones (see default_rate)
 
     def __init__(self, config: RunConfig, backbone: Backbone, num_classes: int) -> None:
         super().__init__(config, backbone, num_classes)
@@ -36,6 +38,15 @@ class Relational(Method):
         self.head = HEADS[config.head](backbone.feature_dim, aggregation=config.aggregation)
         self.loss_fn = LOSS_FUNCTIONS[config.loss]
         self._schedules: dict[tuple[int, int, str], PairSchedule] = {}
+
+    @classmethod
+    def default_rate(cls, config: RunConfig) -> float:
+        """Adam 1e-3, the paper's, for the paper's backbones; 1e-4 for torchvision and timm ones. Adam moves
+        every weight by about the rate each step, a large part of a deep network's initial weights (std 0.02 in
+        ResNet-18's last convolutions), so at 1e-3 the first steps, taken through a random relation head, undo
+        the random features before any are learnt: one epoch of 96-px views of 1,000 224-px images, validation
+        seeds 1-3, linear top-1 28.9% at 1e-3, 32.0% at 1e-4, random weights 29.5% (docs/benchmarks.md)."""
+        return cls.external_backbone_lr if is_external(config.backbone) else cls.default_lr
 
     @classmethod
     def recipe(cls, config: RunConfig, image_size: tuple[int, int] | None = None) -> recipes.Recipe:
