@@ -79,11 +79,22 @@ def test_bench_time_to_accuracy_runs_every_seed_both_ways_and_times_the_target(t
     assert result["wall_ratio"] == pytest.approx(result["baseline_wall_s"] / result["wall_s"])
 
 
-def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path: Path) -> None:
+def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssrr.bench.baseline as baseline_module
     from ssrr.bench.e2e import bench_e2e
     from ssrr.data.sources import load_dataset
     from ssrr.data.writer import write_dataset
 
+    reads: list[str] = []
+
+    class CountedViews(baseline_module.ReferenceViews):  # type: ignore[misc, name-defined]
+        def __init__(self, shard_dir: Path, split: str, *args: object, **kwargs: object) -> None:
+            reads.append(split)
+            super().__init__(shard_dir, split, *args, **kwargs)
+
+    monkeypatch.setattr(baseline_module, "ReferenceViews", CountedViews)
     write_dataset(load_dataset("synthetic", train_per_class=6, test_per_class=1), tmp_path)
     result = bench_e2e(
         tmp_path / "synthetic", k=2, m=8, steps=2, repeats=2, warmup=1, baseline_steps=1, max_workers=1, max_threads=1
@@ -95,6 +106,7 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(tmp_path:
     assert result["baseline_settings"]["best"] == {key: best[key] for key in ("workers", "threads", "channels_last")}
     assert len(result["runs"]) == len(result["baseline_runs"]) == 2  # the same repeats on both sides
     assert result["ratio"] == pytest.approx(result["views_per_s"] / result["baseline_views_per_s"])
+    assert result["authors_views_per_s"] > 0 and reads == ["train"]  # both public-code sides share one read
     assert result["baseline_loader_views_per_s"] > 0 and result["baseline_step_s"] > 0
     parts = result["baseline_parts_predict"]
     assert parts["serial_views_per_s"] <= parts["overlapped_views_per_s"]

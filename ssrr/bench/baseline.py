@@ -85,10 +85,19 @@ class Timing:
 class Baseline:
     """The public-code pretraining of one dataset, backbone, K and M, on one device and precision."""
 
-    def __init__(self, shard_dir: Path | str, backbone: str, k: int, m: int, execution: Execution) -> None:
+    def __init__(
+        self,
+        shard_dir: Path | str,
+        backbone: str,
+        k: int,
+        m: int,
+        execution: Execution,
+        images: ReferenceViews | None = None,
+    ) -> None:
+        """`images`: the train split already in memory (another Baseline's, same shards and K), else read here."""
         self.shard_dir, self.backbone, self.k, self.m, self.execution = shard_dir, backbone, k, m, execution
         self.recipe = recipes.relational(k)
-        self.images = ReferenceViews(shard_dir, "train", self.recipe)
+        self.images = images if images is not None else ReferenceViews(shard_dir, "train", self.recipe)
 
     def epoch(self, workers: int, seed: int) -> Iterator[Batch]:
         """One epoch of the reference loader, shuffled by `seed` (a new DataLoader, as the public code)."""

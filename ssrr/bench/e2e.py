@@ -220,7 +220,8 @@ def _baselines(
     if not probe_steps:
         return []
     probe = Timing(1, probe_steps, 1)
-    tuned = Baseline(shard_dir, backbone, k, m, execution)
+    shared = theirs.images if isinstance(theirs, Baseline) else None  # the transcription read the split already
+    tuned = Baseline(shard_dir, backbone, k, m, execution, images=shared)
     tried, best = best_setting(tuned, probe, grid(max_workers, max_threads))
     sides = [_Side("baseline", tuned, best, tried)]
     if theirs is not None:  # their settings: NCHW, 2 DataLoader workers, the better of 1 and 2 threads
