@@ -89,7 +89,7 @@ def test_bench_e2e_tunes_the_baseline_times_its_parts_and_counts_flops(
 
     reads: list[str] = []
 
-    class CountedViews(baseline_module.ReferenceViews):  # type: ignore[misc, name-defined]
+    class CountedViews(baseline_module.ReferenceViews):
         def __init__(self, shard_dir: Path, split: str, *args: object, **kwargs: object) -> None:
             reads.append(split)
             super().__init__(shard_dir, split, *args, **kwargs)
