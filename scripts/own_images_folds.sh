@@ -2,7 +2,8 @@
 # The issue's one-epoch check (README's "Your own images") repeated on disjoint validation folders: each fold is
 # 1,000 train + 500 test images of CIFAR-10's *training* split upscaled to 224 px (no CIFAR-10 test image), and
 # each run is the check's three commands (pretrain tv:resnet18 for 1 epoch, K=4, 96-px views; linear evaluation
-# of it and of random:tv:resnet18). Prints one line per fold and seed, then how often pretraining was ahead.
+# of it and of random:tv:resnet18). Prints one line per fold and seed, then how often pretraining was ahead
+# (WORK/margins.txt keeps each run's two top-1 figures).
 #   scripts/own_images_folds.sh [WORK_FOLDER] [FOLDS] [SEEDS]      (default: data/folds 8 "1")
 set -euo pipefail
 work=${1:-data/folds}
@@ -25,12 +26,13 @@ for ((fold = 0; fold < folds; fold++)); do
     $ssrr pretrain --dataset "$data" --backbone tv:resnet18 --k 4 --view-size 96 --epochs 1 --seed "$seed" \
       --out "$work/runs" --name "fold$fold-s$seed" --quiet
     trained=$($ssrr eval linear "$work/runs/fold$fold-s$seed" --dataset "$data" --seed "$seed" --json | top1)
-    echo "fold $fold seed $seed: pretrained $trained, random $random" | tee -a "$work/margins.txt"
+    echo "fold $fold seed $seed: pretrained $trained, random $random"
+    echo "$trained $random" >> "$work/margins.txt"
   done
 done
 "$python" - "$work/margins.txt" <<'PY'
 import statistics, sys
-margins = [float(line.split()[5].rstrip(",")) - float(line.split()[7]) for line in open(sys.argv[1])]
+margins = [float(trained) - float(random) for trained, random in (line.split() for line in open(sys.argv[1]))]
 ahead = sum(m > 0 for m in margins)
 spread = statistics.stdev(margins) if len(margins) > 1 else 0.0
 print(f"pretrained ahead in {ahead} of {len(margins)} runs; margin {statistics.mean(margins):+.2f} +- {spread:.2f}")
